@@ -1,0 +1,5 @@
+import sys
+
+from ioc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,175 @@
+"""``mlioc serve``: wire config, PV model, runners, sources, triggers and servers into one process.
+
+Start-up order is chosen for a fast first prediction: PVs exist and both servers listen first
+(clients connect and see NO_MODEL / "loading model"), models load and warm up on a worker thread
+meanwhile, then sources and triggers start feeding the runners. Shutdown (SIGTERM/SIGINT) stops
+triggers and sources, lets an in-flight cycle finish, then closes the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ioc.ca_server import CaServer
+from ioc.config import Config, ModelConfig
+from ioc.engine import EngineError, load_champion
+from ioc.metrics import Metrics
+from ioc.pva_server import PvaServer
+from ioc.pvmodel import PVDatabase
+from ioc.runner import ModelRunner
+from ioc.sources import close_clients, make_source
+
+log = logging.getLogger("mlioc")
+
+
+@dataclass
+class ServeOptions:
+    """Command-line overrides of the config's ``ioc`` section (None: keep the config's value)."""
+
+    ca_port: int | None = None
+    pva_port: int | None = None
+    pva_broadcast_port: int | None = None
+    interfaces: list[str] | None = None
+    metrics_port: int | None = None
+
+
+@dataclass
+class Ioc:
+    config: Config
+    options: ServeOptions = field(default_factory=ServeOptions)
+    db: PVDatabase = field(default_factory=PVDatabase)
+    runners: list[ModelRunner] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    ca: CaServer | None = None
+    pva: PvaServer | None = None
+    metrics_port: int | None = None
+    started_at: float = field(default_factory=time.time)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _sources: list = field(default_factory=list)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        opts = self.options
+        for model in cfg.models:
+            runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
+            runner.cycle_listeners.append(self.metrics.cycle_listener(model.name))
+            runner.start()
+            self.runners.append(runner)
+        loads = [loop.run_in_executor(None, load_champion, r.config, cfg.ioc.inference) for r in self.runners]
+
+        interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
+        if "ca" in cfg.ioc.protocols:
+            self.ca = CaServer(self.db, port=opts.ca_port or cfg.ioc.ca_port, interfaces=interfaces)
+            await self.ca.start()
+        if "pva" in cfg.ioc.protocols:
+            self.pva = PvaServer(self.db, port=opts.pva_port or cfg.ioc.pva_port,
+                                 broadcast_port=opts.pva_broadcast_port or cfg.ioc.pva_broadcast_port,
+                                 interfaces=interfaces)
+            await self.pva.start()
+        port = cfg.ioc.metrics_port if opts.metrics_port is None else opts.metrics_port
+        if port:
+            try:
+                self.metrics_port = self.metrics.serve(port)
+            except OSError as exc:
+                log.error("cannot serve Prometheus metrics on port %d: %s (continuing without)", port, exc)
+
+        for runner, load in zip(self.runners, loads, strict=True):
+            try:
+                model = await load
+            except EngineError as exc:
+                runner.set_no_model(str(exc))
+                self.metrics.set_model(runner.config.name, None)
+            except Exception as exc:  # an unexpected failure of one model must not stop the others
+                log.exception("%s: loading the champion failed", runner.config.name)
+                runner.set_no_model(f"load failed: {exc}")
+            else:
+                runner.set_model(model)
+                self.metrics.set_model(runner.config.name, model)
+            self._start_feeds(runner)
+        self._tasks.append(loop.create_task(self._stats_loop(), name="stats"))
+        ports = []
+        if self.ca:
+            ports.append(f"CA port {self.ca.port}")
+        if self.pva:
+            ports.append(f"PVA port {self.pva.port}")
+        if self.metrics_port:
+            ports.append(f"metrics port {self.metrics_port}")
+        log.info("mlioc ready: %d PVs for %d model(s) (%s) in %.2f s", len(self.db), len(self.runners),
+                 ", ".join(ports), time.time() - self.started_at)
+
+    def _start_feeds(self, runner: ModelRunner) -> None:
+        loop = asyncio.get_running_loop()
+        model: ModelConfig = runner.config
+        for index, inp in enumerate(model.inputs):
+            if inp.source is not None:
+                source = make_source(inp.source, functools.partial(runner.update_input, index), loop)
+                source.start()
+                self._sources.append(source)
+        trigger = model.trigger
+        if trigger.kind == "scan":
+            self._tasks.append(loop.create_task(_scan(runner, trigger.scan_hz), name=f"scan-{model.name}"))
+        elif trigger.kind == "pv":
+            def on_trigger(value, severity, timestamp, connected, runner=runner):
+                if connected:
+                    runner.run_cycle()
+
+            source = make_source(trigger.pv, on_trigger, loop)
+            source.start()
+            self._sources.append(source)
+
+    async def _stats_loop(self) -> None:
+        period = 1.0 / self.config.ioc.stats_hz
+        while True:
+            await asyncio.sleep(period)
+            for runner in self.runners:
+                runner.publish_stats()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for source in self._sources:
+            source.stop()
+        for runner in self.runners:
+            runner.close()
+        if self.ca is not None:
+            await self.ca.stop()
+        if self.pva is not None:
+            await self.pva.stop()
+        self.metrics.close()
+        close_clients()
+
+
+async def _scan(runner: ModelRunner, hz: float) -> None:
+    """Periodic trigger on a drift-free schedule; ticks that could not run are counted as overruns."""
+    loop = asyncio.get_running_loop()
+    period = 1.0 / hz
+    next_t = loop.time()
+    while True:
+        runner.run_cycle()
+        next_t += period
+        delay = next_t - loop.time()
+        if delay < -period:
+            missed = int(-delay // period)
+            runner.overruns += missed
+            next_t += missed * period
+            delay = next_t - loop.time()
+        await asyncio.sleep(max(delay, 0.0))
+
+
+async def serve(config: Config, options: ServeOptions | None = None, stop: asyncio.Event | None = None) -> None:
+    ioc = Ioc(config, options or ServeOptions())
+    try:
+        await ioc.start()
+        await (stop.wait() if stop is not None else asyncio.Future())
+    finally:
+        await ioc.stop()

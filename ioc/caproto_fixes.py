@@ -1,0 +1,105 @@
+"""Small, isolated fixes for caproto 1.3.0's asyncio server (see docs/design.md, "caproto traps").
+
+Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/test_caproto_fixes.py``:
+
+1. **TCP_NODELAY** is never set on accepted sockets (they are created with proto=0, so asyncio does
+   not set it): a put that causes two server messages then waits ~22 ms for Nagle + delayed ACK.
+   :class:`FastContext` sets it on every accepted connection.
+2. **Monitor batching**: the per-circuit send loop waits up to 10 ms for more updates before sending
+   (``HIGH_LOAD_TIMEOUT``). :class:`FastCircuit` sends what is queued *now* and never waits: under
+   load, updates still leave in batches (everything queued since the last send), with no added latency.
+3. **"deque mutated during iteration"** in ``_subscription_queue_iteration`` when clients subscribe
+   or leave while updates are being fanned out stops the whole server. We iterate over a copy.
+4. **Port binding race**: two servers started at the same instant can both bind the TCP port (bind
+   with SO_REUSEADDR succeeds until someone listens) and one then fails silently in a background
+   task. We ``listen()`` right after ``bind()`` so a taken port fails at once and the next is tried.
+5. **Beacon tracebacks**: with no CA repeater listening, every beacon logs a full traceback. We log
+   one warning and then stay quiet until beacons succeed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import caproto as ca
+from caproto.asyncio.server import Context, VirtualCircuit
+from caproto.asyncio.utils import _TransportWrapper
+
+log = logging.getLogger("mlioc.ca")
+
+
+class FastCircuit(VirtualCircuit):
+    """A circuit that sends queued monitor updates immediately instead of waiting to batch them."""
+
+    async def get_from_sub_queue(self, timeout=None):
+        if timeout is None:
+            return await self.subscription_queue.get()
+        try:
+            return self.subscription_queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+
+async def _bind_and_listen(addr: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setblocking(False)
+        sock.bind((addr, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class FastContext(Context):
+    """caproto's asyncio server Context with the fixes above."""
+
+    CircuitClass = FastCircuit
+
+    async def server_accept_loop(self, sock):
+        def _new_client(reader, writer):
+            raw = writer.get_extra_info("socket")
+            if raw is not None:
+                try:
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            transport = _TransportWrapper(reader, writer)
+            self.server_tasks.create(self.tcp_handler(transport, transport.getpeername()))
+
+        await asyncio.start_server(_new_client, sock=sock)
+
+    async def _bind_tcp_sockets_with_consistent_port_number(self, make_socket):
+        return await super()._bind_tcp_sockets_with_consistent_port_number(_bind_and_listen)
+
+    async def _subscription_queue_iteration(self, sub_specs, metadata, values, flags, sub):
+        if sub is None:
+            for sub_spec in sub_specs:
+                for each in tuple(self.subscriptions[sub_spec]):
+                    await self._subscription_queue_send(sub_spec, each, metadata=metadata, values=values,
+                                                        flags=flags)
+        else:
+            await super()._subscription_queue_iteration(sub_specs, metadata, values, flags, sub)
+
+    async def broadcast_beacon_loop(self):
+        max_period = self.environ["EPICS_CAS_BEACON_PERIOD"]
+        period = 0.02
+        warned = False
+        while True:
+            for address, (interface, sock) in self.beacon_socks.items():
+                try:
+                    beacon = ca.Beacon(13, self.port, self.beacon_count, interface)
+                    await sock.send(self.broadcaster.send(beacon))
+                except OSError as exc:
+                    # Typically ECONNREFUSED: no CA repeater listens. Clients still connect; they only
+                    # lose beacon-driven fast reconnects. Say so once, not once per beacon.
+                    (log.debug if warned else log.warning)(
+                        "cannot send CA beacon to %s:%d (%s); is a CA repeater running?", *address, exc)
+                    warned = True
+            self.beacon_count += 1
+            period = min(max_period, period * 2)
+            await asyncio.sleep(period)

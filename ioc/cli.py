@@ -1,0 +1,186 @@
+"""``mlioc``: the command line (DESIGN.md, "CLI contract").
+
+Exit status: 0 success, 1 a check failed / the config or a model is bad, 2 usage errors.
+Ports and interfaces follow EPICS conventions: ``--ca-port`` > config ``ioc.ca_port`` >
+``EPICS_CA_SERVER_PORT`` > 5064, and likewise for PVA (``EPICS_PVAS_SERVER_PORT``, 5075).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ioc.config import Config, ConfigError, default_config_path, load_config
+
+log = logging.getLogger("mlioc")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # caproto and p4p are chatty at INFO; keep their warnings.
+    for name in ("caproto", "p4p"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path or default_config_path())
+
+
+def _report_config_error(exc: ConfigError) -> int:
+    print(f"error: invalid configuration {exc.path}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _run_until_signal(main) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ioc.app import ServeOptions, serve
+
+    config = _load(args.config)
+    options = ServeOptions(
+        ca_port=args.ca_port,
+        pva_port=args.pva_port,
+        pva_broadcast_port=args.pva_broadcast_port,
+        interfaces=args.interfaces.split() if args.interfaces else None,
+        metrics_port=args.metrics_port,
+    )
+    log.info("serving %s", config.path)
+    return _run_until_signal(lambda stop: serve(config, options, stop))
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from ioc.config import SimulatorConfig
+    from ioc.sim.server import serve_simulator
+
+    config = _load(args.config)
+    sim = config.simulator or SimulatorConfig()
+    return _run_until_signal(
+        lambda stop: serve_simulator(
+            sim.prefix,
+            args.rate_hz or sim.rate_hz,
+            sim.seed if args.seed is None else args.seed,
+            ca_port=args.ca_port or sim.ca_port,
+            pva_port=args.pva_port or sim.pva_port,
+            interfaces=args.interfaces.split() if args.interfaces else None,
+            stop=stop,
+        )
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ioc.engine import EngineError, load_champion
+
+    config = _load(args.config)
+    print(f"{config.path}: configuration OK ({len(config.models)} model(s))")
+    failed = 0
+    for model in config.models:
+        try:
+            loaded = load_champion(model, config.ioc.inference)
+        except EngineError as exc:
+            print(f"  {model.name}: FAIL: {exc}")
+            failed += 1
+        else:
+            print(f"  {model.name}: v{loaded.version} OK on {loaded.provider} "
+                  f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_pvs(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.sim:
+        from ioc.config import SimulatorConfig
+        from ioc.sim.server import sim_pv_names
+
+        names = sim_pv_names((config.simulator or SimulatorConfig()).prefix)
+    else:
+        from ioc.layout import model_pv_names
+
+        names = [name for model in config.models for name in model_pv_names(model)]
+    sys.stdout.write("".join(f"{n}\n" for n in names))
+    return EXIT_OK
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    print(f"mlioc {args.command}: not available in this build yet", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-port", type=int, help="CA server (UDP search) port [EPICS_CA_SERVER_PORT, 5064]")
+    p.add_argument("--pva-port", type=int, help="PVA server TCP port [EPICS_PVAS_SERVER_PORT, 5075]")
+    p.add_argument("--interfaces", help="addresses to serve on, space separated [EPICS_CAS_INTF_ADDR_LIST]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlioc", description="EPICS-native machine-learning IOC")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the IOC (default config: the shipped demo)")
+    p.add_argument("config", nargs="?", help="YAML config (default: config/demo.yaml)")
+    _add_server_flags(p)
+    p.add_argument("--pva-broadcast-port", type=int, help="PVA UDP search port [EPICS_PVAS_BROADCAST_PORT, 5076]")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off) [config ioc.metrics_port]")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sim", help="run the simulated machine IOC the demo's inputs come from")
+    p.add_argument("config", nargs="?", help="YAML config with a simulator section (default: demo)")
+    _add_server_flags(p)
+    p.add_argument("--rate-hz", type=float, help="update rate [simulator.rate_hz]")
+    p.add_argument("--seed", type=int, help="random seed [simulator.seed]")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("check", help="validate a config and its models without serving")
+    p.add_argument("config", help="YAML config")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("pvs", help="print every PV the IOC (or, with --sim, the simulator) serves")
+    p.add_argument("--sim", action="store_true", help="the simulator's PVs instead of the IOC's")
+    p.add_argument("config", nargs="?", help="YAML config (default: demo)")
+    p.set_defaults(func=cmd_pvs)
+
+    for name, text in (("train", "train / retrain a model"), ("models", "manage a model store"),
+                       ("generate", "generate screens, alarm config, archiver list, .db"),
+                       ("reproduce", "retrain a logged run and compare")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_not_yet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,567 @@
+"""The YAML configuration: parsed into frozen dataclasses, validated in full before anything starts.
+
+A bad config is refused with every problem listed as ``FILE:LINE: key.path: what is wrong`` so an
+engineer can fix them all in one pass. The schema is documented in ``docs/config.md``; unknown keys
+are errors (with a "did you mean" hint), because a typo such as ``rnage`` silently ignored is how a
+model ends up fed values it was never trained on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# EPICS record names: letters, digits and _ - + : [ ] < > ; . (no spaces); PVNAME_STRINGSZ is 61.
+_PV_CHARS = re.compile(r"^[A-Za-z0-9_\-+:\[\]<>;.]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_PV_NAME = 60
+MAX_DESC = 40  # DESC is a 41-byte field
+MAX_EGU = 15  # EGU is a 16-byte field
+PROTOCOLS = ("ca", "pva")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be served; ``problems`` lists every finding."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ----------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class PVRef:
+    """A PV on another IOC: ``ca://NAME`` or ``pva://NAME`` (a bare name means CA)."""
+
+    protocol: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.protocol}://{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmConfig:
+    lolo: float | None = None
+    low: float | None = None
+    high: float | None = None
+    hihi: float | None = None
+    hyst: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    name: str
+    source: PVRef | None = None
+    units: str = ""
+    description: str = ""
+    range: tuple[float, float] | None = None
+    max_age_s: float | None = None
+    prec: int = 3
+    initial: float | None = None
+    mdel: float = 0.0
+    adel: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    name: str
+    units: str = ""
+    description: str = ""
+    prec: int = 3
+    display: tuple[float, float] | None = None
+    alarm: AlarmConfig | None = None
+    mdel: float = 0.0
+    adel: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerConfig:
+    """When a model runs: ``scan`` (periodic), ``on_change`` (any input update), or ``pv``."""
+
+    kind: str
+    scan_hz: float | None = None
+    pv: PVRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    prefix: str
+    store: str  # a resolved directory path, or a models:/ URI
+    trigger: TriggerConfig
+    inputs: tuple[InputConfig, ...]
+    outputs: tuple[OutputConfig, ...]
+    description: str = ""
+
+    @property
+    def store_is_registry(self) -> bool:
+        return self.store.startswith("models:/")
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    """How models run. ``provider``: auto (CUDA when really usable, else CPU), cpu, cuda.
+
+    ``offload``: auto runs a model inline on the event loop when its measured run time is below
+    ``inline_budget_ms`` (a thread hand-off costs ~70 us, more than a small MLP takes) and on a
+    worker thread otherwise; ``always``/``never`` force one or the other.
+    """
+
+    provider: str = "auto"
+    threads: int = 1
+    offload: str = "auto"
+    inline_budget_ms: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class IocConfig:
+    protocols: tuple[str, ...] = PROTOCOLS
+    ca_port: int | None = None  # None: EPICS_CA_SERVER_PORT, else 5064
+    pva_port: int | None = None  # None: EPICS_PVA_SERVER_PORT, else 5075
+    pva_broadcast_port: int | None = None
+    interfaces: tuple[str, ...] | None = None  # None: EPICS_CAS_INTF_ADDR_LIST, else all
+    metrics_port: int = 9105
+    stats_hz: float = 2.0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    prefix: str = "SIM:"
+    rate_hz: float = 10.0
+    seed: int = 0
+    ca_port: int | None = None
+    pva_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    ioc: IocConfig
+    models: tuple[ModelConfig, ...]
+    simulator: SimulatorConfig | None = None
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model named {name!r} in {self.path} (have: {[m.name for m in self.models]})")
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+
+Path_ = tuple[str | int, ...]
+
+
+def _fmt_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _line_index(node: yaml.Node, path: Path_ = (), index: dict | None = None) -> dict[Path_, int]:
+    """Map every key path of a composed YAML document to its 1-based line number."""
+    if index is None:
+        index = {}
+    index[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            index[(*path, key)] = key_node.start_mark.line + 1
+            _line_index(value_node, (*path, key), index)
+            index[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), index)
+    return index
+
+
+class _Checker:
+    """Collects problems with their locations instead of stopping at the first."""
+
+    def __init__(self, file: Path, lines: dict[Path_, int]):
+        self.file = file
+        self.lines = lines
+        self.problems: list[str] = []
+
+    def error(self, path: Path_, message: str) -> None:
+        line = None
+        for n in range(len(path), -1, -1):
+            line = self.lines.get(path[:n])
+            if line is not None:
+                break
+        where = f"{self.file}:{line}" if line is not None else str(self.file)
+        self.problems.append(f"{where}: {_fmt_path(path)}: {message}")
+
+    def mapping(self, value: Any, path: Path_, allowed: Iterable[str], required: Iterable[str] = ()) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.error(path, f"expected a mapping, got {_typename(value)}")
+            return {}
+        allowed = list(allowed)
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(allowed)})"
+                self.error((*path, key), f"unknown key{extra}")
+        for key in required:
+            if key not in value:
+                self.error(path, f"missing required key {key!r}")
+        return value
+
+    def number(self, value: Any, path: Path_, *, positive: bool = False, nonneg: bool = False,
+               integer: bool = False, default: Any = None) -> Any:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.error(path, f"expected a number, got {_typename(value)} {value!r}")
+            return default
+        if not math.isfinite(value):
+            self.error(path, f"must be finite, got {value}")
+            return default
+        if integer and int(value) != value:
+            self.error(path, f"expected an integer, got {value}")
+            return default
+        if positive and value <= 0:
+            self.error(path, f"must be > 0, got {value}")
+            return default
+        if nonneg and value < 0:
+            self.error(path, f"must be >= 0, got {value}")
+            return default
+        return int(value) if integer else float(value)
+
+    def string(self, value: Any, path: Path_, *, max_len: int | None = None, default: str = "",
+               pattern: re.Pattern | None = None, what: str = "") -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.error(path, f"expected a string, got {_typename(value)} {value!r}")
+            return default
+        if max_len is not None and len(value) > max_len:
+            self.error(path, f"at most {max_len} characters (EPICS field size), got {len(value)}: {value!r}")
+        if pattern is not None and not pattern.match(value):
+            self.error(path, f"{value!r} is not a valid {what}")
+        return value
+
+    def pair(self, value: Any, path: Path_, what: str) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
+            self.error(path, f"expected [low, high] ({what}), got {value!r}")
+            return None
+        lo, hi = float(value[0]), float(value[1])
+        if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+            self.error(path, f"expected [low, high] with low < high ({what}), got {value!r}")
+            return None
+        return lo, hi
+
+    def pvref(self, value: Any, path: Path_) -> PVRef | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.error(path, f"expected 'ca://NAME' or 'pva://NAME', got {value!r}")
+            return None
+        protocol, sep, name = value.partition("://")
+        if not sep:
+            protocol, name = "ca", value
+        if protocol not in PROTOCOLS:
+            self.error(path, f"unknown protocol {protocol!r} (use ca:// or pva://)")
+            return None
+        if not name or not _PV_CHARS.match(name) or len(name) > MAX_PV_NAME:
+            self.error(path, f"{name!r} is not a valid PV name")
+            return None
+        return PVRef(protocol, name)
+
+
+def _typename(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# ----------------------------------------------------------------------------- sections
+
+_TOP = ("ioc", "simulator", "models")
+_IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", "metrics_port",
+        "stats_hz", "inference")
+_INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
+_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
+_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs")
+_INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
+_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel")
+_ALARM = ("lolo", "low", "high", "hihi", "hyst")
+_TRIGGER = ("scan_hz", "on_change", "pv")
+
+
+def _port(c: _Checker, value: Any, path: Path_) -> int | None:
+    port = c.number(value, path, integer=True)
+    if port is not None and not 0 < port < 65536:
+        c.error(path, f"port must be 1..65535, got {port}")
+        return None
+    return port
+
+
+def _parse_ioc(c: _Checker, raw: Any) -> IocConfig:
+    path: Path_ = ("ioc",)
+    d = c.mapping(raw, path, _IOC)
+    protocols = d.get("protocols", list(PROTOCOLS))
+    if isinstance(protocols, str):
+        protocols = [protocols]
+    if not isinstance(protocols, list) or not protocols:
+        c.error((*path, "protocols"), f"expected a non-empty list of {list(PROTOCOLS)}, got {protocols!r}")
+        protocols = list(PROTOCOLS)
+    for i, p in enumerate(protocols):
+        if p not in PROTOCOLS:
+            c.error((*path, "protocols", i), f"unknown protocol {p!r} (use ca and/or pva)")
+    interfaces = d.get("interfaces")
+    if interfaces is not None:
+        if isinstance(interfaces, str):
+            interfaces = interfaces.split()
+        if not isinstance(interfaces, list) or not all(isinstance(i, str) for i in interfaces):
+            c.error((*path, "interfaces"), f"expected a list of addresses, got {interfaces!r}")
+            interfaces = None
+    metrics_port = c.number(d.get("metrics_port"), (*path, "metrics_port"), integer=True, nonneg=True,
+                            default=9105)
+    if metrics_port is not None and metrics_port > 65535:
+        c.error((*path, "metrics_port"), f"port must be 0..65535 (0 = off), got {metrics_port}")
+    inf = c.mapping(d.get("inference"), (*path, "inference"), _INFERENCE)
+    provider = c.string(inf.get("provider"), (*path, "inference", "provider"), default="auto")
+    if provider not in ("auto", "cpu", "cuda"):
+        c.error((*path, "inference", "provider"), f"expected auto, cpu or cuda, got {provider!r}")
+    offload = c.string(inf.get("offload"), (*path, "inference", "offload"), default="auto")
+    if offload not in ("auto", "always", "never"):
+        c.error((*path, "inference", "offload"), f"expected auto, always or never, got {offload!r}")
+    inference = InferenceConfig(
+        provider=provider,
+        threads=c.number(inf.get("threads"), (*path, "inference", "threads"), integer=True, positive=True,
+                         default=1),
+        offload=offload,
+        inline_budget_ms=c.number(inf.get("inline_budget_ms"), (*path, "inference", "inline_budget_ms"),
+                                  positive=True, default=0.25),
+    )
+    return IocConfig(
+        protocols=tuple(p for p in protocols if p in PROTOCOLS) or PROTOCOLS,
+        ca_port=_port(c, d.get("ca_port"), (*path, "ca_port")),
+        pva_port=_port(c, d.get("pva_port"), (*path, "pva_port")),
+        pva_broadcast_port=_port(c, d.get("pva_broadcast_port"), (*path, "pva_broadcast_port")),
+        interfaces=tuple(interfaces) if interfaces else None,
+        metrics_port=metrics_port if metrics_port is not None else 9105,
+        stats_hz=c.number(d.get("stats_hz"), (*path, "stats_hz"), positive=True, default=2.0),
+        inference=inference,
+    )
+
+
+def _parse_sim(c: _Checker, raw: Any) -> SimulatorConfig | None:
+    if raw is None:
+        return None
+    path: Path_ = ("simulator",)
+    d = c.mapping(raw, path, _SIM)
+    return SimulatorConfig(
+        prefix=c.string(d.get("prefix"), (*path, "prefix"), default="SIM:", pattern=_PV_CHARS,
+                        what="PV prefix"),
+        rate_hz=c.number(d.get("rate_hz"), (*path, "rate_hz"), positive=True, default=10.0),
+        seed=c.number(d.get("seed"), (*path, "seed"), integer=True, nonneg=True, default=0),
+        ca_port=_port(c, d.get("ca_port"), (*path, "ca_port")),
+        pva_port=_port(c, d.get("pva_port"), (*path, "pva_port")),
+    )
+
+
+def _parse_alarm(c: _Checker, raw: Any, path: Path_) -> AlarmConfig | None:
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, _ALARM)
+    vals = {k: c.number(d.get(k), (*path, k)) for k in ("lolo", "low", "high", "hihi")}
+    hyst = c.number(d.get("hyst"), (*path, "hyst"), nonneg=True, default=0.0)
+    order = [(k, vals[k]) for k in ("lolo", "low", "high", "hihi") if vals[k] is not None]
+    for (k1, v1), (k2, v2) in zip(order, order[1:], strict=False):
+        if not v1 < v2:
+            c.error(path, f"limits must increase lolo < low < high < hihi, but {k1}={v1} >= {k2}={v2}")
+    if not order:
+        c.error(path, "an alarm needs at least one of lolo, low, high, hihi")
+    return AlarmConfig(hyst=hyst, **vals)
+
+
+def _parse_named_list(c: _Checker, raw: Any, path: Path_, parse: Callable[[dict, Path_], Any]) -> list:
+    if raw is None:
+        c.error(path, "missing (a list is required)")
+        return []
+    if not isinstance(raw, list) or not raw:
+        c.error(path, f"expected a non-empty list, got {raw!r}")
+        return []
+    out, seen = [], {}
+    for i, item in enumerate(raw):
+        parsed = parse(item, (*path, i))
+        if parsed is None:
+            continue
+        if parsed.name in seen:
+            c.error((*path, i, "name"), f"duplicate name {parsed.name!r} (also at index {seen[parsed.name]})")
+        seen[parsed.name] = i
+        out.append(parsed)
+    return out
+
+
+def _parse_input(c: _Checker, raw: Any, path: Path_) -> InputConfig | None:
+    d = c.mapping(raw, path, _INPUT, required=("name",))
+    name = c.string(d.get("name"), (*path, "name"), pattern=_NAME, what="input name (letters, digits, _)")
+    if not name:
+        return None
+    rng = c.pair(d.get("range"), (*path, "range"), "valid range")
+    initial = c.number(d.get("initial"), (*path, "initial"))
+    source = c.pvref(d.get("source"), (*path, "source"))
+    if initial is not None and source is not None:
+        c.error((*path, "initial"), "an input with a source takes its value from the source; drop 'initial'")
+    return InputConfig(
+        name=name,
+        source=source,
+        units=c.string(d.get("units"), (*path, "units"), max_len=MAX_EGU),
+        description=c.string(d.get("description"), (*path, "description"), max_len=MAX_DESC),
+        range=rng,
+        max_age_s=c.number(d.get("max_age_s"), (*path, "max_age_s"), positive=True),
+        prec=c.number(d.get("prec"), (*path, "prec"), integer=True, nonneg=True, default=3),
+        initial=initial,
+        mdel=c.number(d.get("mdel"), (*path, "mdel"), default=0.0),
+        adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
+    )
+
+
+def _parse_output(c: _Checker, raw: Any, path: Path_) -> OutputConfig | None:
+    d = c.mapping(raw, path, _OUTPUT, required=("name",))
+    name = c.string(d.get("name"), (*path, "name"), pattern=_NAME, what="output name (letters, digits, _)")
+    if not name:
+        return None
+    prec = c.number(d.get("prec"), (*path, "prec"), integer=True, nonneg=True, default=3)
+    if prec is not None and prec > 17:
+        c.error((*path, "prec"), f"precision must be 0..17, got {prec}")
+    return OutputConfig(
+        name=name,
+        units=c.string(d.get("units"), (*path, "units"), max_len=MAX_EGU),
+        description=c.string(d.get("description"), (*path, "description"), max_len=MAX_DESC),
+        prec=prec if prec is not None else 3,
+        display=c.pair(d.get("display"), (*path, "display"), "display range"),
+        alarm=_parse_alarm(c, d.get("alarm"), (*path, "alarm")),
+        mdel=c.number(d.get("mdel"), (*path, "mdel"), default=0.0),
+        adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
+    )
+
+
+def _parse_trigger(c: _Checker, raw: Any, path: Path_) -> TriggerConfig:
+    if raw is None:
+        return TriggerConfig(kind="on_change")
+    d = c.mapping(raw, path, _TRIGGER)
+    given = [k for k in _TRIGGER if k in d]
+    if len(given) != 1:
+        c.error(path, f"give exactly one of scan_hz, on_change, pv; got {given or 'none'}")
+        return TriggerConfig(kind="on_change")
+    key = given[0]
+    if key == "scan_hz":
+        hz = c.number(d["scan_hz"], (*path, "scan_hz"), positive=True)
+        if hz is not None and hz > 10000:
+            c.error((*path, "scan_hz"), f"at most 10000 Hz, got {hz}")
+        return TriggerConfig(kind="scan", scan_hz=hz or 1.0)
+    if key == "on_change":
+        if d["on_change"] is not True:
+            c.error((*path, "on_change"), "use 'on_change: true' (or another trigger)")
+        return TriggerConfig(kind="on_change")
+    return TriggerConfig(kind="pv", pv=c.pvref(d["pv"], (*path, "pv")))
+
+
+def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig | None:
+    d = c.mapping(raw, path, _MODEL, required=("name", "prefix", "store", "inputs", "outputs"))
+    if not d:
+        return None
+    name = c.string(d.get("name"), (*path, "name"), pattern=_NAME, what="model name (letters, digits, _)")
+    prefix = c.string(d.get("prefix"), (*path, "prefix"), pattern=_PV_CHARS, what="PV prefix")
+    store = c.string(d.get("store"), (*path, "store"))
+    if store and not store.startswith("models:/"):
+        store = str((base / os.path.expanduser(store)).resolve())
+    elif store and not re.match(r"^models:/[A-Za-z0-9_.\-]+@[A-Za-z0-9_\-]+$", store):
+        c.error((*path, "store"), f"registry stores look like models:/NAME@ALIAS, got {store!r}")
+    inputs = _parse_named_list(c, d.get("inputs"), (*path, "inputs"), lambda r, p: _parse_input(c, r, p))
+    outputs = _parse_named_list(c, d.get("outputs"), (*path, "outputs"), lambda r, p: _parse_output(c, r, p))
+    trigger = _parse_trigger(c, d.get("trigger"), (*path, "trigger"))
+    if not name or prefix is None:
+        return None
+    return ModelConfig(
+        name=name,
+        prefix=prefix,
+        store=store,
+        trigger=trigger,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        description=c.string(d.get("description"), (*path, "description"), max_len=MAX_DESC),
+    )
+
+
+def parse_config(raw: Any, file: Path, lines: dict[Path_, int] | None = None) -> Config:
+    """Validate an already-loaded YAML document; raise :class:`ConfigError` listing every problem."""
+    c = _Checker(file, lines or {})
+    top = c.mapping(raw, (), _TOP, required=("models",))
+    ioc = _parse_ioc(c, top.get("ioc"))
+    sim = _parse_sim(c, top.get("simulator"))
+    base = file.parent
+    models = _parse_named_list(c, top.get("models"), ("models",), lambda r, p: _parse_model(c, r, p, base))
+    config = Config(path=file, ioc=ioc, models=tuple(models), simulator=sim)
+    if not c.problems:
+        _check_pv_names(c, config)
+    if c.problems:
+        raise ConfigError(file, c.problems)
+    return config
+
+
+def _check_pv_names(c: _Checker, config: Config) -> None:
+    """Every PV name must be unique across models and fit EPICS' 60-character limit."""
+    from ioc.layout import model_pv_names  # local: layout depends on this module's dataclasses
+
+    owner: dict[str, str] = {}
+    for i, model in enumerate(config.models):
+        for pv in model_pv_names(model):
+            if len(pv) > MAX_PV_NAME:
+                c.error(("models", i, "prefix"), f"PV name {pv!r} is longer than {MAX_PV_NAME} characters")
+            if pv in owner and owner[pv] != model.name:
+                c.error(("models", i, "prefix"), f"PV {pv!r} is also served by model {owner[pv]!r}")
+            owner[pv] = model.name
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file; raise :class:`ConfigError` on any problem."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(file, [f"{file}: cannot read config: {exc.strerror or exc}"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(file, [f"{where}: not valid YAML: {problem}"]) from exc
+    lines = _line_index(node) if node is not None else {}
+    return parse_config(raw, file, lines)
+
+
+def default_config_path() -> Path:
+    """The shipped demo config: ``config/demo.yaml`` beside the package (source checkout)."""
+    return Path(__file__).resolve().parent.parent / "config" / "demo.yaml"

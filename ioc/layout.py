@@ -1,0 +1,140 @@
+"""Which PVs a model serves, with their record types and fields: the PV contract of DESIGN.md.
+
+This is the single place that turns a :class:`~ioc.config.ModelConfig` into :class:`~ioc.pvmodel.PVSpec`
+objects. ``mlioc pvs``, the IOC itself and the generators (screens, archiver lists, .db files) all
+read it, so none of them can name a PV the IOC does not serve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ioc.config import InputConfig, ModelConfig, OutputConfig
+from ioc.pvmodel import AlarmLimits, Kind, PVSpec, Severity
+
+CONTROL_ASG = "CONTROL"  # access security group of ENABLE / ROLLBACK / PROMOTE / RELOAD
+INPUT_ASG = "INPUTS"  # access security group of writable inputs
+
+
+class ModelStatus(IntEnum):
+    """``$(P)STATUS`` states (mbbi ZRST..)."""
+
+    OK = 0
+    DISABLED = 1
+    NO_MODEL = 2
+    INPUT_INVALID = 3
+    FAULT = 4
+
+
+STATUS_CHOICES = tuple(s.name for s in ModelStatus)
+STATUS_SEVERITIES = (Severity.NO_ALARM, Severity.MINOR, Severity.MAJOR, Severity.MAJOR, Severity.MAJOR)
+ENABLE_CHOICES = ("Disabled", "Enabled")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelNames:
+    """PV names of one model, from its prefix."""
+
+    prefix: str
+
+    def input(self, name: str) -> str:
+        return f"{self.prefix}IN:{name}"
+
+    def output(self, name: str) -> str:
+        return f"{self.prefix}OUT:{name}"
+
+    @property
+    def enable(self) -> str:
+        return f"{self.prefix}ENABLE"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}STATUS"
+
+    @property
+    def message(self) -> str:
+        return f"{self.prefix}MESSAGE"
+
+    @property
+    def champion(self) -> str:
+        return f"{self.prefix}CHAMPION"
+
+    @property
+    def latency(self) -> str:
+        return f"{self.prefix}LATENCY"
+
+    @property
+    def rate(self) -> str:
+        return f"{self.prefix}RATE"
+
+    @property
+    def count(self) -> str:
+        return f"{self.prefix}COUNT"
+
+
+def _alarm_limits(output: OutputConfig) -> AlarmLimits | None:
+    a = output.alarm
+    if a is None:
+        return None
+    return AlarmLimits(lolo=a.lolo, low=a.low, high=a.high, hihi=a.hihi, hyst=a.hyst)
+
+
+def input_spec(names: ModelNames, inp: InputConfig) -> PVSpec:
+    writable = inp.source is None
+    desc = inp.description or (f"{inp.name} from {inp.source.name}"[:40] if inp.source else f"input {inp.name}")
+    return PVSpec(
+        name=names.input(inp.name),
+        kind=Kind.AI,
+        desc=desc,
+        egu=inp.units,
+        prec=inp.prec,
+        display=inp.range,
+        writable=writable,
+        initial=inp.initial if inp.initial is not None else math.nan,
+        mdel=inp.mdel,
+        adel=inp.adel,
+        scan="Passive" if writable else "I/O Intr",
+        asg=INPUT_ASG,
+    )
+
+
+def output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
+    return PVSpec(
+        name=names.output(out.name),
+        kind=Kind.AI,
+        desc=out.description or f"prediction {out.name}",
+        egu=out.units,
+        prec=out.prec,
+        display=out.display,
+        alarm=_alarm_limits(out),
+        initial=math.nan,
+        mdel=out.mdel,
+        adel=out.adel,
+    )
+
+
+def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
+    """Every PV one model serves, in a stable order (inputs, outputs, control, diagnostics)."""
+    n = ModelNames(model.prefix)
+    specs = [input_spec(n, i) for i in model.inputs]
+    specs += [output_spec(n, o) for o in model.outputs]
+    specs += [
+        PVSpec(name=n.enable, kind=Kind.BO, desc=f"enable model {model.name}"[:40], choices=ENABLE_CHOICES,
+               writable=True, initial=1, scan="Passive", asg=CONTROL_ASG, audit=True),
+        PVSpec(name=n.status, kind=Kind.MBBI, desc=f"status of model {model.name}"[:40], choices=STATUS_CHOICES,
+               choice_severities=STATUS_SEVERITIES, initial=int(ModelStatus.NO_MODEL)),
+        PVSpec(name=n.message, kind=Kind.STRINGIN, desc="last event or error", initial=""),
+        PVSpec(name=n.champion, kind=Kind.STRINGIN, desc="model version being served", initial=""),
+        PVSpec(name=n.latency, kind=Kind.AI, desc="inference latency", egu="ms", prec=3, initial=0.0,
+               display=(0.0, 10.0)),
+        PVSpec(name=n.rate, kind=Kind.AI, desc="inference cycles per second", egu="Hz", prec=1, initial=0.0,
+               display=(0.0, 1000.0)),
+        PVSpec(name=n.count, kind=Kind.LONGIN, desc="inference cycles since start", initial=0),
+    ]
+    return specs
+
+
+def model_pv_names(model: ModelConfig) -> list[str]:
+    return [s.name for s in model_pv_specs(model)]

@@ -1,0 +1,466 @@
+"""One PV model: each PV is defined once here and served identically over CA and PVA.
+
+This module is pure logic. It holds every PV's definition (:class:`PVSpec`: record type, units,
+precision, display/control/alarm limits, enum choices) and its current :class:`Reading` (value,
+severity, status, timestamp, message). Alarm severities are computed *here*, once, because the
+Phoebus alarm server trusts the severity the IOC serves and neither caproto (shared alarm groups,
+a 0 default lower limit) nor p4p (ignores ``valueAlarm``) computes it correctly on its own.
+
+The protocol adapters (:mod:`ioc.ca_server`, :mod:`ioc.pva_server`) subscribe to PVs and translate
+readings to wire formats; client writes come back through :meth:`PVDatabase.put`, which checks the
+access policy, coerces the value, calls the PV's put handler and audits the action.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from enum import IntEnum, IntFlag, StrEnum
+from typing import Any, NamedTuple, Protocol
+
+audit_log = logging.getLogger("mlioc.audit")
+
+
+class Severity(IntEnum):
+    """EPICS alarm severity (menuAlarmSevr)."""
+
+    NO_ALARM = 0
+    MINOR = 1
+    MAJOR = 2
+    INVALID = 3
+
+
+class Status(IntEnum):
+    """EPICS alarm status / condition (menuAlarmStat, epicsAlarmCondition)."""
+
+    NO_ALARM = 0
+    READ = 1
+    WRITE = 2
+    HIHI = 3
+    HIGH = 4
+    LOLO = 5
+    LOW = 6
+    STATE = 7
+    COS = 8
+    COMM = 9
+    TIMEOUT = 10
+    HWLIMIT = 11
+    CALC = 12
+    SCAN = 13
+    LINK = 14
+    SOFT = 15
+    BAD_SUB = 16
+    UDF = 17
+    DISABLE = 18
+    SIMM = 19
+    READ_ACCESS = 20
+    WRITE_ACCESS = 21
+
+
+class Kind(StrEnum):
+    """The EPICS record type a PV mimics; decides its wire types and the fields it serves."""
+
+    AI = "ai"
+    AO = "ao"
+    BO = "bo"
+    MBBI = "mbbi"
+    STRINGIN = "stringin"
+    LONGIN = "longin"
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (Kind.AI, Kind.AO, Kind.LONGIN)
+
+    @property
+    def is_enum(self) -> bool:
+        return self in (Kind.BO, Kind.MBBI)
+
+
+class Event(IntFlag):
+    """Which kinds of change a post carries. Same bits as EPICS ``DBE_*``."""
+
+    NONE = 0
+    VALUE = 1
+    LOG = 2
+    ALARM = 4
+    PROPERTY = 8
+
+
+ALL_EVENTS = Event.VALUE | Event.LOG | Event.ALARM
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmLimits:
+    """HIHI/HIGH/LOW/LOLO limits with their severities, evaluated like an EPICS ai record.
+
+    A limit that is ``None`` is disabled (EPICS: severity NO_ALARM). ``hyst`` is the record's HYST:
+    an alarm raised at a limit clears only once the value is ``hyst`` back inside it.
+    """
+
+    lolo: float | None = None
+    low: float | None = None
+    high: float | None = None
+    hihi: float | None = None
+    llsv: Severity = Severity.MAJOR
+    lsv: Severity = Severity.MINOR
+    hsv: Severity = Severity.MINOR
+    hhsv: Severity = Severity.MAJOR
+    hyst: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.lolo, self.low, self.high, self.hihi))
+
+    def evaluate(self, value: float, last_limit: float | None = None) -> tuple[Severity, Status, float | None]:
+        """Return (severity, status, limit that raised it) for ``value``.
+
+        ``last_limit`` is the limit that raised the previous alarm (EPICS LALM), for hysteresis.
+        Order and comparisons follow aiRecord.c ``checkAlarms``: HIHI, LOLO, HIGH, LOW; ``>=``/``<=``.
+        """
+        h = self.hyst
+        hihi, lolo, high, low = self.hihi, self.lolo, self.high, self.low
+        if hihi is not None and self.hhsv and (
+            value >= hihi or (last_limit == hihi and value >= hihi - h)
+        ):
+            return self.hhsv, Status.HIHI, hihi
+        if lolo is not None and self.llsv and (
+            value <= lolo or (last_limit == lolo and value <= lolo + h)
+        ):
+            return self.llsv, Status.LOLO, lolo
+        if high is not None and self.hsv and (
+            value >= high or (last_limit == high and value >= high - h)
+        ):
+            return self.hsv, Status.HIGH, high
+        if low is not None and self.lsv and (
+            value <= low or (last_limit == low and value <= low + h)
+        ):
+            return self.lsv, Status.LOW, low
+        return Severity.NO_ALARM, Status.NO_ALARM, None
+
+
+@dataclass(frozen=True, slots=True)
+class PVSpec:
+    """Everything static about a PV: what EPICS tools read from its record fields.
+
+    ``display`` is (LOPR, HOPR), ``control`` is (DRVL, DRVH): writes outside it are refused.
+    ``choices`` are the enum strings of a bo (ZNAM, ONAM) or mbbi (ZRST, ONST, ...), and
+    ``choice_severities`` their alarm severities (ZSV/OSV, ZRSV/ONSV, ...).
+    ``mdel``/``adel`` are the monitor and archive deadbands (a negative value posts every change).
+    ``asg`` is the access security group that decides who may write it.
+    ``audit`` marks control PVs whose every write is logged with who, from where and when.
+    """
+
+    name: str
+    kind: Kind
+    desc: str = ""
+    egu: str = ""
+    prec: int = 0
+    display: tuple[float, float] | None = None
+    control: tuple[float, float] | None = None
+    alarm: AlarmLimits | None = None
+    choices: tuple[str, ...] = ()
+    choice_severities: tuple[Severity, ...] = ()
+    writable: bool = False
+    initial: float | int | str = 0
+    mdel: float = 0.0
+    adel: float = 0.0
+    scan: str = "I/O Intr"
+    asg: str = "DEFAULT"
+    audit: bool = False
+    max_length: int = 40
+
+    def __post_init__(self) -> None:
+        if self.kind.is_enum and not self.choices:
+            raise ValueError(f"{self.name}: a {self.kind} PV needs choices")
+
+    def coerce(self, value: Any) -> float | int | str:
+        """Turn a client-written value into this PV's Python type, or raise :class:`PutRejected`."""
+        kind = self.kind
+        if kind in (Kind.AI, Kind.AO):
+            if isinstance(value, bool):
+                return float(value)
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, (str, bytes)):
+                text = value.decode() if isinstance(value, bytes) else value
+                try:
+                    return float(text.strip())
+                except ValueError:
+                    raise PutRejected(f"not a number: {text!r}") from None
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise PutRejected(f"not a number: {value!r}") from None
+        if kind is Kind.LONGIN:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise PutRejected(f"not an integer: {value!r}") from None
+            if not math.isfinite(number) or number != int(number):
+                raise PutRejected(f"not an integer: {value!r}")
+            return int(number)
+        if kind.is_enum:
+            if isinstance(value, bytes):
+                value = value.decode()
+            if isinstance(value, str):
+                if value in self.choices:
+                    return self.choices.index(value)
+                try:
+                    value = int(value.strip())
+                except ValueError:
+                    raise PutRejected(f"{value!r} is not one of {list(self.choices)}") from None
+            try:
+                index = int(value)
+            except (TypeError, ValueError):
+                raise PutRejected(f"not a choice: {value!r}") from None
+            if index != value or not 0 <= index < len(self.choices):
+                raise PutRejected(f"{value!r} is not a valid index 0..{len(self.choices) - 1}")
+            return index
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if len(text) >= self.max_length:
+            raise PutRejected(f"string longer than {self.max_length - 1} characters")
+        return text
+
+
+class Reading(NamedTuple):
+    """A PV's current state, as both protocols serve it."""
+
+    value: float | int | str
+    severity: Severity
+    status: Status
+    timestamp: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is writing: taken from the CA circuit or the PVA operation."""
+
+    user: str
+    host: str
+    protocol: str
+    address: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host} via {self.protocol}"
+
+
+LOCAL_CLIENT = ClientInfo(user="ioc", host="localhost", protocol="internal")
+
+
+class PutRejected(Exception):
+    """A client write was refused; the message goes back to the client."""
+
+
+class AccessDenied(PutRejected):
+    """The access policy refused the write."""
+
+
+class AccessPolicy(Protocol):
+    """Decides read/write rights per access security group, user and host."""
+
+    def can_write(self, asg: str, user: str, host: str) -> bool: ...
+
+    def can_read(self, asg: str, user: str, host: str) -> bool: ...
+
+
+class AllowAll:
+    """The access policy of an IOC with no access configuration: everything readable and writable."""
+
+    def can_write(self, asg: str, user: str, host: str) -> bool:
+        return True
+
+    def can_read(self, asg: str, user: str, host: str) -> bool:
+        return True
+
+
+Listener = Callable[["PV", Reading, Event], None]
+SpecListener = Callable[["PV", PVSpec], None]
+PutHandler = Callable[["PV", Any, ClientInfo], "Awaitable[None] | None"]
+
+
+def _changed_beyond(old: Any, new: Any, deadband: float) -> bool:
+    if deadband < 0:
+        return True
+    if isinstance(new, float) and isinstance(old, (int, float)):
+        if math.isnan(new) or math.isnan(old):
+            return not (math.isnan(new) and math.isnan(old))
+        if math.isinf(new) or math.isinf(old):
+            return new != old
+        return abs(new - old) > deadband
+    return new != old
+
+
+class PV:
+    """One PV: its spec, its current reading, and the adapters listening to it."""
+
+    __slots__ = ("_adel_last", "_last_limit", "_listeners", "_mdel_last", "_spec_listeners",
+                 "put_handler", "reading", "spec")
+
+    def __init__(self, spec: PVSpec, timestamp: float = 0.0, put_handler: PutHandler | None = None):
+        self.spec = spec
+        self.put_handler = put_handler
+        # Like an EPICS record before its first processing: undefined, INVALID.
+        self.reading = Reading(spec.initial, Severity.INVALID, Status.UDF, timestamp, "")
+        self._listeners: list[Listener] = []
+        self._spec_listeners: list[SpecListener] = []
+        self._mdel_last: Any = spec.initial
+        self._adel_last: Any = spec.initial
+        self._last_limit: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def value(self) -> Any:
+        return self.reading.value
+
+    def subscribe(self, listener: Listener, spec_listener: SpecListener | None = None) -> None:
+        self._listeners.append(listener)
+        if spec_listener is not None:
+            self._spec_listeners.append(spec_listener)
+
+    def post(
+        self,
+        value: Any,
+        timestamp: float,
+        severity: Severity | None = None,
+        status: Status | None = None,
+        message: str = "",
+        force: bool = False,
+    ) -> Event:
+        """Set a new reading and tell the adapters; returns the events it carried.
+
+        The served severity is the worse of ``severity`` (a condition the caller knows, e.g.
+        INVALID because an input is stale) and the one the PV's own alarm limits / enum state
+        severities give. A non-finite analog value is always INVALID. Every post updates the
+        reading (a ``caget`` sees it); monitors are posted only for events that pass MDEL/ADEL,
+        exactly as an EPICS record does.
+        """
+        spec = self.spec
+        kind = spec.kind
+        sev = Severity.NO_ALARM
+        stat = Status.NO_ALARM
+        if kind.is_numeric:
+            if isinstance(value, float) and not math.isfinite(value):
+                sev, stat = Severity.INVALID, Status.UDF
+                self._last_limit = None
+            elif spec.alarm is not None:
+                sev, stat, self._last_limit = spec.alarm.evaluate(value, self._last_limit)
+        elif kind.is_enum and spec.choice_severities:
+            try:
+                sev = spec.choice_severities[value]
+            except (IndexError, TypeError):
+                sev = Severity.INVALID
+            if sev:
+                stat = Status.STATE
+        if severity and severity >= sev:
+            sev = Severity(severity)
+            stat = Status(status if status is not None else Status.SOFT)
+        old = self.reading
+        new = Reading(value, sev, stat, timestamp, message)
+        self.reading = new
+        events = Event.NONE
+        if force:
+            events = ALL_EVENTS
+            self._mdel_last = self._adel_last = value
+        else:
+            if _changed_beyond(self._mdel_last, value, spec.mdel):
+                events |= Event.VALUE
+                self._mdel_last = value
+            if _changed_beyond(self._adel_last, value, spec.adel):
+                events |= Event.LOG
+                self._adel_last = value
+            if old.severity != sev or old.status != stat or old.message != message:
+                events |= Event.ALARM
+        for listener in self._listeners:
+            listener(self, new, events)
+        return events
+
+    def update_spec(self, **changes: Any) -> None:
+        """Change metadata at run time (e.g. alarm limits from a new model's reference)."""
+        self.spec = replace(self.spec, **changes)
+        for listener in self._spec_listeners:
+            listener(self, self.spec)
+        reading = self.reading
+        if reading.status != Status.UDF:
+            # Re-evaluate the alarm of the current value against the new limits.
+            self.post(reading.value, reading.timestamp)
+
+
+@dataclass
+class PVDatabase:
+    """All PVs of one IOC process, with the write path shared by both protocols."""
+
+    access: AccessPolicy = field(default_factory=AllowAll)
+    _pvs: dict[str, PV] = field(default_factory=dict)
+
+    def add(self, spec: PVSpec, timestamp: float = 0.0, put_handler: PutHandler | None = None) -> PV:
+        if spec.name in self._pvs:
+            raise ValueError(f"duplicate PV name {spec.name}")
+        pv = PV(spec, timestamp, put_handler)
+        self._pvs[spec.name] = pv
+        return pv
+
+    def __getitem__(self, name: str) -> PV:
+        return self._pvs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pvs
+
+    def __iter__(self) -> Iterator[PV]:
+        return iter(self._pvs.values())
+
+    def __len__(self) -> int:
+        return len(self._pvs)
+
+    def names(self) -> list[str]:
+        return list(self._pvs)
+
+    def can_write(self, pv: PV, user: str, host: str) -> bool:
+        return pv.spec.writable and self.access.can_write(pv.spec.asg, user, host)
+
+    def can_read(self, pv: PV, user: str, host: str) -> bool:
+        return self.access.can_read(pv.spec.asg, user, host)
+
+    def put(self, name: str, value: Any, client: ClientInfo) -> Awaitable[None] | None:
+        """Apply a client write: access check, coercion, the PV's handler, audit.
+
+        Raises :class:`PutRejected` (or :class:`AccessDenied`) with a message for the client.
+        The handler may return an awaitable for work that has to wait (e.g. loading a model);
+        the adapter completes the client's put when it finishes.
+        """
+        pv = self._pvs[name]
+        spec = pv.spec
+        old = pv.reading.value
+        try:
+            if not spec.writable or pv.put_handler is None:
+                raise PutRejected(f"{name} is read-only")
+            if not self.access.can_write(spec.asg, client.user, client.host):
+                raise AccessDenied(f"{client.user}@{client.host} may not write {name}")
+            coerced = spec.coerce(value)
+            if spec.control is not None and isinstance(coerced, float):
+                lo, hi = spec.control
+                if lo < hi and not lo <= coerced <= hi:
+                    raise PutRejected(f"{coerced} outside control limits [{lo}, {hi}]")
+            result = pv.put_handler(pv, coerced, client)
+        except PutRejected as exc:
+            if spec.audit or isinstance(exc, AccessDenied):
+                audit_log.warning(
+                    "put %s %r -> %r by %s@%s (%s %s) denied: %s",
+                    name, old, value, client.user, client.host, client.protocol, client.address, exc,
+                    extra={"pv": name, "old": old, "new": value, "user": client.user, "host": client.host,
+                           "protocol": client.protocol, "accepted": False, "reason": str(exc)},
+                )
+            raise
+        if spec.audit:
+            audit_log.info(
+                "put %s %r -> %r by %s@%s (%s %s) accepted",
+                name, old, coerced, client.user, client.host, client.protocol, client.address,
+                extra={"pv": name, "old": old, "new": coerced, "user": client.user, "host": client.host,
+                       "protocol": client.protocol, "accepted": True},
+            )
+        return result

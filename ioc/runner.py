@@ -1,0 +1,368 @@
+"""One model's cycle: input snapshot -> inference -> outputs, and the model's status PVs.
+
+Everything here runs on the event loop thread (sources hand their updates over with
+``call_soon_threadsafe``), so the runner's state needs no locks. The only work that may leave the
+loop is the ONNX Runtime call itself (see :mod:`ioc.offload`); it captures the model and the input
+snapshot when it starts, so a cycle never mixes two models or two moments, and a model swap
+(:meth:`ModelRunner.set_model`) takes effect between two cycles.
+
+Every cycle ends in exactly one of the states of ``$(P)STATUS``. Whenever it is not OK, every output
+is served with INVALID severity and a status that says why (DISABLE, UDF, LINK, CALC), and
+``$(P)MESSAGE`` names the cause, so no fault can leave STATUS OK with a wrong prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ioc.config import InferenceConfig, ModelConfig
+from ioc.engine import LoadedModel
+from ioc.inputs import InputState, Problem, Snapshot, take_snapshot
+from ioc.layout import ModelNames, ModelStatus, model_pv_specs
+from ioc.offload import Offloader
+from ioc.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status
+
+log = logging.getLogger("mlioc.runner")
+
+MESSAGE_LEN = 39  # a CA DBR_STRING holds 39 characters + NUL; both protocols serve the same text
+_SEVERITY_OF = {ModelStatus.DISABLED: Status.DISABLE, ModelStatus.NO_MODEL: Status.UDF,
+                ModelStatus.INPUT_INVALID: Status.LINK, ModelStatus.FAULT: Status.CALC}
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRecord:
+    """What one cycle saw and produced: handed to cycle listeners (recorder, monitors, metrics)."""
+
+    timestamp: float
+    inputs: np.ndarray
+    outputs: np.ndarray | None
+    status: ModelStatus
+    version: str
+    latency_s: float
+    message: str
+
+
+CycleListener = Callable[[CycleRecord], None]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
+
+
+class ModelRunner:
+    """Owns one model's PVs and runs its cycles."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        db: PVDatabase,
+        inference: InferenceConfig,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.names = ModelNames(config.prefix)
+        self.clock = clock
+        self.loop = loop
+        self.offloader = Offloader(loop, inference.offload, inference.inline_budget_ms, config.name)
+        now = clock()
+        self.inputs = [InputState.for_config(i, now) for i in config.inputs]
+        for spec in model_pv_specs(config):
+            db.add(spec, now)
+        n = self.names
+        self.in_pvs: list[PV] = [db[n.input(i.name)] for i in config.inputs]
+        self.out_pvs: list[PV] = [db[n.output(o.name)] for o in config.outputs]
+        self.enable_pv, self.status_pv, self.message_pv = db[n.enable], db[n.status], db[n.message]
+        self.champion_pv = db[n.champion]
+        self.latency_pv, self.rate_pv, self.count_pv = db[n.latency], db[n.rate], db[n.count]
+        for index, pv in enumerate(self.in_pvs):
+            if pv.spec.writable:
+                pv.put_handler = self._input_put_handler(index)
+        self.enable_pv.put_handler = self._put_enable
+
+        self.model: LoadedModel | None = None
+        self.no_model_reason = "no model loaded yet"
+        self.enabled = True
+        self._disabled_text = "disabled"
+        self.status: ModelStatus | None = None
+        self.count = 0  # triggered cycles
+        self.overruns = 0  # triggers that found the previous cycle still running
+        self.cycle_listeners: list[CycleListener] = []
+        self._input_problems: list[Problem | None] = [None] * len(self.inputs)
+        self._in_flight = False
+        self._again = False
+        self._scheduled = False
+        self._stale_handle: asyncio.TimerHandle | None = None
+        self._stale_at: float | None = None
+        self._stats_t = now
+        self._stats_count = 0
+        self._lat_sum = 0.0
+        self._lat_n = 0
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        """Post every PV's initial state (before any client can connect)."""
+        now = self.clock()
+        for index, state in enumerate(self.inputs):
+            self._post_input(index, state, now)
+        self.enable_pv.post(1, now)
+        self.champion_pv.post("", now)
+        self.latency_pv.post(0.0, now)
+        self.rate_pv.post(0.0, now)
+        self.count_pv.post(0, now)
+        self._set_status(ModelStatus.NO_MODEL, "loading model", now)
+        self._invalidate_outputs(Status.UDF, "loading model", now)
+
+    # ------------------------------------------------------------------ model swap
+
+    def set_model(self, model: LoadedModel, message: str | None = None) -> None:
+        """Serve ``model`` from the next cycle on (called on the loop, between cycles)."""
+        previous = self.model
+        self.model = model
+        if previous is not None:
+            self.offloader.forget(previous)
+        now = self.clock()
+        self.champion_pv.post(model.version, now)
+        where = "inline" if self.offloader.use_inline(model) else "worker thread"
+        text = message or f"loaded v{model.version} ({model.provider.replace('ExecutionProvider', '')})"
+        log.info("%s: serving v%s on %s, %s (warm-up median %.3f ms, p99 %.3f ms)", self.config.name,
+                 model.version, model.provider, where, model.warm_median_ms, model.warm_p99_ms)
+        self._message(text, now)
+        self.run_cycle(triggered=False)
+
+    def set_no_model(self, reason: str) -> None:
+        """No servable model (none in the store, or it failed validation with nothing to fall back on)."""
+        self.model = None
+        self.no_model_reason = reason
+        log.error("%s: no model: %s", self.config.name, reason)
+        now = self.clock()
+        self.champion_pv.post("", now)
+        self._message(f"no model: {reason}", now)
+        self.run_cycle(triggered=False)
+
+    # ------------------------------------------------------------------ inputs
+
+    def update_input(self, index: int, value: float | None, severity: Severity, timestamp: float,
+                     connected: bool = True) -> None:
+        """A new value (or a disconnect) for input ``index``; called on the loop."""
+        state = self.inputs[index]
+        was_ok = state.connected
+        state.connected = connected
+        if connected and value is not None:
+            try:
+                state.value = float(value)
+            except (TypeError, ValueError):
+                state.value = math.nan
+            state.severity = Severity(severity)
+            state.timestamp = timestamp
+            state.defined = True
+        now = self.clock()
+        self._post_input(index, state, now)
+        if self.config.trigger.kind == "on_change":
+            self.request_cycle()
+        elif not connected and was_ok:
+            # Do not wait for the next trigger to tell the world the outputs are no longer valid.
+            self.run_cycle(triggered=False)
+        else:
+            self._arm_stale_timer()
+
+    def _input_put_handler(self, index: int):
+        def handler(pv: PV, value: float, client: ClientInfo) -> None:
+            self.update_input(index, value, Severity.NO_ALARM, self.clock())
+
+        return handler
+
+    def _post_input(self, index: int, state: InputState, now: float) -> None:
+        problem = state.problem(now)
+        self._input_problems[index] = problem
+        pv = self.in_pvs[index]
+        if problem is not None:
+            pv.post(state.value, state.timestamp or now, Severity.INVALID, problem.status, problem.reason)
+        else:
+            pv.post(state.value, state.timestamp, state.severity,
+                    Status.LINK if state.severity else Status.NO_ALARM, "")
+
+    def _refresh_input_problems(self, now: float) -> None:
+        """Re-post inputs whose validity changed with time alone (turned stale)."""
+        for index, state in enumerate(self.inputs):
+            problem = state.problem(now)
+            if problem != self._input_problems[index]:
+                self._post_input(index, state, now)
+
+    # ------------------------------------------------------------------ control PVs
+
+    def _put_enable(self, pv: PV, value: int, client: ClientInfo) -> None:
+        now = self.clock()
+        self.enabled = bool(value)
+        pv.post(int(value), now)
+        verb = "enabled" if value else "disabled"
+        log.warning("%s: %s by %s@%s via %s", self.config.name, verb, client.user, client.host, client.protocol)
+        text = f"{verb} by {client.user}@{client.host}"
+        if not value:
+            self._disabled_text = text
+        self._message(text, now)
+        self.run_cycle(triggered=False)
+
+    # ------------------------------------------------------------------ cycles
+
+    def request_cycle(self) -> None:
+        """Run a cycle soon; updates arriving in the same loop iteration share one cycle."""
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._run_scheduled)
+
+    def _run_scheduled(self) -> None:
+        self._scheduled = False
+        self.run_cycle()
+
+    def run_cycle(self, triggered: bool = True) -> None:
+        """Take a snapshot and run the model on it (or publish why the outputs are invalid)."""
+        if self._in_flight:
+            if triggered:
+                self.overruns += 1
+            self._again = True
+            return
+        now = self.clock()
+        if triggered:
+            self.count += 1
+        self._refresh_input_problems(now)
+        snapshot = take_snapshot(self.inputs, now)
+        model = self.model
+        if not self.enabled:
+            self._finish_invalid(ModelStatus.DISABLED, self._disabled_text, now, snapshot)
+        elif model is None:
+            self._finish_invalid(ModelStatus.NO_MODEL, f"no model: {self.no_model_reason}", now, snapshot)
+        elif snapshot.problem is not None:
+            self._finish_invalid(ModelStatus.INPUT_INVALID, str(snapshot.problem), now, snapshot)
+        elif self.offloader.use_inline(model):
+            t0 = time.perf_counter()
+            try:
+                result, error = model.run(snapshot.values), None
+            except Exception as exc:
+                result, error = None, exc
+            elapsed = time.perf_counter() - t0
+            self.offloader.note_inline_time(model, elapsed)
+            self._finish(model, snapshot, result, error, elapsed)
+        else:
+            self._in_flight = True
+            values = snapshot.values
+            self.offloader.submit(lambda: model.run(values),
+                                  lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
+        self._arm_stale_timer()
+
+    def _finish(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
+                error: BaseException | None, elapsed: float) -> None:
+        self._in_flight = False
+        now = self.clock()
+        if error is None and result is not None and not np.all(np.isfinite(result)):
+            bad = [o.name for o, v in zip(self.config.outputs, result, strict=True) if not math.isfinite(v)]
+            error = ValueError(f"non-finite {', '.join(bad)}")
+        if error is not None:
+            text = f"inference failed: {error}"
+            log.error("%s v%s: %s", self.config.name, model.version, text)
+            self._finish_invalid(ModelStatus.FAULT, text, now, snapshot, version=model.version)
+        else:
+            ts = snapshot.timestamp
+            for pv, value in zip(self.out_pvs, result.tolist(), strict=True):
+                pv.post(value, ts)
+            self._lat_sum += elapsed
+            self._lat_n += 1
+            if self.status is not ModelStatus.OK:
+                self._set_status(ModelStatus.OK, f"serving v{model.version}", now)
+            self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
+        if self._again:
+            self._again = False
+            self.request_cycle()
+
+    def _finish_invalid(self, status: ModelStatus, message: str, now: float, snapshot: Snapshot,
+                        version: str | None = None) -> None:
+        self._set_status(status, message, now)
+        self._invalidate_outputs(_SEVERITY_OF[status], message, now)
+        if version is None:
+            version = self.model.version if self.model is not None else ""
+        self._notify(CycleRecord(snapshot.timestamp, snapshot.values, None, status, version, 0.0, message))
+        if self._again:
+            self._again = False
+            self.request_cycle()
+
+    def _notify(self, record: CycleRecord) -> None:
+        for listener in self.cycle_listeners:
+            try:
+                listener(record)
+            except Exception:  # a broken listener must not stop inference
+                log.exception("%s: cycle listener %r failed", self.config.name, listener)
+
+    def _invalidate_outputs(self, status: Status, message: str, now: float) -> None:
+        for pv in self.out_pvs:
+            pv.post(pv.reading.value, now, Severity.INVALID, status, _clip(message))
+
+    def _set_status(self, status: ModelStatus, message: str, now: float) -> None:
+        if status is not self.status:
+            previous = self.status
+            self.status = status
+            self.status_pv.post(int(status), now)
+            level = logging.INFO if status is ModelStatus.OK else logging.WARNING
+            log.log(level, "%s: status %s -> %s: %s", self.config.name,
+                    previous.name if previous is not None else "-", status.name, message)
+        self._message(message, now)
+
+    def _message(self, text: str, now: float) -> None:
+        text = _clip(text)
+        if self.message_pv.value != text:
+            self.message_pv.post(text, now)
+
+    # ------------------------------------------------------------------ staleness
+
+    def _arm_stale_timer(self) -> None:
+        """Wake up when the next input turns stale, so outputs go INVALID even with no trigger."""
+        now = self.clock()
+        expiries = [e for s in self.inputs if (e := s.expires_at()) is not None and e >= now]
+        if not expiries:
+            return
+        at = min(expiries)
+        if self._stale_handle is not None and self._stale_at is not None and self._stale_at <= at:
+            return
+        if self._stale_handle is not None:
+            self._stale_handle.cancel()
+        self._stale_at = at
+        self._stale_handle = self.loop.call_later(max(0.0, at - now) + 0.001, self._on_stale_timer)
+
+    def _on_stale_timer(self) -> None:
+        self._stale_handle = None
+        self._stale_at = None
+        now = self.clock()
+        if any(s.problem(now) is not None for s in self.inputs) and self.status is ModelStatus.OK:
+            self.run_cycle(triggered=False)
+        else:
+            self._refresh_input_problems(now)
+            self._arm_stale_timer()
+
+    # ------------------------------------------------------------------ statistics
+
+    def publish_stats(self) -> None:
+        """Post LATENCY (mean ms over the window), RATE (cycles/s) and COUNT; called at stats_hz."""
+        now = self.clock()
+        dt = now - self._stats_t
+        if dt <= 0:
+            return
+        rate = (self.count - self._stats_count) / dt
+        self._stats_t, self._stats_count = now, self.count
+        if self._lat_n:
+            self.latency_pv.post(self._lat_sum / self._lat_n * 1e3, now)
+            self._lat_sum, self._lat_n = 0.0, 0
+        self.rate_pv.post(rate, now)
+        self.count_pv.post(self.count, now)
+
+    def close(self) -> None:
+        if self._stale_handle is not None:
+            self._stale_handle.cancel()
+        self.offloader.close()

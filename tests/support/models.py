@@ -1,0 +1,106 @@
+"""Small real ONNX models and model stores for tests, built with onnx.helper (no torch needed).
+
+``linear_model`` computes y = x @ W.T + b exactly, so a test can predict every output by hand;
+``slow_model`` burns a configurable amount of CPU per call to test that inference runs off the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ioc.store import ModelStore
+
+OPSET = 17
+
+
+def _save(graph: onnx.GraphProto) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def linear_model(w: np.ndarray, b: np.ndarray, input_name: str = "x", output_name: str = "y") -> bytes:
+    w = np.asarray(w, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    n_out, n_in = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [input_name, "wt"], ["xw"]), helper.make_node("Add", ["xw", "b"], [output_name])],
+        "linear",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])],
+        initializer=[numpy_helper.from_array(w.T.copy(), "wt"), numpy_helper.from_array(b, "b")],
+    )
+    return _save(graph)
+
+
+def slow_model(n_in: int, n_out: int, size: int = 1024) -> bytes:
+    """y = first n_out inputs (zero-padded) + 0 * sum(C @ C), C an input-dependent size x size matrix.
+
+    The matrix product (2 size^3 flops) cannot be constant-folded because C depends on x.
+    """
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1),  # [batch, 1]
+        helper.make_node("ReduceSum", ["s"], ["s0"], keepdims=0),  # scalar-ish [1]? keep as [] below
+        helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Mul", ["ones", "s0"], ["c"]),
+        helper.make_node("MatMul", ["c", "c"], ["cc"]),
+        helper.make_node("ReduceSum", ["cc"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["x", "pick"], ["picked"]),
+        helper.make_node("Add", ["picked", "nothing"], ["y"]),
+    ]
+    pick = np.zeros((n_in, n_out), dtype=np.float32)
+    for i in range(min(n_in, n_out)):
+        pick[i, i] = 1.0
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
+        initializer=[numpy_helper.from_array(np.array([size, size], dtype=np.int64), "shape"),
+                     numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+                     numpy_helper.from_array(pick, "pick")],
+    )
+    return _save(graph)
+
+
+def manifest_for(inputs: Sequence[str], outputs: Sequence[str], *, units_in: Sequence[str] | None = None,
+                 units_out: Sequence[str] | None = None, test_inputs: np.ndarray | None = None,
+                 test_outputs: np.ndarray | None = None, model: str = "m") -> dict:
+    doc = {
+        "format": 1,
+        "model": model,
+        "kind": "regression",
+        "onnx": {"input": "x", "output": "y"},
+        "inputs": [{"name": n, "units": (units_in or [""] * len(inputs))[i], "mean": 0.0, "std": 1.0}
+                   for i, n in enumerate(inputs)],
+        "outputs": [{"name": n, "units": (units_out or [""] * len(outputs))[i], "mean": 0.0, "std": 1.0}
+                    for i, n in enumerate(outputs)],
+        "provenance": {"created_by": "tests"},
+    }
+    if test_inputs is not None:
+        doc["test_vectors"] = {"inputs": np.asarray(test_inputs).tolist(),
+                               "outputs": np.asarray(test_outputs).tolist(), "rtol": 1e-5, "atol": 1e-5}
+    return doc
+
+
+def publish_linear(root: Path, inputs: Sequence[str], outputs: Sequence[str], w, b, *, champion: bool = True,
+                   units_in=None, units_out=None) -> tuple[ModelStore, int]:
+    """Publish a linear model version (with test vectors) into the store at ``root``."""
+    w = np.asarray(w, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 5, size=(4, len(inputs)))
+    ys = xs @ w.T + b
+    store = ModelStore(root)
+    number = store.add_version(linear_model(w, b), manifest_for(inputs, outputs, units_in=units_in,
+                                                                units_out=units_out, test_inputs=xs,
+                                                                test_outputs=ys))
+    if champion:
+        store.write_pointer("champion", number)
+    return store, number
