@@ -40,8 +40,19 @@ from caproto import (
 from caproto._data import SubscriptionUpdate
 from caproto._dbr import TimeStamp, _channel_type_by_name, native_type
 
-from ioc.caproto_fixes import FastContext
-from ioc.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Severity, Status
+from ioc.caproto_fixes import FastContext, install_log_filters
+from ioc.pvmodel import (
+    PV,
+    ClientInfo,
+    Event,
+    Kind,
+    PutRejected,
+    PVDatabase,
+    PVSpec,
+    Reading,
+    Severity,
+    Status,
+)
 
 log = logging.getLogger("mlioc.ca")
 
@@ -352,6 +363,7 @@ class CaServer:
         if interfaces is None:
             env = os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split()
             interfaces = env or ["0.0.0.0"]
+        install_log_filters()
         self.context = FastContext(self.pvdb, interfaces)
         self._task = asyncio.get_running_loop().create_task(self.context.run(), name="ca-server")
         loop = asyncio.get_running_loop()

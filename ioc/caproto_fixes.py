@@ -14,7 +14,10 @@ Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/test_ca
    with SO_REUSEADDR succeeds until someone listens) and one then fails silently in a background
    task. We ``listen()`` right after ``bind()`` so a taken port fails at once and the next is tried.
 5. **Beacon tracebacks**: with no CA repeater listening, every beacon logs a full traceback. We log
-   one warning and then stay quiet until beacons succeed again.
+   one warning and then stay quiet.
+6. **Refused writes log a traceback**: caproto logs every exception from a write handler with
+   ``log.exception``. A refused write (bad value, read-only, access denied) is an operator's mistake,
+   already logged once by the PV database; :class:`RefusedWriteFilter` drops caproto's copy.
 """
 
 from __future__ import annotations
@@ -28,6 +31,22 @@ from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.asyncio.utils import _TransportWrapper
 
 log = logging.getLogger("mlioc.ca")
+
+
+class RefusedWriteFilter(logging.Filter):
+    """Drop caproto's traceback for writes our PV database refused (they are logged there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ioc.pvmodel import PutRejected
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, PutRejected)
+
+
+def install_log_filters() -> None:
+    logger = logging.getLogger("caproto.circ")
+    if not any(isinstance(f, RefusedWriteFilter) for f in logger.filters):
+        logger.addFilter(RefusedWriteFilter())
 
 
 class FastCircuit(VirtualCircuit):

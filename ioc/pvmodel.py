@@ -448,13 +448,12 @@ class PVDatabase:
                     raise PutRejected(f"{coerced} outside control limits [{lo}, {hi}]")
             result = pv.put_handler(pv, coerced, client)
         except PutRejected as exc:
-            if spec.audit or isinstance(exc, AccessDenied):
-                audit_log.warning(
-                    "put %s %r -> %r by %s@%s (%s %s) denied: %s",
-                    name, old, value, client.user, client.host, client.protocol, client.address, exc,
-                    extra={"pv": name, "old": old, "new": value, "user": client.user, "host": client.host,
-                           "protocol": client.protocol, "accepted": False, "reason": str(exc)},
-                )
+            audit_log.warning(
+                "put %s %r -> %r by %s@%s (%s %s) refused: %s",
+                name, old, value, client.user, client.host, client.protocol, client.address, exc,
+                extra={"pv": name, "old": old, "new": value, "user": client.user, "host": client.host,
+                       "protocol": client.protocol, "accepted": False, "reason": str(exc)},
+            )
             raise
         if spec.audit:
             audit_log.info(

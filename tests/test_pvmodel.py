@@ -130,14 +130,16 @@ def test_put_path_read_only_handler_control_limits_and_audit(caplog):
                  put_handler=lambda pv, v, c: got.append((v, c)))
     lim = db.add(PVSpec(name="LIM", kind=Kind.AO, writable=True, control=(0.0, 10.0)),
                  put_handler=lambda pv, v, c: None)
-    with pytest.raises(PutRejected, match="read-only"):
-        db.put(ro.name, 1.0, ALICE)
-    with pytest.raises(PutRejected, match="outside control limits"):
-        db.put(lim.name, 11.0, ALICE)
     with caplog.at_level(logging.INFO, logger="mlioc.audit"):
+        with pytest.raises(PutRejected, match="read-only"):
+            db.put(ro.name, 1.0, ALICE)
+        with pytest.raises(PutRejected, match="outside control limits"):
+            db.put(lim.name, 11.0, ALICE)
         db.put(ctl.name, "On", ALICE)
+    refused = [r for r in caplog.records if r.name == "mlioc.audit" and not r.accepted]
+    assert [r.reason for r in refused] == ["RO is read-only", "11.0 outside control limits [0.0, 10.0]"]
     assert got == [(1, ALICE)]
-    (record,) = [r for r in caplog.records if r.name == "mlioc.audit"]
+    (record,) = [r for r in caplog.records if r.name == "mlioc.audit" and r.accepted]
     assert "CTL" in record.message and "alice@ctrl1" in record.message and "accepted" in record.message
     assert record.user == "alice" and record.host == "ctrl1" and record.protocol == "ca" and record.accepted
 
@@ -156,7 +158,7 @@ def test_access_policy_is_consulted_and_denials_audited(caplog):
     with caplog.at_level(logging.INFO, logger="mlioc.audit"), pytest.raises(AccessDenied):
         db.put("E", 1, ALICE)
     assert not db.can_write(pv, "alice", "h") and db.can_write(pv, "bob", "h")
-    assert any("denied" in r.message and r.accepted is False for r in caplog.records)
+    assert any("refused" in r.message and r.accepted is False for r in caplog.records)
 
 
 def test_update_spec_reevaluates_alarm_and_notifies():
