@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ioc.ca_server import CaServer
 from ioc.config import Config, ModelConfig
 from ioc.engine import EngineError, load_champion
+from ioc.feed import Feed
 from ioc.metrics import Metrics
 from ioc.pva_server import PvaServer
 from ioc.pvmodel import PVDatabase
@@ -57,7 +58,6 @@ class Ioc:
         opts = self.options
         for model in cfg.models:
             runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
-            runner.cycle_listeners.append(self.metrics.cycle_listener(model.name))
             runner.start()
             self.runners.append(runner)
         loads = [loop.run_in_executor(None, load_champion, r.config, cfg.ioc.inference) for r in self.runners]
@@ -107,18 +107,19 @@ class Ioc:
         model: ModelConfig = runner.config
         for index, inp in enumerate(model.inputs):
             if inp.source is not None:
-                source = make_source(inp.source, functools.partial(runner.update_input, index), loop)
+                source = make_source(inp.source, functools.partial(runner.feed.push, index))
                 source.start()
                 self._sources.append(source)
         trigger = model.trigger
         if trigger.kind == "scan":
             self._tasks.append(loop.create_task(_scan(runner, trigger.scan_hz), name=f"scan-{model.name}"))
         elif trigger.kind == "pv":
-            def on_trigger(value, severity, timestamp, connected, runner=runner):
+            def on_trigger(value, severity, timestamp, connected):
                 if connected:
-                    runner.run_cycle()
+                    trigger_feed.push()
 
-            source = make_source(trigger.pv, on_trigger, loop)
+            trigger_feed = Feed(loop, lambda: None, runner.run_cycle)
+            source = make_source(trigger.pv, on_trigger)
             source.start()
             self._sources.append(source)
 
@@ -128,6 +129,7 @@ class Ioc:
             await asyncio.sleep(period)
             for runner in self.runners:
                 runner.publish_stats()
+                self.metrics.collect(runner)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -149,21 +151,32 @@ class Ioc:
         close_clients()
 
 
+MAX_BURST = 16  # cycles run back to back when late, before the loop is given back for I/O
+MAX_LAG_S = 1.0  # further behind than this, ticks are dropped (and counted as overruns)
+
+
 async def _scan(runner: ModelRunner, hz: float) -> None:
-    """Periodic trigger on a drift-free schedule; ticks that could not run are counted as overruns."""
+    """Periodic trigger on a drift-free schedule.
+
+    The loop timer has ~1 ms resolution, so at high rates several ticks fall due per wake-up: they
+    run back to back (their monitor updates then leave in one send). A scheduler that has fallen
+    more than MAX_LAG_S behind drops the missed ticks and counts them as overruns.
+    """
     loop = asyncio.get_running_loop()
     period = 1.0 / hz
     next_t = loop.time()
     while True:
-        runner.run_cycle()
-        next_t += period
-        delay = next_t - loop.time()
-        if delay < -period:
-            missed = int(-delay // period)
+        now = loop.time()
+        if now - next_t > MAX_LAG_S:
+            missed = int((now - next_t) / period)
             runner.overruns += missed
             next_t += missed * period
-            delay = next_t - loop.time()
-        await asyncio.sleep(max(delay, 0.0))
+        burst = 0
+        while next_t <= now and burst < MAX_BURST:
+            runner.run_cycle()
+            next_t += period
+            burst += 1
+        await asyncio.sleep(max(next_t - loop.time(), 0.0))
 
 
 async def serve(config: Config, options: ServeOptions | None = None, stop: asyncio.Event | None = None) -> None:

@@ -40,7 +40,7 @@ from caproto import (
 from caproto._data import SubscriptionUpdate
 from caproto._dbr import TimeStamp, _channel_type_by_name, native_type
 
-from ioc.caproto_fixes import FastContext, install_log_filters
+from ioc.caproto_fixes import FastContext, fan_out, install_log_filters, register_context, unregister_context
 from ioc.pvmodel import (
     PV,
     ClientInfo,
@@ -92,7 +92,9 @@ class _MaskedPublish:
                     except KeyError:
                         metadata, values = await channel_data._read(_channel_type_by_name[data_type_name])
                         self._content[data_type_name] = metadata, values
-                    await queue.put(SubscriptionUpdate(eligible, metadata, values, flags, None))
+                    update = SubscriptionUpdate(eligible, metadata, values, flags, None)
+                    if not fan_out(queue, update):
+                        await queue.put(update)
 
     def publish_now(self, flags: int) -> None:
         if self._queues:
@@ -365,6 +367,7 @@ class CaServer:
             interfaces = env or ["0.0.0.0"]
         install_log_filters()
         self.context = FastContext(self.pvdb, interfaces)
+        register_context(self.context)
         self._task = asyncio.get_running_loop().create_task(self.context.run(), name="ca-server")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -379,6 +382,8 @@ class CaServer:
                  self.context.port, self.context.ca_server_port)
 
     async def stop(self) -> None:
+        if self.context is not None:
+            unregister_context(self.context)
         if self._task is not None:
             self._task.cancel()
             try:

@@ -15,6 +15,11 @@ Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/test_ca
    task. We ``listen()`` right after ``bind()`` so a taken port fails at once and the next is tried.
 5. **Beacon tracebacks**: with no CA repeater listening, every beacon logs a full traceback. We log
    one warning and then stay quiet.
+7. **Two loop hops per write and per update** (latency, not a bug): caproto spawns a task for every
+   write and routes every monitor update through a context-wide queue before the per-circuit one.
+   :func:`run_inline` runs such a coroutine on the caller's stack and only spawns a task if it has
+   to wait; :class:`FastCircuit` uses it for writes, :func:`fan_out` for updates (only when the
+   context queue is empty, so an update can never overtake a queued initial monitor value).
 6. **Refused writes log a traceback**: caproto logs every exception from a write handler with
    ``log.exception``. A refused write (bad value, read-only, access denied) is an operator's mistake,
    already logged once by the PV database; :class:`RefusedWriteFilter` drops caproto's copy.
@@ -31,6 +36,65 @@ from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.asyncio.utils import _TransportWrapper
 
 log = logging.getLogger("mlioc.ca")
+
+
+def run_inline(coro, spawn) -> None:
+    """Run ``coro`` now on the caller's stack; if it has to wait, hand the rest of it to ``spawn``.
+
+    This is what an asyncio Task does on its first step, without the loop iteration a new task
+    costs. If the coroutine suspends on a future, :func:`_resume` keeps driving it exactly as a
+    Task would (wait for the future, then send into the coroutine, which reads the result).
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return
+    spawn(_resume(coro, yielded))
+
+
+async def _resume(coro, yielded):
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                await yielded
+        except asyncio.CancelledError as exc:
+            if yielded is None or not yielded.cancelled():
+                try:  # we were cancelled while the coroutine waits: pass it on
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+        except BaseException:
+            pass  # the coroutine sees the outcome itself when it reads the future's result
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+
+
+_FANOUT: dict[asyncio.Queue, Context] = {}
+
+
+def register_context(context: Context) -> None:
+    _FANOUT[context.subscription_queue] = context
+
+
+def unregister_context(context: Context) -> None:
+    _FANOUT.pop(context.subscription_queue, None)
+
+
+def fan_out(queue: asyncio.Queue, update) -> bool:
+    """Deliver a subscription update to the circuits now instead of through the context queue.
+
+    Returns False (caller must queue it) when the queue is not ours or still holds updates.
+    """
+    context = _FANOUT.get(queue)
+    if context is None or not queue.empty():
+        return False
+    run_inline(context._subscription_queue_iteration(*update), context.server_tasks.create)
+    return True
 
 
 class RefusedWriteFilter(logging.Filter):
@@ -50,7 +114,11 @@ def install_log_filters() -> None:
 
 
 class FastCircuit(VirtualCircuit):
-    """A circuit that sends queued monitor updates immediately instead of waiting to batch them."""
+    """A circuit that sends queued monitor updates immediately instead of waiting to batch them,
+    and runs writes inline instead of in a new task."""
+
+    async def _start_write_task(self, handle_write):
+        run_inline(handle_write(), self.tasks.create)
 
     async def get_from_sub_queue(self, timeout=None):
         if timeout is None:

@@ -2,7 +2,8 @@
 
 Names follow Prometheus conventions (``mlioc_`` namespace, base units, ``_total`` for counters).
 Each IOC process owns one registry, served at ``/metrics`` on ``ioc.metrics_port`` (0 = off).
-Updates happen in cycle listeners: a few microseconds per cycle, no I/O on the loop.
+Runners count outcomes and keep latencies in plain Python objects per cycle; :meth:`Metrics.collect`
+moves them into the Prometheus objects at ``stats_hz``, off the latency-critical path.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ioc.layout import ModelStatus
+
 if TYPE_CHECKING:
     from ioc.engine import LoadedModel
-    from ioc.runner import CycleRecord
+    from ioc.runner import ModelRunner
 
 log = logging.getLogger("mlioc.metrics")
 
@@ -36,28 +39,25 @@ class Metrics:
                                 ["model", "version", "sha256", "provider"], registry=r)
         self.up = Gauge("mlioc_model_up", "1 when the model's STATUS is OK", ["model"], registry=r)
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
+        self._outcomes: dict[str, dict[ModelStatus, int]] = {}
         self._server = None
 
-    def cycle_listener(self, model: str):
+    def collect(self, runner: ModelRunner) -> None:
+        """Move one runner's per-cycle bookkeeping into the metrics (called at stats_hz, not per cycle)."""
+        model = runner.config.name
+        latencies, runner.latencies = runner.latencies, []
         histogram = self.inference_seconds.labels(model)
-        last = self.last_inference.labels(model)
-        up = self.up.labels(model)
-        counters = {}
-
-        def listener(record: CycleRecord) -> None:
-            outcome = record.status.name.lower()
-            counter = counters.get(outcome)
-            if counter is None:
-                counter = counters[outcome] = self.cycles.labels(model, outcome)
-            counter.inc()
-            if record.outputs is not None:
-                histogram.observe(record.latency_s)
-                last.set(record.timestamp)
-                up.set(1)
-            else:
-                up.set(0)
-
-        return listener
+        for seconds in latencies:
+            histogram.observe(seconds)
+        seen = self._outcomes.setdefault(model, {})
+        for status, total in runner.outcomes.items():
+            delta = total - seen.get(status, 0)
+            if delta:
+                self.cycles.labels(model, status.name.lower()).inc(delta)
+                seen[status] = total
+        if runner.last_ok_timestamp:
+            self.last_inference.labels(model).set(runner.last_ok_timestamp)
+        self.up.labels(model).set(1 if runner.status is ModelStatus.OK else 0)
 
     def set_model(self, model: str, loaded: LoadedModel | None) -> None:
         old = self._info_labels.pop(model, None)

@@ -31,11 +31,16 @@ _PVA_STATUS = {
     Status.READ: 2, Status.WRITE: 2, Status.COMM: 2, Status.TIMEOUT: 2, Status.HWLIMIT: 1,
     Status.LINK: 4, Status.UDF: 6, Status.READ_ACCESS: 7, Status.WRITE_ACCESS: 7, Status.SIMM: 5,
 }
+_POSTED = int(Event.VALUE | Event.ALARM | Event.PROPERTY)
 FORM_CHOICES = ["Default", "String", "Binary", "Decimal", "Hex", "Exponential", "Engineering"]
 
 
 def pva_status(status: Status) -> int:
     return _PVA_STATUS.get(status, 3)  # limit, state, calc, soft, disable ...: the record's own alarm
+
+
+_PVA_STATUS_LIST = [pva_status(Status(i)) for i in range(len(Status))]
+_raw_post = RawSharedPV.post
 
 
 def pva_message(reading: Reading) -> str:
@@ -100,14 +105,15 @@ def _metadata(spec: PVSpec) -> dict[str, Any]:
     return {"display": {"description": spec.desc, "units": spec.egu}}
 
 
-def _value_field(spec: PVSpec, value: Any) -> Any:
+def _converter(spec: PVSpec):
+    """How a PV model value becomes this PV's ``value`` field."""
     if spec.kind.is_enum:
-        return {"index": int(value)}
+        return lambda v: {"index": int(v)}
     if spec.kind is Kind.LONGIN:
-        return int(value)
+        return int
     if spec.kind in (Kind.AI, Kind.AO):
-        return float(value)
-    return str(value)
+        return float
+    return str
 
 
 class _Handler:
@@ -165,6 +171,7 @@ class PvaServer:
         self.interfaces = interfaces
         self.shared: dict[str, SharedPV] = {}
         self.types: dict[str, Type] = {}
+        self._targets: dict[str, tuple] = {}
         self.server: Server | None = None
         self.provider: StaticProvider | None = None
 
@@ -175,7 +182,7 @@ class PvaServer:
         self.types[pv.name] = T
         reading = pv.reading
         initial = {
-            "value": _value_field(spec, reading.value) if not spec.kind.is_enum
+            "value": _converter(spec)(reading.value) if not spec.kind.is_enum
             else {"index": int(reading.value), "choices": list(spec.choices)},
             "alarm": {"severity": int(reading.severity), "status": pva_status(reading.status),
                       "message": pva_message(reading)},
@@ -185,18 +192,25 @@ class PvaServer:
         shared.open(Value(T, initial))
         return shared
 
-    def _post(self, pv: PV, reading: Reading, events: Event) -> None:
-        if not events & (Event.VALUE | Event.ALARM | Event.PROPERTY):
+    def _post(self, pv: PV, reading: Reading, events: int) -> None:
+        if not events & _POSTED or self.server is None:
             return
-        update = Value(self.types[pv.name], {
-            "value": _value_field(pv.spec, reading.value),
-            "alarm": {"severity": int(reading.severity), "status": pva_status(reading.status),
-                      "message": pva_message(reading)},
-            "timeStamp": _time(reading.timestamp),
-        })
-        RawSharedPV.post(self.shared[pv.name], update)
+        shared, T, convert = self._targets[pv.name]
+        update = T()
+        update["value"] = convert(reading.value)
+        status = reading.status
+        update["alarm.severity"] = reading.severity
+        update["alarm.status"] = _PVA_STATUS_LIST[status]
+        update["alarm.message"] = pva_message(reading) if status else reading.message
+        ts = reading.timestamp
+        sec = int(ts // 1)
+        update["timeStamp.secondsPastEpoch"] = sec
+        update["timeStamp.nanoseconds"] = int((ts - sec) * 1e9)
+        _raw_post(shared, update)
 
     def _on_spec(self, pv: PV, spec: PVSpec) -> None:
+        if self.server is None:
+            return
         RawSharedPV.post(self.shared[pv.name], Value(self.types[pv.name], _metadata(spec)))
 
     def _conf(self) -> dict[str, str]:
@@ -212,6 +226,7 @@ class PvaServer:
     async def start(self) -> None:
         for pv in self.db:
             self.shared[pv.name] = self._open(pv)
+            self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec))
             pv.subscribe(self._post, self._on_spec)
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():

@@ -113,8 +113,8 @@ class AlarmLimits:
     def active(self) -> bool:
         return any(v is not None for v in (self.lolo, self.low, self.high, self.hihi))
 
-    def evaluate(self, value: float, last_limit: float | None = None) -> tuple[Severity, Status, float | None]:
-        """Return (severity, status, limit that raised it) for ``value``.
+    def evaluate(self, value: float, last_limit: float | None = None) -> tuple[int, int, float | None]:
+        """Return (severity, status, limit that raised it) for ``value``, as plain ints (hot path).
 
         ``last_limit`` is the limit that raised the previous alarm (EPICS LALM), for hysteresis.
         Order and comparisons follow aiRecord.c ``checkAlarms``: HIHI, LOLO, HIGH, LOW; ``>=``/``<=``.
@@ -124,20 +124,20 @@ class AlarmLimits:
         if hihi is not None and self.hhsv and (
             value >= hihi or (last_limit == hihi and value >= hihi - h)
         ):
-            return self.hhsv, Status.HIHI, hihi
+            return self.hhsv, 3, hihi
         if lolo is not None and self.llsv and (
             value <= lolo or (last_limit == lolo and value <= lolo + h)
         ):
-            return self.llsv, Status.LOLO, lolo
+            return self.llsv, 5, lolo
         if high is not None and self.hsv and (
             value >= high or (last_limit == high and value >= high - h)
         ):
-            return self.hsv, Status.HIGH, high
+            return self.hsv, 4, high
         if low is not None and self.lsv and (
             value <= low or (last_limit == low and value <= low + h)
         ):
-            return self.lsv, Status.LOW, low
-        return Severity.NO_ALARM, Status.NO_ALARM, None
+            return self.lsv, 6, low
+        return 0, 0, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,23 +281,29 @@ SpecListener = Callable[["PV", PVSpec], None]
 PutHandler = Callable[["PV", Any, ClientInfo], "Awaitable[None] | None"]
 
 
+_VALUE, _LOG, _ALARM = int(Event.VALUE), int(Event.LOG), int(Event.ALARM)
+_ALL = _VALUE | _LOG | _ALARM
+_isfinite = math.isfinite
+
+
 def _changed_beyond(old: Any, new: Any, deadband: float) -> bool:
+    """EPICS monitor rule: post when |new - old| > deadband (a negative deadband posts always)."""
     if deadband < 0:
         return True
-    if isinstance(new, float) and isinstance(old, (int, float)):
-        if math.isnan(new) or math.isnan(old):
-            return not (math.isnan(new) and math.isnan(old))
-        if math.isinf(new) or math.isinf(old):
-            return new != old
-        return abs(new - old) > deadband
+    if new.__class__ is float and (old.__class__ is float or old.__class__ is int):
+        if _isfinite(new) and _isfinite(old):
+            return abs(new - old) > deadband
+        if new != new or old != old:  # NaN: a change unless both are NaN
+            return not (new != new and old != old)
+        return new != old
     return new != old
 
 
 class PV:
     """One PV: its spec, its current reading, and the adapters listening to it."""
 
-    __slots__ = ("_adel_last", "_last_limit", "_listeners", "_mdel_last", "_spec_listeners",
-                 "put_handler", "reading", "spec")
+    __slots__ = ("_adel_last", "_choice_severities", "_last_limit", "_listeners", "_mdel_last", "_numeric",
+                 "_spec_listeners", "put_handler", "reading", "spec")
 
     def __init__(self, spec: PVSpec, timestamp: float = 0.0, put_handler: PutHandler | None = None):
         self.spec = spec
@@ -309,6 +315,11 @@ class PV:
         self._mdel_last: Any = spec.initial
         self._adel_last: Any = spec.initial
         self._last_limit: float | None = None
+        self._cache_spec()
+
+    def _cache_spec(self) -> None:
+        self._numeric = self.spec.kind.is_numeric
+        self._choice_severities = tuple(int(s) for s in self.spec.choice_severities) if self.spec.kind.is_enum else ()
 
     @property
     def name(self) -> str:
@@ -327,55 +338,54 @@ class PV:
         self,
         value: Any,
         timestamp: float,
-        severity: Severity | None = None,
-        status: Status | None = None,
+        severity: int = 0,
+        status: int = 0,
         message: str = "",
         force: bool = False,
-    ) -> Event:
-        """Set a new reading and tell the adapters; returns the events it carried.
+    ) -> int:
+        """Set a new reading and tell the adapters; returns the events (:class:`Event` bits) it carried.
 
         The served severity is the worse of ``severity`` (a condition the caller knows, e.g.
         INVALID because an input is stale) and the one the PV's own alarm limits / enum state
         severities give. A non-finite analog value is always INVALID. Every post updates the
         reading (a ``caget`` sees it); monitors are posted only for events that pass MDEL/ADEL,
-        exactly as an EPICS record does.
+        exactly as an EPICS record does. This is the hot path of every cycle: plain ints inside.
         """
         spec = self.spec
-        kind = spec.kind
-        sev = Severity.NO_ALARM
-        stat = Status.NO_ALARM
-        if kind.is_numeric:
-            if isinstance(value, float) and not math.isfinite(value):
-                sev, stat = Severity.INVALID, Status.UDF
+        sev = 0
+        stat = 0
+        if self._numeric:
+            if value.__class__ is float and not _isfinite(value):
+                sev, stat = 3, 17  # INVALID, UDF
                 self._last_limit = None
             elif spec.alarm is not None:
                 sev, stat, self._last_limit = spec.alarm.evaluate(value, self._last_limit)
-        elif kind.is_enum and spec.choice_severities:
+        elif self._choice_severities:
             try:
-                sev = spec.choice_severities[value]
+                sev = self._choice_severities[value]
             except (IndexError, TypeError):
-                sev = Severity.INVALID
+                sev = 3
             if sev:
-                stat = Status.STATE
+                stat = 7  # STATE
         if severity and severity >= sev:
-            sev = Severity(severity)
-            stat = Status(status if status is not None else Status.SOFT)
+            sev = severity
+            stat = status or 15  # SOFT
         old = self.reading
         new = Reading(value, sev, stat, timestamp, message)
         self.reading = new
-        events = Event.NONE
         if force:
-            events = ALL_EVENTS
+            events = _ALL
             self._mdel_last = self._adel_last = value
         else:
+            events = 0
             if _changed_beyond(self._mdel_last, value, spec.mdel):
-                events |= Event.VALUE
+                events = _VALUE
                 self._mdel_last = value
             if _changed_beyond(self._adel_last, value, spec.adel):
-                events |= Event.LOG
+                events |= _LOG
                 self._adel_last = value
             if old.severity != sev or old.status != stat or old.message != message:
-                events |= Event.ALARM
+                events |= _ALARM
         for listener in self._listeners:
             listener(self, new, events)
         return events
@@ -383,6 +393,7 @@ class PV:
     def update_spec(self, **changes: Any) -> None:
         """Change metadata at run time (e.g. alarm limits from a new model's reference)."""
         self.spec = replace(self.spec, **changes)
+        self._cache_spec()
         for listener in self._spec_listeners:
             listener(self, self.spec)
         reading = self.reading

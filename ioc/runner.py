@@ -24,7 +24,8 @@ import numpy as np
 
 from ioc.config import InferenceConfig, ModelConfig
 from ioc.engine import LoadedModel
-from ioc.inputs import InputState, Problem, Snapshot, take_snapshot
+from ioc.feed import Feed
+from ioc.inputs import InputState, Problem, Snapshot
 from ioc.layout import ModelNames, ModelStatus, model_pv_specs
 from ioc.offload import Offloader
 from ioc.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status
@@ -96,16 +97,22 @@ class ModelRunner:
         self.count = 0  # triggered cycles
         self.overruns = 0  # triggers that found the previous cycle still running
         self.cycle_listeners: list[CycleListener] = []
+        # Per-cycle bookkeeping for Prometheus, drained at stats_hz (off the latency-critical path).
+        self.outcomes: dict[ModelStatus, int] = dict.fromkeys(ModelStatus, 0)
+        self.latencies: list[float] = []
+        self.last_ok_timestamp = 0.0
+        self.feed = Feed(loop, self._apply_source_update, self._after_source_updates)
         self._input_problems: list[Problem | None] = [None] * len(self.inputs)
+        self._has_max_age = any(i.max_age_s is not None for i in config.inputs)
         self._in_flight = False
         self._again = False
         self._scheduled = False
         self._stale_handle: asyncio.TimerHandle | None = None
         self._stale_at: float | None = None
+        self._closed = False
+        self._lost_any = False
         self._stats_t = now
         self._stats_count = 0
-        self._lat_sum = 0.0
-        self._lat_n = 0
 
     # ------------------------------------------------------------------ start-up
 
@@ -153,23 +160,36 @@ class ModelRunner:
 
     def update_input(self, index: int, value: float | None, severity: Severity, timestamp: float,
                      connected: bool = True) -> None:
-        """A new value (or a disconnect) for input ``index``; called on the loop."""
+        """A new value (or a disconnect) for input ``index``, then whatever the trigger says; on the loop."""
+        lost = self._apply_source_update(index, value, severity, timestamp, connected)
+        self._after_update(lost)
+
+    def _apply_source_update(self, index: int, value: float | None, severity: int, timestamp: float,
+                             connected: bool = True) -> bool:
+        """Record an input update and post its PV; returns True if the input just lost its source."""
         state = self.inputs[index]
-        was_ok = state.connected
+        lost = state.connected and not connected
         state.connected = connected
         if connected and value is not None:
             try:
                 state.value = float(value)
             except (TypeError, ValueError):
                 state.value = math.nan
-            state.severity = Severity(severity)
+            state.severity = severity
             state.timestamp = timestamp
             state.defined = True
-        now = self.clock()
-        self._post_input(index, state, now)
+        self._post_input(index, state, self.clock())
+        self._lost_any = self._lost_any or lost
+        return lost
+
+    def _after_source_updates(self) -> None:
+        lost, self._lost_any = self._lost_any, False
+        self._after_update(lost)
+
+    def _after_update(self, lost: bool) -> None:
         if self.config.trigger.kind == "on_change":
-            self.request_cycle()
-        elif not connected and was_ok:
+            self.run_cycle()
+        elif lost:
             # Do not wait for the next trigger to tell the world the outputs are no longer valid.
             self.run_cycle(triggered=False)
         else:
@@ -214,18 +234,14 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ cycles
 
-    def request_cycle(self) -> None:
-        """Run a cycle soon; updates arriving in the same loop iteration share one cycle."""
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._run_scheduled)
-
-    def _run_scheduled(self) -> None:
-        self._scheduled = False
-        self.run_cycle()
-
     def run_cycle(self, triggered: bool = True) -> None:
-        """Take a snapshot and run the model on it (or publish why the outputs are invalid)."""
+        """Take a snapshot and run the model on it (or publish why the outputs are invalid).
+
+        ``triggered`` cycles (scan tick, input change, trigger PV) are counted in COUNT; extra
+        passes (a lost source, a stale input, ENABLE, a model swap) only re-evaluate.
+        """
+        if self._closed:
+            return
         if self._in_flight:
             if triggered:
                 self.overruns += 1
@@ -234,8 +250,7 @@ class ModelRunner:
         now = self.clock()
         if triggered:
             self.count += 1
-        self._refresh_input_problems(now)
-        snapshot = take_snapshot(self.inputs, now)
+        snapshot = self._snapshot(now)
         model = self.model
         if not self.enabled:
             self._finish_invalid(ModelStatus.DISABLED, self._disabled_text, now, snapshot)
@@ -257,42 +272,69 @@ class ModelRunner:
             values = snapshot.values
             self.offloader.submit(lambda: model.run(values),
                                   lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
-        self._arm_stale_timer()
+        if self._has_max_age:
+            self._arm_stale_timer()
+
+    def _snapshot(self, now: float) -> Snapshot:
+        """One pass over the inputs: values, newest timestamp, first problem; re-post inputs whose
+        validity changed with time alone (e.g. turned stale)."""
+        values = []
+        newest = 0.0
+        first = None
+        problems = self._input_problems
+        for index, state in enumerate(self.inputs):
+            problem = state.problem(now)
+            if problem != problems[index]:
+                self._post_input(index, state, now)
+            if first is None:
+                first = problem
+            values.append(state.value)
+            if state.defined and state.timestamp > newest:
+                newest = state.timestamp
+        return Snapshot(np.array(values), newest or now, first)
 
     def _finish(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
                 error: BaseException | None, elapsed: float) -> None:
         self._in_flight = False
-        now = self.clock()
-        if error is None and result is not None and not np.all(np.isfinite(result)):
-            bad = [o.name for o, v in zip(self.config.outputs, result, strict=True) if not math.isfinite(v)]
-            error = ValueError(f"non-finite {', '.join(bad)}")
+        values = None
+        if error is None and result is not None:
+            values = result.tolist()
+            if not all(map(math.isfinite, values)):
+                bad = [o.name for o, v in zip(self.config.outputs, values, strict=True) if not math.isfinite(v)]
+                error = ValueError(f"non-finite {', '.join(bad)}")
         if error is not None:
+            now = self.clock()
             text = f"inference failed: {error}"
             log.error("%s v%s: %s", self.config.name, model.version, text)
             self._finish_invalid(ModelStatus.FAULT, text, now, snapshot, version=model.version)
         else:
             ts = snapshot.timestamp
-            for pv, value in zip(self.out_pvs, result.tolist(), strict=True):
+            for pv, value in zip(self.out_pvs, values, strict=True):
                 pv.post(value, ts)
-            self._lat_sum += elapsed
-            self._lat_n += 1
+            self.outcomes[ModelStatus.OK] += 1
+            if len(self.latencies) < 100_000:  # drained at stats_hz; bounded if nobody drains it
+                self.latencies.append(elapsed)
+            self.last_ok_timestamp = ts
             if self.status is not ModelStatus.OK:
-                self._set_status(ModelStatus.OK, f"serving v{model.version}", now)
-            self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
+                self._set_status(ModelStatus.OK, f"serving v{model.version}", self.clock())
+            if self.cycle_listeners:
+                self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
         if self._again:
             self._again = False
-            self.request_cycle()
+            self.loop.call_soon(self.run_cycle, False)
 
     def _finish_invalid(self, status: ModelStatus, message: str, now: float, snapshot: Snapshot,
                         version: str | None = None) -> None:
         self._set_status(status, message, now)
         self._invalidate_outputs(_SEVERITY_OF[status], message, now)
-        if version is None:
-            version = self.model.version if self.model is not None else ""
-        self._notify(CycleRecord(snapshot.timestamp, snapshot.values, None, status, version, 0.0, message))
+        self.outcomes[status] += 1
+        if self.cycle_listeners:
+            if version is None:
+                version = self.model.version if self.model is not None else ""
+            self._notify(CycleRecord(snapshot.timestamp, snapshot.values, None, status, version, 0.0, message))
         if self._again:
             self._again = False
-            self.request_cycle()
+            self.loop.call_soon(self.run_cycle, False)
 
     def _notify(self, record: CycleRecord) -> None:
         for listener in self.cycle_listeners:
@@ -356,13 +398,13 @@ class ModelRunner:
             return
         rate = (self.count - self._stats_count) / dt
         self._stats_t, self._stats_count = now, self.count
-        if self._lat_n:
-            self.latency_pv.post(self._lat_sum / self._lat_n * 1e3, now)
-            self._lat_sum, self._lat_n = 0.0, 0
+        if self.latencies:  # since the last stats tick (Metrics.collect drains the list right after)
+            self.latency_pv.post(sum(self.latencies) / len(self.latencies) * 1e3, now)
         self.rate_pv.post(rate, now)
         self.count_pv.post(self.count, now)
 
     def close(self) -> None:
+        self._closed = True
         if self._stale_handle is not None:
             self._stale_handle.cancel()
         self.offloader.close()

@@ -2,15 +2,14 @@
 
 CA uses pyepics' bundled libca (the C client, preemptive callbacks): it is the same client code a
 control room's ``camonitor`` uses, and its callback path is far cheaper than a pure-Python client.
-PVA uses the p4p (pvxs) client. Both deliver on their own threads; every update and every
-connection change is handed to the event loop with ``call_soon_threadsafe`` as
-``sink(value, severity, timestamp, connected)``, so model state is only ever touched on the loop.
-A disconnect is delivered as ``connected=False``; libca and pvxs reconnect by themselves.
+PVA uses the p4p (pvxs) client. Both call ``deliver(value, severity, timestamp, connected)`` on
+their own threads; the caller hands that to the event loop (see :mod:`ioc.feed`), so model state is
+only ever touched on the loop. A disconnect is delivered as ``connected=False``; libca and pvxs
+reconnect by themselves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -23,7 +22,7 @@ from ioc.pvmodel import Severity
 
 log = logging.getLogger("mlioc.sources")
 
-Sink = Callable[[Any, Severity, float, bool], None]
+Deliver = Callable[[Any, Severity, float, bool], None]  # called on the client library's thread
 
 _ca_lock = threading.Lock()
 _ca_module = None
@@ -57,10 +56,9 @@ def _pva():
 class CaSource:
     """A CA monitor on one PV (DBR_TIME: value, severity and timestamp)."""
 
-    def __init__(self, ref: PVRef, sink: Sink, loop: asyncio.AbstractEventLoop):
+    def __init__(self, ref: PVRef, deliver: Deliver):
         self.ref = ref
-        self.sink = sink
-        self.loop = loop
+        self.deliver = deliver
         self.connected = False
         self._chid = None
         self._sub = None
@@ -68,12 +66,6 @@ class CaSource:
     def start(self) -> None:
         ca = _ca()
         self._chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False, callback=self._on_connection)
-
-    def _deliver(self, *args) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.sink, *args)
-        except RuntimeError:  # the loop is closing
-            pass
 
     def _on_connection(self, pvname=None, chid=None, conn=False, **_):
         self.connected = bool(conn)
@@ -84,7 +76,7 @@ class CaSource:
                 self._sub = ca.create_subscription(chid, use_time=True, callback=self._on_value)
         else:
             log.warning("source %s disconnected", self.ref)
-            self._deliver(None, Severity.INVALID, time.time(), False)
+            self.deliver(None, Severity.INVALID, time.time(), False)
 
     def _on_value(self, value=None, severity=0, timestamp=None, **_):
         if timestamp is None or timestamp <= 0:
@@ -93,7 +85,7 @@ class CaSource:
             sev = Severity(int(severity))
         except ValueError:
             sev = Severity.INVALID
-        self._deliver(value, sev, float(timestamp), True)
+        self.deliver(value, sev, float(timestamp), True)
 
     def stop(self) -> None:
         ca = _ca_module
@@ -112,21 +104,14 @@ class CaSource:
 class PvaSource:
     """A PVA monitor on one PV (NTScalar or NTEnum)."""
 
-    def __init__(self, ref: PVRef, sink: Sink, loop: asyncio.AbstractEventLoop):
+    def __init__(self, ref: PVRef, deliver: Deliver):
         self.ref = ref
-        self.sink = sink
-        self.loop = loop
+        self.deliver = deliver
         self.connected = False
         self._sub = None
 
     def start(self) -> None:
         self._sub = _pva().monitor(self.ref.name, self._on_update, notify_disconnect=True)
-
-    def _deliver(self, *args) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.sink, *args)
-        except RuntimeError:
-            pass
 
     def _on_update(self, value) -> None:
         from p4p.client.thread import Disconnected
@@ -135,7 +120,7 @@ class PvaSource:
             if self.connected:
                 log.warning("source %s disconnected", self.ref)
             self.connected = False
-            self._deliver(None, Severity.INVALID, time.time(), False)
+            self.deliver(None, Severity.INVALID, time.time(), False)
             return
         if isinstance(value, Exception):
             log.warning("source %s: %s", self.ref, value)
@@ -159,7 +144,7 @@ class PvaSource:
             ts = 0.0
         if ts <= 0:
             ts = time.time()
-        self._deliver(raw, sev, ts, True)
+        self.deliver(raw, sev, ts, True)
 
     def stop(self) -> None:
         if self._sub is not None:
@@ -167,8 +152,8 @@ class PvaSource:
             self._sub = None
 
 
-def make_source(ref: PVRef, sink: Sink, loop: asyncio.AbstractEventLoop) -> CaSource | PvaSource:
-    return CaSource(ref, sink, loop) if ref.protocol == "ca" else PvaSource(ref, sink, loop)
+def make_source(ref: PVRef, deliver: Deliver) -> CaSource | PvaSource:
+    return CaSource(ref, deliver) if ref.protocol == "ca" else PvaSource(ref, deliver)
 
 
 def close_clients() -> None:

@@ -40,7 +40,8 @@ def server_env(ports: PortSet, ca_addr_list: str = "", extra: dict | None = None
 class ServerProcess:
     """A child process whose combined output is collected line by line on a reader thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT):
+    def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT, module: str = "ioc"):
+        self.module = module
         self.args = args
         self.env = env
         self.name = name
@@ -56,7 +57,7 @@ class ServerProcess:
         self._eof = False
         self.lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ioc", *self.args], cwd=self.cwd, env=self.env,
+            [sys.executable, "-m", self.module, *self.args], cwd=self.cwd, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True).start()
