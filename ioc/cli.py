@@ -12,7 +12,6 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from ioc.config import Config, ConfigError, default_config_path, load_config
 

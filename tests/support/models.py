@@ -46,8 +46,9 @@ def slow_model(n_in: int, n_out: int, size: int = 1024) -> bytes:
     """
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1),  # [batch, 1]
-        helper.make_node("ReduceSum", ["s"], ["s0"], keepdims=0),  # scalar-ish [1]? keep as [] below
-        helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("ReduceSum", ["s"], ["s0"], keepdims=0),  # a scalar
+        helper.make_node("ConstantOfShape", ["shape"], ["ones"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
         helper.make_node("Mul", ["ones", "s0"], ["c"]),
         helper.make_node("MatMul", ["c", "c"], ["cc"]),
         helper.make_node("ReduceSum", ["cc"], ["total"], keepdims=0),
