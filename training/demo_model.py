@@ -37,7 +37,7 @@ PARITY_ATOL = 1e-5
 
 def reference_stats(values: np.ndarray) -> dict:
     return {
-        "n": int(len(values)),
+        "n": len(values),
         "mean": float(values.mean()),
         "std": float(values.std()),
         "min": float(values.min()),
