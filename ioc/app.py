@@ -110,7 +110,8 @@ class Ioc:
         """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
         model = runner.config
         try:
-            recorder = Recorder(model, model.record, lambda states=runner.inputs: [s.severity for s in states])
+            recorder = Recorder(model, model.record,
+                                lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
         except RecorderError as exc:
             log.error("%s", exc)
             return

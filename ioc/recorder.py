@@ -2,7 +2,7 @@
 
 This is what the nightly training job learns from (``training/dataset.py`` reads these files), so it
 records what the model saw and did, not only what it predicted: per cycle the snapshot timestamp,
-each input's value and severity, each output (NaN when the cycle produced none), the latest value,
+each input's value, severity and timestamp (so training can keep only rows that are one moment), each output (NaN when the cycle produced none), the latest value,
 timestamp and severity of each configured *target* PV (the measured truth of an output), the
 cycle's status, the served version, the inference latency and the message.
 
@@ -59,6 +59,7 @@ def column_names(model: ModelConfig) -> list[str]:
     cols = ["time"]
     cols += [f"in.{i.name}" for i in model.inputs]
     cols += [f"in_sev.{i.name}" for i in model.inputs]
+    cols += [f"in_time.{i.name}" for i in model.inputs]
     cols += [f"out.{o.name}" for o in model.outputs]
     targets = [name for name, _ in model.record.targets] if model.record else []
     for name in targets:
@@ -71,7 +72,7 @@ class Recorder:
     """Records one model's cycles; one writer thread per recorder."""
 
     def __init__(self, model: ModelConfig, config: RecordConfig,
-                 input_severities: Callable[[], Sequence[int]] | None = None):
+                 input_states: Callable[[], Sequence[tuple[int, float]]] | None = None):
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -91,7 +92,8 @@ class Recorder:
             raise RecorderError(f"{model.name}: {self.directory} is not writable")
         self.n_in, self.n_out = len(model.inputs), len(model.outputs)
         self.target_names = [name for name, _ in config.targets]
-        self._input_severities = input_severities or (lambda: [0] * self.n_in)
+        # (severity, timestamp) of each input when the cycle ends (the runner's InputState objects).
+        self._input_states = input_states or (lambda: [(0, math.nan)] * self.n_in)
         # Latest (value, timestamp, severity) of each target, updated on the loop by target sinks.
         self._targets: list[tuple[float, float, int]] = [(math.nan, 0.0, int(Severity.INVALID))] * len(
             self.target_names)
@@ -114,10 +116,12 @@ class Recorder:
     def listener(self, record: CycleRecord) -> None:
         """A cycle listener (runs on the loop): buffer one row, never touch the disk."""
         outputs = record.outputs
+        states = self._input_states()
         row = (
             record.timestamp,
             tuple(record.inputs.tolist()),
-            tuple(int(s) for s in self._input_severities()),
+            tuple(int(s[0]) for s in states),
+            tuple(float(s[1]) for s in states),
             tuple(outputs.tolist()) if outputs is not None else (math.nan,) * self.n_out,
             tuple(self._targets),
             record.status.name,
@@ -253,6 +257,7 @@ class Recorder:
         fields = [pa.field("time", f64)]
         fields += [pa.field(f"in.{i.name}", f64) for i in self.model.inputs]
         fields += [pa.field(f"in_sev.{i.name}", i8) for i in self.model.inputs]
+        fields += [pa.field(f"in_time.{i.name}", f64) for i in self.model.inputs]
         fields += [pa.field(f"out.{o.name}", f64) for o in self.model.outputs]
         for name in self.target_names:
             fields += [pa.field(f"target.{name}", f64), pa.field(f"target_time.{name}", f64),
@@ -274,9 +279,10 @@ class Recorder:
         cols: list[list] = [[r[0] for r in rows]]
         cols += [[r[1][i] for r in rows] for i in range(self.n_in)]
         cols += [[r[2][i] for r in rows] for i in range(self.n_in)]
-        cols += [[r[3][j] for r in rows] for j in range(self.n_out)]
+        cols += [[r[3][i] for r in rows] for i in range(self.n_in)]
+        cols += [[r[4][j] for r in rows] for j in range(self.n_out)]
         for k in range(len(self.target_names)):
-            cols += [[r[4][k][0] for r in rows], [r[4][k][1] for r in rows], [r[4][k][2] for r in rows]]
-        cols += [[r[5] for r in rows], [r[6] for r in rows], [r[7] for r in rows], [r[8] for r in rows]]
+            cols += [[r[5][k][0] for r in rows], [r[5][k][1] for r in rows], [r[5][k][2] for r in rows]]
+        cols += [[r[6] for r in rows], [r[7] for r in rows], [r[8] for r in rows], [r[9] for r in rows]]
         arrays = [pa.array(c, type=f.type) for c, f in zip(cols, self.schema, strict=True)]
         return pa.Table.from_arrays(arrays, schema=self.schema)

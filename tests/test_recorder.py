@@ -48,7 +48,7 @@ def _read(directory: Path):
 def test_every_row_is_written_with_its_values_on_close(tmp_path):
     cfg = _config(tmp_path, "      {dir: rec, targets: {y: 'ca://X:Y'}}").model("m")
     assert cfg.record.dir == str((tmp_path / "rec").resolve())
-    rec = Recorder(cfg, cfg.record, lambda: [Severity.NO_ALARM, Severity.MINOR])
+    rec = Recorder(cfg, cfg.record, lambda: [(Severity.NO_ALARM, 5.0), (Severity.MINOR, 6.0)])
     rec.start()
     sink = rec.target_sink(0)
     t0 = 1_800_000_000.0
@@ -64,7 +64,7 @@ def test_every_row_is_written_with_its_values_on_close(tmp_path):
     assert list(t) == column_names(cfg)
     assert len(t["time"]) == 1000
     assert t["in.a"][7] == 7.0 and t["in.b"][7] == 14.0
-    assert t["in_sev.b"][7] == int(Severity.MINOR)
+    assert t["in_sev.b"][7] == int(Severity.MINOR) and t["in_time.b"][7] == 6.0
     assert math.isnan(t["out.y"][10]) and t["status"][10] == "INPUT_INVALID"
     assert t["out.y"][11] == 5.5 and t["status"][11] == "OK" and t["version"][11] == "3"
     assert t["target.y"][11] == 21.0 and t["target_time.y"][11] == pytest.approx(t0 + 1.1)

@@ -141,6 +141,11 @@ def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple
     t = _column(df, ["time"], "time", where)
     sev = _sev_columns(df, [f"in_sev.{n}" for n in ins])
     keep = np.ones(len(df), dtype=bool)
+    if all(f"in_time.{n}" in df.columns for n in ins):  # every input from the same moment as the snapshot
+        skew = np.max([np.abs(df[f"in_time.{n}"].to_numpy(np.float64) - t) for n in ins], axis=0)
+        mixed = ~(skew <= spec.filters.max_skew_s)
+        dropped["inputs not from one moment"] += int(mixed.sum())
+        keep &= ~mixed
     if spec.kind == "regression":
         y = np.stack([_column(df, [f"target.{n}"], f"target {n} (record.targets in the config)", where)
                       for n in outs], axis=1)
@@ -148,7 +153,7 @@ def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple
         skew = np.zeros(len(df))
         for n in outs:
             skew = np.maximum(skew, np.abs(_column(df, [f"target_time.{n}"], f"target time {n}", where) - t))
-        stale = skew > spec.filters.max_target_skew_s
+        stale = skew > spec.filters.max_skew_s
         dropped["target not measured with the inputs"] += int((stale & keep).sum())
         keep &= ~stale
     else:

@@ -30,7 +30,7 @@ _TRAINING = ("kind", "hidden", "bottleneck", "activation", "epochs", "batch_size
              "warm_start", "device", "experiment", "data", "filters", "split", "gate", "reproduce", "log_dataset")
 _DATA = ("source", "path", "samples", "seed", "shift", "archiver")
 _ARCHIVER = ("url", "pvs", "start", "end", "max_age_s", "align_to")
-_FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_target_skew_s")
+_FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_skew_s")
 _EXCLUDE = ("start", "end", "reason")
 _SPLIT = ("val", "test", "gap_s")
 _GATE = ("parity_atol", "min_improvement", "max_output_regression", "promote_to", "test_vectors")
@@ -75,7 +75,7 @@ class FilterSpec:
     max_severity: str = "MINOR"  # rows where any input/target is worse are dropped
     status: tuple[str, ...] = ()  # recorded data: keep only these cycle statuses (empty: all)
     exclude: tuple[Exclusion, ...] = ()
-    max_target_skew_s: float = 0.05  # recorded data: target and input snapshot must be this close in time
+    max_skew_s: float = 0.05  # recorded data: every input and target of a row within this of its snapshot time
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ def parse_spec(model: ModelConfig, raw: Any, c: _Checker, base: Path, path: tupl
         max_severity=s.choice(fd.get("max_severity"), (*fp, "max_severity"), SEVERITIES, "MINOR"),
         status=tuple(str(x) for x in status),
         exclude=tuple(excl),
-        max_target_skew_s=c.number(fd.get("max_target_skew_s"), (*fp, "max_target_skew_s"), nonneg=True,
+        max_skew_s=c.number(fd.get("max_skew_s"), (*fp, "max_skew_s"), nonneg=True,
                                    default=0.05),
     )
     sp = (*path, "split")
