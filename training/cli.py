@@ -58,6 +58,11 @@ class RichReporter:
         return on_epoch
 
 
+def _error(text: str) -> None:
+    """Errors go to stderr unwrapped (rich would fold long paths at the terminal width)."""
+    print(f"error: {text}", file=sys.stderr)
+
+
 def _time_arg(value: str | None, flag: str) -> float | None:
     try:
         return parse_time(value)
@@ -74,19 +79,19 @@ def train_command(args: argparse.Namespace) -> int:
         try:
             spec = load_spec(config, args.model)
         except KeyError as exc:
-            err.print(f"error: {exc.args[0]}")
+            _error(exc.args[0])
             return EXIT_USAGE
         options = Options(data=args.data, push=args.push, tracking_uri=args.tracking_uri, epochs=args.epochs,
                           seed=args.seed, start=_time_arg(args.start, "--start"), end=_time_arg(args.end, "--end"))
         reporter = RichReporter(err, enabled=not args.no_progress)
         outcome = run(config, args.model, spec, options, reporter)
     except ConfigError as exc:
-        err.print(f"error: invalid configuration {exc.path}:")
+        _error(f"invalid configuration {exc.path}:")
         for p in exc.problems:
-            err.print(f"  {p}", markup=False)
+            print(f"  {p}", file=sys.stderr)
         return EXIT_FAIL
     except (DatasetError, TrackingError, TrainError) as exc:
-        err.print(f"error: {exc}", markup=False)
+        _error(str(exc))
         return EXIT_FAIL
     print_summary(outcome)
     failed_checks = [k for k in ("parity", "ioc_validation") if outcome.decision.checks.get(k) is False]
@@ -134,7 +139,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
         report = reproduce(args.run_id, tracking_uri=args.tracking_uri,
                            reporter=RichReporter(err, enabled=not args.no_progress))
     except (ReproduceError, TrackingError, DatasetError) as exc:
-        err.print(f"error: {exc}", markup=False)
+        _error(str(exc))
         return EXIT_FAIL
     out = Console(width=120)
     table = Table(title=f"mlioc reproduce {args.run_id}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,23 @@ class _SpecChecker:
         return v
 
 
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _coerce_numbers(raw: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` — no dot — as a string; in this section it means a number."""
+    if isinstance(raw, dict):
+        return {k: _coerce_numbers(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_coerce_numbers(v) for v in raw]
+    if isinstance(raw, str) and _SCIENTIFIC.match(raw.strip()):
+        return float(raw)
+    return raw
+
+
 def parse_spec(model: ModelConfig, raw: Any, c: _Checker, base: Path, path: tuple) -> TrainSpec:
     """Validate one model's ``training:`` mapping (``raw`` may be None: every default)."""
+    raw = _coerce_numbers(raw)
     s = _SpecChecker(c)
     d = c.mapping(raw, path, _TRAINING)
     kind = s.choice(d.get("kind"), (*path, "kind"), KINDS, "regression")
