@@ -1,7 +1,8 @@
 """MLflow: where runs go, what each run records about itself, and the model registry with aliases.
 
-Tracking URI: ``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db`` in the current
-directory with artifacts in ``./mlruns`` (MLflow's own default: no server needed). An http(s) URI is
+Tracking URI: ``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > ``mlflow.db`` (sqlite) in the current
+directory with artifacts in ``./mlruns`` (MLflow's own default: no server needed; recorded as an
+absolute path so provenance and ``mlioc reproduce`` work from any directory). An http(s) URI is
 checked with a 5 s ``/health`` request first, so an unreachable server fails fast with a clear
 message instead of MLflow's minutes of retries.
 
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 class TrackingError(Exception):
@@ -33,7 +33,7 @@ class TrackingError(Exception):
 
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
     if uri.startswith(("http://", "https://")):
         import requests
 
