@@ -68,14 +68,15 @@ def setup(uri: str, experiment: str):
 
 
 def code_version() -> dict[str, Any]:
-    """git commit of this checkout and whether it has uncommitted changes (``dirty``)."""
+    """git commit of this checkout and whether its code has uncommitted changes (``dirty``)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True,
                               timeout=10).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # models/ holds the shipped stores, which the pipeline itself writes: not code.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)models"))
         branch = git("rev-parse", "--abbrev-ref", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "dirty": True, "branch": "unknown"}
