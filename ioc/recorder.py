@@ -2,9 +2,10 @@
 
 This is what the nightly training job learns from (``training/dataset.py`` reads these files), so it
 records what the model saw and did, not only what it predicted: per cycle the snapshot timestamp,
-each input's value, severity and timestamp (so training can keep only rows that are one moment), each output (NaN when the cycle produced none), the latest value,
-timestamp and severity of each configured *target* PV (the measured truth of an output), the
-cycle's status, the served version, the inference latency and the message.
+each input's value, severity and timestamp (so training can keep only rows that are one moment),
+each output (NaN when the cycle produced none), the latest value, timestamp and severity of each
+configured *target* PV (the measured truth of an output), the cycle's status, the served version,
+the inference latency and the message.
 
 Why it is built this way:
 

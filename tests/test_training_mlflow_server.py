@@ -45,7 +45,7 @@ models:
 def mlflow_server(tmp_path):
     port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
-    log = open(tmp_path / "server.log", "w")  # a file, not a pipe nobody drains
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - a file, not a pipe nobody drains; closed below
     proc = subprocess.Popen(
         [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
