@@ -21,6 +21,7 @@ from ioc.feed import Feed
 from ioc.metrics import Metrics
 from ioc.pva_server import PvaServer
 from ioc.pvmodel import PVDatabase
+from ioc.recorder import Recorder, RecorderError
 from ioc.runner import ModelRunner
 from ioc.sources import close_clients, make_source
 
@@ -51,6 +52,7 @@ class Ioc:
     started_at: float = field(default_factory=time.time)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _sources: list = field(default_factory=list)
+    recorders: list[Recorder] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -60,6 +62,8 @@ class Ioc:
             runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
             runner.start()
             self.runners.append(runner)
+            if model.record is not None:
+                self._start_recorder(runner)
         loads = [loop.run_in_executor(None, load_champion, r.config, cfg.ioc.inference) for r in self.runners]
 
         interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
@@ -102,6 +106,24 @@ class Ioc:
         log.info("mlioc ready: %d PVs for %d model(s) (%s) in %.2f s", len(self.db), len(self.runners),
                  ", ".join(ports), time.time() - self.started_at)
 
+    def _start_recorder(self, runner: ModelRunner) -> None:
+        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
+        model = runner.config
+        try:
+            recorder = Recorder(model, model.record,
+                                lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
+        except RecorderError as exc:
+            log.error("%s", exc)
+            return
+        for index, (_name, ref) in enumerate(model.record.targets):
+            # The sink stores one tuple into a list slot: safe straight from the client thread.
+            source = make_source(ref, recorder.target_sink(index))
+            source.start()
+            self._sources.append(source)
+        runner.cycle_listeners.append(recorder.listener)
+        recorder.start()
+        self.recorders.append(recorder)
+
     def _start_feeds(self, runner: ModelRunner) -> None:
         loop = asyncio.get_running_loop()
         model: ModelConfig = runner.config
@@ -143,6 +165,9 @@ class Ioc:
             source.stop()
         for runner in self.runners:
             runner.close()
+        loop = asyncio.get_running_loop()
+        for recorder in self.recorders:  # after the last cycle: flush every buffered row
+            await loop.run_in_executor(None, recorder.close)
         if self.ca is not None:
             await self.ca.stop()
         if self.pva is not None:

@@ -121,6 +121,18 @@ def cmd_pvs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.cli import train_command  # lazily: only `mlioc train` loads torch and MLflow
+
+    return train_command(args)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from training.cli import reproduce_command
+
+    return reproduce_command(args)
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"mlioc {args.command}: not available in this build yet", file=sys.stderr)
     return EXIT_USAGE
@@ -160,9 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (default: demo)")
     p.set_defaults(func=cmd_pvs)
 
-    for name, text in (("train", "train / retrain a model"), ("models", "manage a model store"),
-                       ("generate", "generate screens, alarm config, archiver list, .db"),
-                       ("reproduce", "retrain a logged run and compare")):
+    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push (docs/training.md)")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--model", required=True, help="model name in the config")
+    p.add_argument("--data", help="a CSV/Parquet file or recording directory, 'recorded', 'simulator', or an "
+                   "archiver URL (default: the config's training.data.source)")
+    p.add_argument("--push", action="store_true", help="publish a winning version into the store")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--seed", type=int, help="override training.seed")
+    p.add_argument("--start", help="only data from this time on (ISO 8601 or unix seconds)")
+    p.add_argument("--end", help="only data before this time")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and cron jobs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="retrain a logged run and report how far it lands from the original")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an `mlioc train` run")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reproduce)
+
+    for name, text in (("models", "manage a model store"),
+                       ("generate", "generate screens, alarm config, archiver list, .db")):
         p = sub.add_parser(name, help=text)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_not_yet)

@@ -96,6 +96,21 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordConfig:
+    """Where and how the IOC records each cycle of a model (:mod:`ioc.recorder`).
+
+    ``targets`` are the measured ground truth of outputs (output name -> PV), recorded beside each
+    cycle: a surrogate cannot be retrained on its own predictions.
+    """
+
+    dir: str  # resolved directory
+    roll: str = "daily"  # daily | hourly | size
+    max_mb: float = 64.0  # size roll threshold (and an upper bound for daily/hourly files)
+    flush_s: float = 5.0  # how often buffered rows are written
+    targets: tuple[tuple[str, PVRef], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     prefix: str
@@ -104,6 +119,10 @@ class ModelConfig:
     inputs: tuple[InputConfig, ...]
     outputs: tuple[OutputConfig, ...]
     description: str = ""
+    record: RecordConfig | None = None
+    # The training sidecar's section, kept as the raw mapping: training/spec.py validates it (the IOC
+    # never needs it, and must not import training to check it).
+    training: Any = field(default=None, hash=False, compare=False)
 
     @property
     def store_is_registry(self) -> bool:
@@ -307,7 +326,9 @@ _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", 
         "stats_hz", "inference")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
 _SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
-_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs")
+_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training")
+_RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
+ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
 _OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel")
 _ALARM = ("lolo", "low", "high", "hihi", "hyst")
@@ -500,6 +521,11 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
     inputs = _parse_named_list(c, d.get("inputs"), (*path, "inputs"), lambda r, p: _parse_input(c, r, p))
     outputs = _parse_named_list(c, d.get("outputs"), (*path, "outputs"), lambda r, p: _parse_output(c, r, p))
     trigger = _parse_trigger(c, d.get("trigger"), (*path, "trigger"))
+    record = _parse_record(c, d.get("record"), (*path, "record"), base, [o.name for o in outputs])
+    training = d.get("training")
+    if training is not None and not isinstance(training, dict):
+        c.error((*path, "training"), f"expected a mapping, got {_typename(training)}")
+        training = None
     if not name or prefix is None:
         return None
     return ModelConfig(
@@ -510,6 +536,41 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         description=c.string(d.get("description"), (*path, "description"), max_len=MAX_DESC),
+        record=record,
+        training=training,
+    )
+
+
+def _parse_record(c: _Checker, raw: Any, path: Path_, base: Path, outputs: list[str]) -> RecordConfig | None:
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, _RECORD, required=("dir",))
+    directory = c.string(d.get("dir"), (*path, "dir"))
+    roll = c.string(d.get("roll"), (*path, "roll"), default="daily")
+    if roll not in ROLLS:
+        c.error((*path, "roll"), f"expected one of {', '.join(ROLLS)}, got {roll!r}")
+    targets = []
+    raw_targets = d.get("targets")
+    if raw_targets is not None and not isinstance(raw_targets, dict):
+        c.error((*path, "targets"), f"expected a mapping output name -> PV, got {_typename(raw_targets)}")
+        raw_targets = None
+    for key, value in (raw_targets or {}).items():
+        if key not in outputs:
+            hint = difflib.get_close_matches(str(key), outputs, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else f" (outputs: {', '.join(outputs)})"
+            c.error((*path, "targets", key), f"not an output of this model{extra}")
+            continue
+        ref = c.pvref(value, (*path, "targets", key))
+        if ref is not None:
+            targets.append((str(key), ref))
+    if not directory:
+        return None
+    return RecordConfig(
+        dir=str((base / os.path.expanduser(directory)).resolve()),
+        roll=roll if roll in ROLLS else "daily",
+        max_mb=c.number(d.get("max_mb"), (*path, "max_mb"), positive=True, default=64.0),
+        flush_s=c.number(d.get("flush_s"), (*path, "flush_s"), positive=True, default=5.0),
+        targets=tuple(targets),
     )
 
 

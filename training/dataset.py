@@ -1,0 +1,359 @@
+"""Datasets: from the IOC's recordings, a user's CSV/Parquet, the demo simulator or the Archiver Appliance.
+
+Every source ends up as the same :class:`Dataset`: time-ordered rows of raw-unit inputs ``x`` and
+targets ``y`` (for an autoencoder ``y`` is ``x``), with per-row worst severity, after the filters of
+the spec (time range, severity, excluded windows, non-finite values, the config's valid input
+ranges). Its :attr:`Dataset.digest` is a SHA-256 over the signal names and the exact float64 bytes,
+so the same content has the same digest whatever file format or source it came from — that is what
+MLflow records and what ``mlioc reproduce`` checks before retraining.
+
+Splits respect time (:func:`time_split`): the oldest rows train, then validation, then the newest rows
+test, optionally with a gap at each boundary; nothing from the future leaks into training, which a
+random split of autocorrelated machine data would do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ioc.config import ModelConfig
+from ioc.pvmodel import Severity
+from ioc.recorder import INPROGRESS, SUFFIX
+from training.spec import SEVERITIES, DataSpec, FilterSpec, SplitSpec, TrainSpec
+
+log = logging.getLogger("mlioc.training.dataset")
+
+
+class DatasetError(Exception):
+    """The data cannot be used: missing, unreadable, wrong columns, or empty after filtering."""
+
+
+@dataclass
+class Dataset:
+    """Time-ordered rows ready for training."""
+
+    time: np.ndarray  # (n,) unix seconds (simulator: sample index * 0.1)
+    x: np.ndarray  # (n, n_in) raw units
+    y: np.ndarray  # (n, n_out) raw units
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    source: dict[str, Any]  # how to get this data again (logged to MLflow)
+    filtered: dict[str, int] = field(default_factory=dict)  # rows dropped, by reason
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        header = {"inputs": list(self.input_names), "outputs": list(self.output_names), "n": len(self),
+                  "dtype": "float64-le"}
+        h.update(json.dumps(header, sort_keys=True).encode())
+        for a in (self.time, self.x, self.y):
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+        return h.hexdigest()
+
+    def to_frame(self):
+        """A pandas DataFrame (``time``, input names, ``target.<output>``) — the logged dataset artifact."""
+        import pandas as pd
+
+        cols: dict[str, Any] = {"time": self.time}
+        cols |= {n: self.x[:, i] for i, n in enumerate(self.input_names)}
+        cols |= {f"target.{n}": self.y[:, j] for j, n in enumerate(self.output_names)}
+        return pd.DataFrame(cols)
+
+    def subset(self, idx: np.ndarray | slice) -> Dataset:
+        return Dataset(self.time[idx], self.x[idx], self.y[idx], self.input_names, self.output_names, self.source)
+
+
+@dataclass
+class Split:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _names(model: ModelConfig, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ins = tuple(i.name for i in model.inputs)
+    outs = ins if kind == "autoencoder" else tuple(o.name for o in model.outputs)
+    return ins, outs
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise DatasetError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from exc
+    raise DatasetError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
+
+
+def _column(df, names: list[str], what: str, where: str) -> np.ndarray:
+    for n in names:
+        if n in df.columns:
+            return df[n].to_numpy(dtype=np.float64)
+    raise DatasetError(f"{where}: no column for {what} (looked for {' or '.join(names)}; "
+                       f"have {', '.join(map(str, df.columns[:20]))})")
+
+
+def _sev_columns(df, names: list[str]) -> np.ndarray:
+    sev = np.zeros(len(df), dtype=np.int64)
+    for n in names:
+        if n in df.columns:
+            sev = np.maximum(sev, df[n].fillna(int(Severity.INVALID)).to_numpy(dtype=np.int64))
+    return sev
+
+
+def recorded_files(directory: Path) -> list[Path]:
+    """Complete recording files (``*.parquet``; files still being written are ``.*.inprogress``)."""
+    if not directory.is_dir():
+        raise DatasetError(f"recorded data directory {directory} does not exist")
+    return sorted(p for p in directory.glob(f"*{SUFFIX}") if not p.name.endswith(INPROGRESS))
+
+
+def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
+    """The IOC's own recordings (``ioc/recorder.py`` columns); rows with no fresh target are dropped."""
+    import pandas as pd
+
+    files = recorded_files(directory)
+    if not files:
+        raise DatasetError(f"no recorded files (*.parquet) in {directory}")
+    df = pd.concat([_read_table(f) for f in files], ignore_index=True)
+    ins, outs = _names(model, spec.kind)
+    where = str(directory)
+    dropped: Counter = Counter()
+    x = np.stack([_column(df, [f"in.{n}"], f"input {n}", where) for n in ins], axis=1)
+    t = _column(df, ["time"], "time", where)
+    sev = _sev_columns(df, [f"in_sev.{n}" for n in ins])
+    keep = np.ones(len(df), dtype=bool)
+    if all(f"in_time.{n}" in df.columns for n in ins):  # every input from the same moment as the snapshot
+        skew = np.max([np.abs(df[f"in_time.{n}"].to_numpy(np.float64) - t) for n in ins], axis=0)
+        mixed = ~(skew <= spec.filters.max_skew_s)
+        dropped["inputs not from one moment"] += int(mixed.sum())
+        keep &= ~mixed
+    if spec.kind == "regression":
+        y = np.stack([_column(df, [f"target.{n}"], f"target {n} (record.targets in the config)", where)
+                      for n in outs], axis=1)
+        sev = np.maximum(sev, _sev_columns(df, [f"target_sev.{n}" for n in outs]))
+        skew = np.zeros(len(df))
+        for n in outs:
+            skew = np.maximum(skew, np.abs(_column(df, [f"target_time.{n}"], f"target time {n}", where) - t))
+        stale = skew > spec.filters.max_skew_s
+        dropped["target not measured with the inputs"] += int((stale & keep).sum())
+        keep &= ~stale
+    else:
+        y = x
+    if spec.filters.status and "status" in df.columns:
+        bad = ~df["status"].isin(spec.filters.status).to_numpy()
+        dropped[f"cycle status not in {list(spec.filters.status)}"] += int((bad & keep).sum())
+        keep &= ~bad
+    # A scan faster than the source repeats the same snapshot: keep each measurement once.
+    key = df["time"].to_numpy()
+    if spec.kind == "regression":
+        key = np.stack([key] + [df[f"target_time.{n}"].to_numpy() for n in outs], axis=1)
+        dup = pd.DataFrame(key).duplicated().to_numpy()
+    else:
+        dup = pd.Series(key).duplicated().to_numpy()
+    dropped["repeated snapshot"] += int((dup & keep).sum())
+    keep &= ~dup
+    source = {"kind": "recorded", "directory": str(directory),
+              "files": [{"name": f.name, "bytes": f.stat().st_size} for f in files]}
+    ds = Dataset(t[keep], x[keep], y[keep], ins, outs, source)
+    return ds, sev[keep], dropped
+
+
+def load_file(path: Path, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
+    """A user's CSV/Parquet: columns named after the inputs/outputs (or ``in.<name>`` / ``target.<name>``),
+    an optional ``time`` column (unix seconds or ISO text; else row order) and optional severity columns
+    ``sev.<name>``."""
+    import pandas as pd
+
+    if not path.exists():
+        raise DatasetError(f"data file {path} does not exist")
+    if path.is_dir():
+        return load_recorded(path, model, spec)
+    df = _read_table(path)
+    if df.empty:
+        raise DatasetError(f"{path}: no rows")
+    ins, outs = _names(model, spec.kind)
+    where = str(path)
+    x = np.stack([_column(df, [n, f"in.{n}"], f"input {n}", where) for n in ins], axis=1)
+    y = x if spec.kind == "autoencoder" else np.stack(
+        [_column(df, [n, f"target.{n}", f"out.{n}"], f"output {n}", where) for n in outs], axis=1)
+    if "time" in df.columns:
+        col = df["time"]
+        t = (pd.to_datetime(col, utc=True).astype("int64").to_numpy() / 1e9 if col.dtype == object
+             else col.to_numpy(dtype=np.float64))
+    else:
+        t = np.arange(len(df), dtype=np.float64)
+    sev = _sev_columns(df, [f"sev.{n}" for n in (*ins, *outs)])
+    order = np.argsort(t, kind="stable")
+    source = {"kind": "file", "path": str(path), "bytes": path.stat().st_size}
+    return Dataset(t[order], x[order], y[order], ins, outs, source), sev[order], Counter()
+
+
+def load_simulator(data: DataSpec, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
+    """The demo's documented generator ``ioc.sim.physics.generate_dataset`` (seeded: same seed, same data)."""
+    from ioc.sim.physics import KNOBS, OBSERVABLES, generate_dataset
+
+    ins, outs = _names(model, spec.kind)
+    knob_names = [k.name for k in KNOBS]
+    obs_names = [o.name for o in OBSERVABLES]
+    missing = [n for n in ins if n not in knob_names] + [n for n in outs if n not in (*obs_names, *knob_names)]
+    if missing:
+        raise DatasetError(f"the simulator has no signal(s) {missing}: it has knobs {knob_names} "
+                           f"and observables {obs_names}")
+    x_all, y_all = generate_dataset(data.samples, seed=data.seed, shift=data.shift)
+    x = x_all[:, [knob_names.index(n) for n in ins]]
+    y = x if spec.kind == "autoencoder" else y_all[:, [obs_names.index(n) for n in outs]]
+    t = np.arange(data.samples, dtype=np.float64) * 0.1
+    source = {"kind": "simulator", "generator": "ioc.sim.physics.generate_dataset", "samples": data.samples,
+              "seed": data.seed, "shift": data.shift}
+    return Dataset(t, x, y, ins, outs, source), np.zeros(len(t), dtype=np.int64), Counter()
+
+
+# ----------------------------------------------------------------------------- filtering
+
+
+def apply_filters(ds: Dataset, sev: np.ndarray, model: ModelConfig, filters: FilterSpec,
+                  dropped: Counter | None = None) -> Dataset:
+    """Drop rows outside the time range or excluded windows, too severe, non-finite, or out of range."""
+    dropped = Counter() if dropped is None else dropped
+    keep = np.ones(len(ds), dtype=bool)
+
+    def drop(mask: np.ndarray, reason: str) -> None:
+        nonlocal keep
+        dropped[reason] += int((mask & keep).sum())
+        keep &= ~mask
+
+    if filters.start is not None:
+        drop(ds.time < filters.start, "before filters.start")
+    if filters.end is not None:
+        drop(ds.time >= filters.end, "after filters.end")
+    for e in filters.exclude:
+        drop((ds.time >= e.start) & (ds.time < e.end), f"excluded: {e.reason or 'window'}")
+    drop(sev > SEVERITIES.index(filters.max_severity), f"severity worse than {filters.max_severity}")
+    drop(~np.isfinite(ds.x).all(axis=1) | ~np.isfinite(ds.y).all(axis=1), "non-finite value")
+    for inp in model.inputs:
+        if inp.range is not None and inp.name in ds.input_names:
+            col = ds.x[:, ds.input_names.index(inp.name)]
+            drop((col < inp.range[0]) | (col > inp.range[1]), f"{inp.name} outside its valid range")
+    out = ds.subset(keep)
+    out.filtered = {k: v for k, v in dropped.items() if v}
+    return out
+
+
+def time_split(ds: Dataset, split: SplitSpec) -> Split:
+    """Oldest rows train, then validation, then the newest test; ``gap_s`` of rows dropped at each boundary."""
+    n = len(ds)
+    n_test = max(1, round(n * split.test))
+    n_val = round(n * split.val)
+    n_train = n - n_val - n_test
+    if n_train < 2:
+        raise DatasetError(f"only {n} rows after filtering: too few to split into train/val/test")
+    b1, b2 = n_train, n_train + n_val
+    idx = np.arange(n)
+    train = idx[:b1]
+    val = idx[b1:b2]
+    test = idx[b2:]
+    if split.gap_s > 0:
+        # Embargo: drop the last gap_s of rows before each later split starts (autocorrelated data).
+        train = train[ds.time[train] < ds.time[b1] - split.gap_s]
+        val = val[ds.time[val] < ds.time[b2] - split.gap_s]
+        if len(train) < 2:
+            raise DatasetError(f"split.gap_s = {split.gap_s} leaves fewer than 2 training rows")
+    return Split(ds.subset(train), ds.subset(val), ds.subset(test))
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """x_norm = (x - mean) / std, per column (what the manifest tells the IOC to apply)."""
+
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    y_mean: np.ndarray
+    y_std: np.ndarray
+
+    @classmethod
+    def fit(cls, train: Dataset) -> Normalisation:
+        def std(a: np.ndarray) -> np.ndarray:
+            s = a.std(axis=0)
+            return np.where(s > 1e-12 * np.maximum(1.0, np.abs(a.mean(axis=0))), s, 1.0)
+
+        return cls(train.x.mean(axis=0), std(train.x), train.y.mean(axis=0), std(train.y))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {k: [float(v) for v in getattr(self, k)] for k in ("x_mean", "x_std", "y_mean", "y_std")}
+
+
+def reference_stats(values: np.ndarray) -> dict[str, Any]:
+    """What the IOC's drift monitor compares live values with: moments, range and 101 quantiles."""
+    return {
+        "n": len(values),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "quantiles": [float(q) for q in np.quantile(values, np.linspace(0, 1, 101))],
+    }
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_dataset(model: ModelConfig, spec: TrainSpec, data: str | None, *, archiver_session=None) -> Dataset:
+    """Load (``data``: a path, ``recorded``, ``simulator``, an archiver URL, or None = the spec's source)
+    and filter. Raise :class:`DatasetError` with a clear reason when nothing usable is left."""
+    d = spec.data
+    if data is None:
+        data = d.source
+    if data == "simulator":
+        ds, sev, dropped = load_simulator(d, model, spec)
+    elif data == "recorded":
+        directory = d.path or (model.record.dir if model.record else None)
+        if directory is None:
+            raise DatasetError(f"model {model.name} records no data (no record: section) and no data.path "
+                               "is set: give --data PATH")
+        ds, sev, dropped = load_recorded(Path(directory), model, spec)
+    elif data == "archiver" or data.startswith(("http://", "https://")):
+        from training.archiver import load_archiver
+
+        if d.archiver is None:
+            raise DatasetError("no data.archiver section (url, pvs) in the config")
+        url = d.archiver.url if data == "archiver" else data
+        ds, sev, dropped = load_archiver(url, d.archiver, model, spec, session=archiver_session)
+    elif data == "file":
+        if not d.path:
+            raise DatasetError("data.source is file but data.path is not set: give --data PATH")
+        ds, sev, dropped = load_file(Path(d.path), model, spec)
+    else:
+        ds, sev, dropped = load_file(Path(data), model, spec)
+    n_raw = len(ds) + sum(dropped.values())
+    ds = apply_filters(ds, sev, model, spec.filters, dropped)
+    if len(ds) == 0:
+        raise DatasetError(f"no rows left after filtering ({n_raw} read; dropped: {ds.filtered or 'none'})")
+    log.info("dataset: %d rows (%d read), digest %s, dropped %s", len(ds), n_raw, ds.digest[:12], ds.filtered)
+    return ds
+
+
+def dataset_from_frame(df, source: dict[str, Any]) -> Dataset:
+    """Inverse of :meth:`Dataset.to_frame` (the dataset artifact of a logged run)."""
+    ins = tuple(c for c in df.columns if c != "time" and not c.startswith("target."))
+    outs = tuple(c[len("target."):] for c in df.columns if c.startswith("target."))
+    return Dataset(df["time"].to_numpy(np.float64), df[list(ins)].to_numpy(np.float64),
+                   df[[f"target.{n}" for n in outs]].to_numpy(np.float64), ins, outs, source)

@@ -1,0 +1,362 @@
+"""``mlioc train``: data -> training -> ONNX -> parity -> manifest -> gate -> MLflow -> store.
+
+One run, in this order, every step logged to MLflow:
+
+1. dataset (source, filters, time split, digest) and normalisation — from the training split, or the
+   champion's own normalisation when warm-starting (its weights live in that space);
+2. model: warm start from the champion's ONNX weights (``warm_start: auto|champion|scratch``), checked
+   against ONNX Runtime before training; training with per-epoch metrics;
+3. ONNX export and parity against torch on the test split (failure: not pushed);
+4. manifest (reference distributions, test vectors, provenance), then the IOC's own validation of the
+   exported version (:func:`ioc.engine.build_model`) — training can never push what the IOC would refuse;
+5. challenger vs champion on the test split through the engine (:mod:`training.gate`);
+6. with ``--push``: a winner is published into the store and pointed at by ``champion`` or
+   ``challenger``, registered in MLflow with that alias; a loser or a failed check is not published,
+   and the reason goes to the run's tags and to the store's ``events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ioc.config import Config, ModelConfig
+from ioc.engine import EngineError, build_model
+from ioc.manifest import ManifestError, parse_manifest
+from ioc.store import ModelStore, StoreError, sha256_file
+from training import registry
+from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
+from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
+from training.gate import Decision, decide, load_champion
+from training.models import WarmStartError, architecture, load_onnx_weights
+from training.models import build_model as build_net
+from training.spec import TrainSpec
+from training.trainer import EpochStats, TrainResult, predict, seed_everything, train
+
+log = logging.getLogger("mlioc.training")
+
+METRIC_FLUSH_EVERY = 10  # epochs per MLflow log_batch (one DB round trip instead of one per metric)
+
+
+class TrainError(Exception):
+    """The run cannot proceed (bad data, store or config); the message says why."""
+
+
+@dataclass
+class Options:
+    data: str | None = None
+    push: bool = False
+    tracking_uri: str | None = None
+    epochs: int | None = None
+    seed: int | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Outcome:
+    """What a run did, for the summary table and for tests."""
+
+    run_id: str
+    tracking_uri: str
+    dataset: Dataset
+    split: Split
+    result: TrainResult
+    parity: Parity
+    decision: Decision
+    warm_start: str
+    store_version: int | None = None
+    registry_version: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Reporter:
+    """Progress hooks (the CLI draws a progress bar; tests use this silent default)."""
+
+    def stage(self, text: str) -> None:
+        log.info("%s", text)
+
+    def training(self, epochs: int) -> Callable[[EpochStats], None]:
+        return lambda stats: None
+
+
+def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, model: ModelConfig, n_in: int,
+                n_out: int, x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
+    """(description, champion normalisation, parent version, parent sha) — or scratch with the reason."""
+    if spec.warm_start == "scratch":
+        return "scratch (warm_start: scratch)", None, None, None
+    number = store.champion() if store.exists() else None
+    why = None
+    if number is None:
+        why = "no champion"
+    else:
+        try:
+            from ioc.manifest import read_manifest
+
+            man = read_manifest(store.manifest_path(number))
+        except ManifestError as exc:
+            why = f"champion v{number} manifest unreadable: {exc}"
+        else:
+            arch = man.provenance.get("architecture")
+            if arch != architecture(spec, n_in, n_out):
+                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, n_in, n_out)}"
+            elif man.kind != spec.kind:
+                why = f"champion v{number} is a {man.kind} model"
+    if why is None:
+        try:
+            load_onnx_weights(net, store.onnx_path(number))
+            norm = Normalisation(np.array([s.mean for s in man.inputs]), np.array([s.std for s in man.inputs]),
+                                 np.array([s.mean for s in man.outputs]), np.array([s.std for s in man.outputs]))
+            xn = ((x_check - norm.x_mean) / norm.x_std).astype(np.float32)
+            ref = onnx_session(str(store.onnx_path(number))).run([man.onnx_output], {man.onnx_input: xn})[0]
+            diff = float(np.abs(predict(net, xn) - ref).max())
+            if not diff <= spec.gate.parity_atol:
+                raise WarmStartError(f"loaded weights differ from the champion's ONNX by {diff:.2e}")
+        except (WarmStartError, OSError) as exc:
+            why = f"champion v{number}: {exc}"
+        else:
+            return f"champion v{number}", norm, number, sha256_file(store.onnx_path(number))
+    if spec.warm_start == "champion":
+        raise TrainError(f"warm_start: champion, but {why}")
+    return f"scratch ({why})", None, None, None
+
+
+def _normalise(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+    out = {}
+    for name in ("train", "val", "test"):
+        part = getattr(split, name)
+        out[f"x_{name}"] = ((part.x - norm.x_mean) / norm.x_std).astype(np.float32)
+        out[f"y_{name}"] = ((part.y - norm.y_mean) / norm.y_std).astype(np.float32)
+    return out
+
+
+def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Reporter | None = None,
+        *, archiver_session=None) -> Outcome:
+    """One training run; raises :class:`TrainError` (or DatasetError/TrackingError) on unusable input."""
+    import dataclasses
+
+    import mlflow
+
+    reporter = reporter or Reporter()
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    model = config.model(model_name)
+    if options.seed is not None:
+        spec = dataclasses.replace(spec, seed=options.seed)
+    if options.epochs is not None:
+        spec = dataclasses.replace(spec, epochs=options.epochs)
+    if options.start is not None or options.end is not None:
+        spec = dataclasses.replace(spec, filters=dataclasses.replace(
+            spec.filters, start=options.start if options.start is not None else spec.filters.start,
+            end=options.end if options.end is not None else spec.filters.end))
+    if model.store_is_registry:
+        raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
+    store = ModelStore(model.store_path)
+    uri = registry.resolve_tracking_uri(options.tracking_uri)
+
+    reporter.stage("loading data")
+    t = time.perf_counter()
+    dataset = build_dataset(model, spec, options.data, archiver_session=archiver_session)
+    split = time_split(dataset, spec.split)
+    timings["data_s"] = time.perf_counter() - t
+
+    client = registry.setup(uri, spec.experiment_name)
+    seed_everything(spec.seed)
+    n_in, n_out = len(dataset.input_names), len(dataset.output_names)
+    net = build_net(spec, n_in, n_out)
+    warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
+    norm = champ_norm or Normalisation.fit(split.train)
+    arrays = _normalise(split, norm)
+    code = registry.code_version()
+    env = registry.environment()
+
+    with mlflow.start_run(run_name=f"{model.name}-{time.strftime('%Y%m%dT%H%M%S')}") as active:
+        run_id = active.info.run_id
+        artifact_uri = active.info.artifact_uri
+        mlflow.set_tags({"mlioc.model": model.name, "mlioc.kind": spec.kind, "mlioc.config": str(config.path),
+                         "mlioc.user": registry.user(), "mlioc.warm_start": warm,
+                         "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
+                         "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest})
+        params = registry.flatten({k: v for k, v in spec.to_dict().items() if k not in ("data",)})
+        params |= registry.flatten({"dataset": {"digest": dataset.digest, "rows": len(dataset),
+                                                "train_rows": len(split.train), "val_rows": len(split.val),
+                                                "test_rows": len(split.test), "source": dataset.source["kind"]},
+                                    "inputs": list(dataset.input_names), "outputs": list(dataset.output_names),
+                                    "warm_start_from": parent, "versions": registry.key_versions(env)})
+        mlflow.log_params({k: v[:6000] for k, v in params.items()})
+        _log_dataset(mlflow, spec, dataset, split)
+        mlflow.log_dict(spec.to_dict(), "spec.json")
+        mlflow.log_dict(norm.to_dict(), "normalisation.json")
+        mlflow.log_dict(env, "environment.json")
+        mlflow.log_dict(code, "code_version.json")
+        hw = registry.hardware(str(torch.device("cuda") if torch.cuda.is_available() and spec.device != "cpu"
+                                   else "cpu"))
+        mlflow.log_dict(hw, "hardware.json")
+        mlflow.set_tags({f"mlioc.hardware.{k}": str(v) for k, v in hw.items()})
+
+        reporter.stage(f"training ({warm})")
+        on_epoch = reporter.training(spec.epochs)
+        pending: list = []
+
+        def epoch_hook(stats: EpochStats) -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            pending.extend([Metric("train_loss", stats.train_loss, now, stats.epoch),
+                            Metric("val_loss", stats.val_loss, now, stats.epoch),
+                            Metric("lr", stats.lr, now, stats.epoch)])
+            if stats.epoch % METRIC_FLUSH_EVERY == 0 or stats.epoch == spec.epochs:
+                client.log_batch(run_id, metrics=pending)
+                pending.clear()
+            on_epoch(stats)
+
+        result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+                       on_epoch=epoch_hook)
+        timings["train_s"] = result.seconds
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(result.net.state_dict(), Path(tmp) / "state_dict.pt")
+            torch.save(result.init_state, Path(tmp) / "init_state_dict.pt")
+            mlflow.log_artifact(str(Path(tmp) / "state_dict.pt"), "torch")
+            mlflow.log_artifact(str(Path(tmp) / "init_state_dict.pt"), "torch")
+
+        reporter.stage("exporting ONNX and checking parity")
+        t = time.perf_counter()
+        onnx_bytes = export_onnx(result.net, n_in)
+        torch_test = predict(result.net, arrays["x_test"])
+        parity = check_parity(onnx_bytes, torch_test, arrays["x_test"], spec.gate.parity_atol)
+        timings["export_s"] = time.perf_counter() - t
+        mlflow.log_metrics({"onnx_parity_max_abs": parity.max_abs,
+                            "samples_per_s": result.samples_per_s, "train_seconds": result.seconds})
+
+        metrics = {"train_loss": result.history[-1].train_loss, "val_loss": result.history[-1].val_loss,
+                   "onnx_parity_max_abs": parity.max_abs}
+        provenance = {
+            "mlflow": {"run_id": run_id, "tracking_uri": uri, "experiment": spec.experiment_name},
+            "dataset": {"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
+                        "filtered": dataset.filtered, "split": {"train": len(split.train), "val": len(split.val),
+                                                                "test": len(split.test), "order": "time"}},
+            "code_version": code,
+            "environment": registry.key_versions(env),
+            "hardware": {k: hw[k] for k in ("cpu", "device") if k in hw},
+            "architecture": architecture(spec, n_in, n_out),
+            "seed": spec.seed,
+            "warm_start": warm,
+            "parent_version": parent,
+            "parent_sha256": parent_sha,
+            "metrics": metrics,
+        }
+        manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance)
+
+        reporter.stage("validating with the IOC engine and comparing with the champion")
+        decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
+        if decision.challenger is not None:
+            mlflow.log_metrics({f"test_rmse_{k}": v for k, v in decision.challenger.rmse.items()}
+                               | {"test_mean_nrmse": decision.challenger.mean_nrmse})
+            manifest["provenance"]["metrics"] |= {f"test_rmse_{k}": v for k, v in decision.challenger.rmse.items()}
+        if decision.champion is not None:
+            mlflow.log_metrics({f"champion_test_rmse_{k}": v for k, v in decision.champion.rmse.items()}
+                               | {"champion_test_mean_nrmse": decision.champion.mean_nrmse})
+        outcome = Outcome(run_id, uri, dataset, split, result, parity, decision, warm, seconds=timings)
+        if options.push:
+            _push(store, client, model, manifest, onnx_bytes, decision, outcome, artifact_uri, dataset)
+        # The store/ artifacts are the version exactly as published (or as it would have been).
+        with tempfile.TemporaryDirectory() as tmp:
+            if outcome.store_version is not None:
+                doc = json.loads(store.manifest_path(outcome.store_version).read_text())
+            else:
+                (Path(tmp) / "model.onnx").write_bytes(onnx_bytes)
+                doc = dict(manifest, sha256=sha256_file(Path(tmp) / "model.onnx"))
+            (Path(tmp) / "model.onnx").write_bytes(onnx_bytes)
+            (Path(tmp) / "manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            mlflow.log_artifacts(tmp, "store")
+        if outcome.store_version is not None:
+            outcome.registry_version = registry.register(
+                client, model.name, run_id, artifact_uri, decision.pointer,
+                {"store_version": str(outcome.store_version), "store": str(store.root),
+                 "dataset_digest": dataset.digest})
+            store.append_event("registered", model=model.name, version=outcome.store_version,
+                               registry_version=outcome.registry_version, alias=decision.pointer, run_id=run_id,
+                               user=registry.user())
+        tags = {"mlioc.decision": ("promote:" + decision.pointer) if decision.promote else "rejected",
+                "mlioc.reason": decision.reason[:5000], "mlioc.pushed": str(outcome.store_version is not None)}
+        if outcome.store_version is not None:
+            tags["mlioc.store_version"] = str(outcome.store_version)
+            tags["mlioc.registry_version"] = str(outcome.registry_version)
+        mlflow.set_tags(tags)
+        del loaded
+    timings["total_s"] = time.perf_counter() - t_start
+    return outcome
+
+
+def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> None:
+    frame = dataset.to_frame()
+    source = json.dumps(dataset.source, sort_keys=True, default=str)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a plain string is
+            ds = mlflow.data.from_pandas(frame, source=dataset.source.get("directory") or dataset.source.get("path")
+                                         or dataset.source.get("url") or dataset.source["kind"],
+                                         name=f"{spec.model}-{dataset.digest[:12]}")
+            mlflow.log_input(ds, context="training")
+    except Exception as exc:  # the dataset entity is a convenience; the digest and artifact are what count
+        log.warning("mlflow.log_input failed: %s", exc)
+    mlflow.log_dict({"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
+                     "source_json": source, "filtered": dataset.filtered,
+                     "split": {"train": [float(split.train.time[0]), float(split.train.time[-1])],
+                               "test": [float(split.test.time[0]), float(split.test.time[-1])]}},
+                    "dataset/metadata.json")
+    if spec.log_dataset:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "data.parquet"
+            frame.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), "dataset")
+
+
+def _gate(config: Config, model: ModelConfig, spec: TrainSpec, store: ModelStore, onnx_bytes: bytes,
+          manifest: dict[str, Any], parity: Parity, split: Split):
+    if not parity.ok:
+        return Decision(False, None, f"ONNX parity failed: max |ONNX - torch| = {parity.max_abs:.3g} on "
+                        f"{parity.n} test rows > tolerance {parity.atol:g}", checks={"parity": False}), None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(onnx_bytes)
+        doc = dict(manifest, sha256=sha256_file(path))
+        try:
+            loaded = build_model(path, parse_manifest(doc), model, config.ioc.inference, "candidate")
+        except (EngineError, ManifestError) as exc:
+            return Decision(False, None, f"the IOC would reject this version: {exc}",
+                            checks={"parity": True, "ioc_validation": False}), None
+    number, problem, champion = load_champion(store, model, config.ioc.inference)
+    decision = decide(loaded, split.test, spec.gate, champion, number, problem)
+    decision.checks = {"parity": True, "ioc_validation": True} | decision.checks
+    return decision, loaded
+
+
+def _push(store: ModelStore, client, model: ModelConfig, manifest: dict[str, Any], onnx_bytes: bytes,
+          decision: Decision, outcome: Outcome, artifact_uri: str, dataset: Dataset) -> None:
+    who = registry.user()
+    if not decision.promote:
+        store.append_event("rejected", model=model.name, reason=decision.reason, run_id=outcome.run_id,
+                           dataset_digest=dataset.digest, champion=decision.champion_version, user=who)
+        return
+    try:
+        number = store.add_version(onnx_bytes, manifest)
+        previous = store.read_pointer(decision.pointer)
+        store.write_pointer(decision.pointer, number)
+    except (StoreError, OSError) as exc:
+        raise TrainError(f"pushing into {store.root} failed: {exc}") from exc
+    outcome.store_version = number
+    store.append_event("push", model=model.name, to_version=number, pointer=decision.pointer,
+                       previous=previous, reason=decision.reason, run_id=outcome.run_id,
+                       dataset_digest=dataset.digest, user=who)

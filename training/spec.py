@@ -1,0 +1,353 @@
+"""The ``training:`` section of a model in the IOC's YAML config, parsed into one frozen :class:`TrainSpec`.
+
+The IOC keeps this section as a raw mapping (it never trains); it is validated here with the IOC's own
+checker, so a typo is refused with ``FILE:LINE: key.path: what is wrong`` like every other config key.
+The whole spec is logged to MLflow as ``spec.json``: ``mlioc reproduce`` rebuilds the run from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ioc.config import Config, ConfigError, ModelConfig, _Checker, _line_index
+
+KINDS = ("regression", "autoencoder")
+ACTIVATIONS = ("silu", "relu", "tanh", "gelu")
+WARM_STARTS = ("auto", "champion", "scratch")
+SOURCES = ("recorded", "simulator", "file", "archiver")
+SEVERITIES = ("NO_ALARM", "MINOR", "MAJOR", "INVALID")
+PROMOTE_TO = ("champion", "challenger")
+DEVICES = ("auto", "cpu", "cuda")
+
+_TRAINING = ("kind", "hidden", "bottleneck", "activation", "epochs", "batch_size", "lr", "weight_decay", "seed",
+             "warm_start", "device", "experiment", "data", "filters", "split", "gate", "reproduce", "log_dataset")
+_DATA = ("source", "path", "samples", "seed", "shift", "archiver")
+_ARCHIVER = ("url", "pvs", "start", "end", "max_age_s", "align_to")
+_FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_skew_s")
+_EXCLUDE = ("start", "end", "reason")
+_SPLIT = ("val", "test", "gap_s")
+_GATE = ("parity_atol", "min_improvement", "max_output_regression", "promote_to", "test_vectors")
+_REPRODUCE = ("pred_atol", "weight_rtol")
+
+
+@dataclass(frozen=True)
+class ArchiverSpec:
+    """Where the Archiver Appliance is and which PV feeds each input/output (name -> PV)."""
+
+    url: str
+    pvs: dict[str, str]
+    start: str | None = None
+    end: str | None = None
+    max_age_s: float = 1.0  # an as-of join takes a PV's last value only if it is at most this old
+    align_to: str | None = None  # the signal whose events define the sample times (default: first target)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from when ``mlioc train`` is given no ``--data``."""
+
+    source: str = "recorded"
+    path: str | None = None  # file source; recorded: override the model's record.dir
+    samples: int = 20000  # simulator
+    seed: int = 0  # simulator
+    shift: float = 0.0  # simulator: knob shift in reference standard deviations
+    archiver: ArchiverSpec | None = None
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    start: float
+    end: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    start: float | None = None  # unix seconds
+    end: float | None = None
+    max_severity: str = "MINOR"  # rows where any input/target is worse are dropped
+    status: tuple[str, ...] = ()  # recorded data: keep only these cycle statuses (empty: all)
+    exclude: tuple[Exclusion, ...] = ()
+    max_skew_s: float = 0.05  # recorded data: every input and target of a row within this of its snapshot time
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Time-ordered split: the oldest rows train, then validation, then the newest rows test."""
+
+    val: float = 0.1
+    test: float = 0.2
+    gap_s: float = 0.0  # rows this close to a split boundary are dropped (autocorrelated data)
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    parity_atol: float = 1e-4  # ONNX vs torch, max |diff| in normalised output units, on the test split
+    min_improvement: float = 0.0  # challenger's mean normalised RMSE must be this much (relative) lower
+    max_output_regression: float = 0.02  # and no output's RMSE may be more than this (relative) worse
+    promote_to: str = "champion"  # a winner becomes champion, or challenger (shadow; an operator promotes)
+    test_vectors: int = 16
+
+
+@dataclass(frozen=True)
+class ReproduceSpec:
+    pred_atol: float = 1e-3  # max |prediction difference| on the test split, normalised output units
+    weight_rtol: float = 1e-3  # relative L2 distance of all weights
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str
+    kind: str = "regression"
+    hidden: tuple[int, ...] = (64, 64)
+    bottleneck: int = 2  # autoencoder only
+    activation: str = "silu"
+    epochs: int = 200
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    warm_start: str = "auto"
+    device: str = "auto"
+    experiment: str = ""
+    log_dataset: bool = True
+    data: DataSpec = field(default_factory=DataSpec)
+    filters: FilterSpec = field(default_factory=FilterSpec)
+    split: SplitSpec = field(default_factory=SplitSpec)
+    gate: GateSpec = field(default_factory=GateSpec)
+    reproduce: ReproduceSpec = field(default_factory=ReproduceSpec)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"mlioc-{self.model}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSpec:
+        """Inverse of :meth:`to_dict` (for ``spec.json`` logged with a run)."""
+        d = dict(d)
+        data = dict(d.pop("data"))
+        arch = data.pop("archiver", None)
+        filters = dict(d.pop("filters"))
+        filters["exclude"] = tuple(Exclusion(**e) for e in filters.get("exclude", ()))
+        filters["status"] = tuple(filters.get("status", ()))
+        return cls(
+            **{**d, "hidden": tuple(d["hidden"]),
+               "split": SplitSpec(**d.get("split", {})),
+               "gate": GateSpec(**d.get("gate", {})),
+               "reproduce": ReproduceSpec(**d.get("reproduce", {}))},
+            data=DataSpec(**data, archiver=ArchiverSpec(**arch) if arch else None),
+            filters=FilterSpec(**filters),
+        )
+
+
+def parse_time(value: Any) -> float | None:
+    """ISO 8601 (naive = UTC) or unix seconds -> unix seconds."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        t = value
+    elif isinstance(value, dt.date):
+        t = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    else:
+        raise ValueError(f"expected a time (ISO 8601 or unix seconds), got {value!r}")
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+class _SpecChecker:
+    """Typed getters over the IOC's :class:`_Checker` (which records FILE:LINE problems)."""
+
+    def __init__(self, c: _Checker):
+        self.c = c
+
+    def time(self, value: Any, path) -> float | None:
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.c.error(path, str(exc))
+            return None
+
+    def choice(self, value: Any, path, choices: tuple[str, ...], default: str) -> str:
+        s = self.c.string(value, path, default=default)
+        if s not in choices:
+            self.c.error(path, f"expected one of {', '.join(choices)}, got {s!r}")
+            return default
+        return s
+
+    def fraction(self, value: Any, path, default: float) -> float:
+        v = self.c.number(value, path, nonneg=True, default=default)
+        if v is not None and v >= 1:
+            self.c.error(path, f"must be < 1, got {v}")
+            return default
+        return v
+
+
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _coerce_numbers(raw: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` — no dot — as a string; in this section it means a number."""
+    if isinstance(raw, dict):
+        return {k: _coerce_numbers(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_coerce_numbers(v) for v in raw]
+    if isinstance(raw, str) and _SCIENTIFIC.match(raw.strip()):
+        return float(raw)
+    return raw
+
+
+def parse_spec(model: ModelConfig, raw: Any, c: _Checker, base: Path, path: tuple) -> TrainSpec:
+    """Validate one model's ``training:`` mapping (``raw`` may be None: every default)."""
+    raw = _coerce_numbers(raw)
+    s = _SpecChecker(c)
+    d = c.mapping(raw, path, _TRAINING)
+    kind = s.choice(d.get("kind"), (*path, "kind"), KINDS, "regression")
+    hidden = d.get("hidden", [64, 64] if kind == "regression" else [32])
+    if (not isinstance(hidden, list) or not hidden
+            or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden)):
+        c.error((*path, "hidden"), f"expected a non-empty list of positive layer widths, got {hidden!r}")
+        hidden = [64, 64]
+
+    dd = c.mapping(d.get("data"), (*path, "data"), _DATA)
+    default_source = "recorded" if model.record is not None else "file"
+    source = s.choice(dd.get("source"), (*path, "data", "source"), SOURCES, default_source)
+    arch = None
+    if "archiver" in dd or source == "archiver":
+        ap = (*path, "data", "archiver")
+        ad = c.mapping(dd.get("archiver"), ap, _ARCHIVER, required=("url", "pvs"))
+        pvs = ad.get("pvs") or {}
+        names = [i.name for i in model.inputs] + ([o.name for o in model.outputs] if kind == "regression" else [])
+        if not isinstance(pvs, dict):
+            c.error((*ap, "pvs"), "expected a mapping signal name -> archived PV name")
+            pvs = {}
+        for n in names:
+            if n not in pvs:
+                c.error((*ap, "pvs"), f"no archived PV for {n!r} (need one per input" +
+                        (" and output)" if kind == "regression" else ")"))
+        for n in pvs:
+            if n not in names:
+                c.error((*ap, "pvs", n), f"not an input{' or output' if kind == 'regression' else ''} of the model")
+        arch = ArchiverSpec(
+            url=c.string(ad.get("url"), (*ap, "url")),
+            pvs={str(k): str(v) for k, v in pvs.items()},
+            start=None if ad.get("start") is None else str(ad.get("start")),
+            end=None if ad.get("end") is None else str(ad.get("end")),
+            max_age_s=c.number(ad.get("max_age_s"), (*ap, "max_age_s"), positive=True, default=1.0),
+            align_to=c.string(ad.get("align_to"), (*ap, "align_to"), default="") or None,
+        )
+    data_path = c.string(dd.get("path"), (*path, "data", "path"), default="") or None
+    if data_path:
+        data_path = str((base / data_path).resolve())
+    data = DataSpec(
+        source=source,
+        path=data_path,
+        samples=c.number(dd.get("samples"), (*path, "data", "samples"), integer=True, positive=True, default=20000),
+        seed=c.number(dd.get("seed"), (*path, "data", "seed"), integer=True, nonneg=True, default=0),
+        shift=c.number(dd.get("shift"), (*path, "data", "shift"), default=0.0),
+        archiver=arch,
+    )
+
+    fp = (*path, "filters")
+    fd = c.mapping(d.get("filters"), fp, _FILTERS)
+    status = fd.get("status") or []
+    if isinstance(status, str):
+        status = [status]
+    excl = []
+    raw_excl = fd.get("exclude") or []
+    if not isinstance(raw_excl, list):
+        c.error((*fp, "exclude"), "expected a list of {start, end, reason}")
+        raw_excl = []
+    for i, e in enumerate(raw_excl):
+        ed = c.mapping(e, (*fp, "exclude", i), _EXCLUDE, required=("start", "end"))
+        a, b = s.time(ed.get("start"), (*fp, "exclude", i, "start")), s.time(ed.get("end"), (*fp, "exclude", i, "end"))
+        if a is not None and b is not None:
+            if b <= a:
+                c.error((*fp, "exclude", i), "end must be after start")
+            excl.append(Exclusion(a, b, str(ed.get("reason", ""))))
+    filters = FilterSpec(
+        start=s.time(fd.get("start"), (*fp, "start")),
+        end=s.time(fd.get("end"), (*fp, "end")),
+        max_severity=s.choice(fd.get("max_severity"), (*fp, "max_severity"), SEVERITIES, "MINOR"),
+        status=tuple(str(x) for x in status),
+        exclude=tuple(excl),
+        max_skew_s=c.number(fd.get("max_skew_s"), (*fp, "max_skew_s"), nonneg=True,
+                                   default=0.05),
+    )
+    sp = (*path, "split")
+    sd = c.mapping(d.get("split"), sp, _SPLIT)
+    split = SplitSpec(val=s.fraction(sd.get("val"), (*sp, "val"), 0.1),
+                      test=s.fraction(sd.get("test"), (*sp, "test"), 0.2),
+                      gap_s=c.number(sd.get("gap_s"), (*sp, "gap_s"), nonneg=True, default=0.0))
+    if split.test <= 0 or split.val + split.test >= 0.9:
+        c.error(sp, f"test must be > 0 and val + test < 0.9, got val {split.val}, test {split.test}")
+    gp = (*path, "gate")
+    gd = c.mapping(d.get("gate"), gp, _GATE)
+    gate = GateSpec(
+        parity_atol=c.number(gd.get("parity_atol"), (*gp, "parity_atol"), nonneg=True, default=1e-4),
+        min_improvement=c.number(gd.get("min_improvement"), (*gp, "min_improvement"), default=0.0),
+        max_output_regression=c.number(gd.get("max_output_regression"), (*gp, "max_output_regression"),
+                                       nonneg=True, default=0.02),
+        promote_to=s.choice(gd.get("promote_to"), (*gp, "promote_to"), PROMOTE_TO, "champion"),
+        test_vectors=c.number(gd.get("test_vectors"), (*gp, "test_vectors"), integer=True, positive=True, default=16),
+    )
+    rp = (*path, "reproduce")
+    rd = c.mapping(d.get("reproduce"), rp, _REPRODUCE)
+    reproduce = ReproduceSpec(
+        pred_atol=c.number(rd.get("pred_atol"), (*rp, "pred_atol"), nonneg=True, default=1e-3),
+        weight_rtol=c.number(rd.get("weight_rtol"), (*rp, "weight_rtol"), nonneg=True, default=1e-3),
+    )
+    log_dataset = d.get("log_dataset", True)
+    if not isinstance(log_dataset, bool):
+        c.error((*path, "log_dataset"), f"expected true or false, got {log_dataset!r}")
+        log_dataset = True
+    lr = c.number(d.get("lr"), (*path, "lr"), positive=True, default=3e-3)
+    return TrainSpec(
+        model=model.name,
+        kind=kind,
+        hidden=tuple(hidden),
+        bottleneck=c.number(d.get("bottleneck"), (*path, "bottleneck"), integer=True, positive=True, default=2),
+        activation=s.choice(d.get("activation"), (*path, "activation"), ACTIVATIONS, "silu"),
+        epochs=c.number(d.get("epochs"), (*path, "epochs"), integer=True, positive=True, default=200),
+        batch_size=c.number(d.get("batch_size"), (*path, "batch_size"), integer=True, positive=True, default=512),
+        lr=lr if lr is not None and math.isfinite(lr) else 3e-3,
+        weight_decay=c.number(d.get("weight_decay"), (*path, "weight_decay"), nonneg=True, default=0.0),
+        seed=c.number(d.get("seed"), (*path, "seed"), integer=True, nonneg=True, default=0),
+        warm_start=s.choice(d.get("warm_start"), (*path, "warm_start"), WARM_STARTS, "auto"),
+        device=s.choice(d.get("device"), (*path, "device"), DEVICES, "auto"),
+        experiment=c.string(d.get("experiment"), (*path, "experiment"), default=""),
+        log_dataset=log_dataset,
+        data=data,
+        filters=filters,
+        split=split,
+        gate=gate,
+        reproduce=reproduce,
+    )
+
+
+def load_spec(config: Config, model_name: str) -> TrainSpec:
+    """The validated :class:`TrainSpec` of ``model_name``; raise :class:`ConfigError` listing every problem."""
+    model = config.model(model_name)  # KeyError names the models there are
+    text = Path(config.path).read_text()
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    c = _Checker(Path(config.path), _line_index(node) if node is not None else {})
+    index = [m.name for m in config.models].index(model_name)
+    spec = parse_spec(model, model.training, c, Path(config.path).parent, ("models", index, "training"))
+    if c.problems:
+        raise ConfigError(config.path, c.problems)
+    return spec
