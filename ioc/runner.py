@@ -51,6 +51,7 @@ class CycleRecord:
 
 
 CycleListener = Callable[[CycleRecord], None]
+ModelListener = Callable[["LoadedModel | None"], None]  # the model served from the next cycle on
 
 
 def _clip(text: str) -> str:
@@ -97,6 +98,7 @@ class ModelRunner:
         self.count = 0  # triggered cycles
         self.overruns = 0  # triggers that found the previous cycle still running
         self.cycle_listeners: list[CycleListener] = []
+        self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
         # Per-cycle bookkeeping for Prometheus, drained at stats_hz (off the latency-critical path).
         self.outcomes: dict[ModelStatus, int] = dict.fromkeys(ModelStatus, 0)
         self.latencies: list[float] = []
@@ -139,6 +141,7 @@ class ModelRunner:
             self.offloader.forget(previous)
         now = self.clock()
         self.champion_pv.post(model.version, now)
+        self._notify_model(model)
         where = "inline" if self.offloader.use_inline(model) else "worker thread"
         text = message or f"loaded v{model.version} ({model.provider.replace('ExecutionProvider', '')})"
         log.info("%s: serving v%s on %s, %s (warm-up median %.3f ms, p99 %.3f ms)", self.config.name,
@@ -153,6 +156,7 @@ class ModelRunner:
         log.error("%s: no model: %s", self.config.name, reason)
         now = self.clock()
         self.champion_pv.post("", now)
+        self._notify_model(None)
         self._message(f"no model: {reason}", now)
         self.run_cycle(triggered=False)
 
@@ -335,6 +339,13 @@ class ModelRunner:
         if self._again:
             self._again = False
             self.loop.call_soon(self.run_cycle, False)
+
+    def _notify_model(self, model: LoadedModel | None) -> None:
+        for listener in self.model_listeners:
+            try:
+                listener(model)
+            except Exception:
+                log.exception("%s: model listener %r failed", self.config.name, listener)
 
     def _notify(self, record: CycleRecord) -> None:
         for listener in self.cycle_listeners:
