@@ -13,17 +13,20 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ioc.ca_server import CaServer
 from ioc.config import Config, ModelConfig
-from ioc.engine import EngineError, load_champion
 from ioc.feed import Feed
 from ioc.metrics import Metrics
+from ioc.model_manager import ModelManager
 from ioc.pva_server import PvaServer
 from ioc.pvmodel import PVDatabase
 from ioc.recorder import Recorder, RecorderError
+from ioc.registry_mirror import RegistryMirror
 from ioc.runner import ModelRunner
 from ioc.sources import close_clients, make_source
+from ioc.store import ModelStore
 
 log = logging.getLogger("mlioc")
 
@@ -53,6 +56,7 @@ class Ioc:
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _sources: list = field(default_factory=list)
     recorders: list[Recorder] = field(default_factory=list)
+    managers: list[ModelManager] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -64,7 +68,9 @@ class Ioc:
             self.runners.append(runner)
             if model.record is not None:
                 self._start_recorder(runner)
-        loads = [loop.run_in_executor(None, load_champion, r.config, cfg.ioc.inference) for r in self.runners]
+        # Models load (validated, warmed up, off the loop) while the servers come up.
+        self.managers = [self._manager(r) for r in self.runners]
+        loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
 
         interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
         if "ca" in cfg.ioc.protocols:
@@ -84,16 +90,10 @@ class Ioc:
 
         for runner, load in zip(self.runners, loads, strict=True):
             try:
-                model = await load
-            except EngineError as exc:
-                runner.set_no_model(str(exc))
-                self.metrics.set_model(runner.config.name, None)
+                await load
             except Exception as exc:  # an unexpected failure of one model must not stop the others
                 log.exception("%s: loading the champion failed", runner.config.name)
                 runner.set_no_model(f"load failed: {exc}")
-            else:
-                runner.set_model(model)
-                self.metrics.set_model(runner.config.name, model)
             self._start_feeds(runner)
         self._tasks.append(loop.create_task(self._stats_loop(), name="stats"))
         ports = []
@@ -105,6 +105,21 @@ class Ioc:
             ports.append(f"metrics port {self.metrics_port}")
         log.info("mlioc ready: %d PVs for %d model(s) (%s) in %.2f s", len(self.db), len(self.runners),
                  ", ".join(ports), time.time() - self.started_at)
+
+    def _manager(self, runner: ModelRunner) -> ModelManager:
+        """The store (or registry mirror) that feeds one runner its champion and challenger."""
+        cfg = self.config
+        model = runner.config
+        refresh = None
+        if model.store_is_registry:
+            store = ModelStore(Path(cfg.ioc.state_dir) / "registry" / model.name)
+            refresh = RegistryMirror(model.store, store, interval_s=cfg.ioc.registry_poll_s).refresh
+        else:
+            store = ModelStore(model.store_path)
+        name = model.name
+        runner.model_listeners.append(lambda loaded: self.metrics.set_model(name, loaded))
+        return ModelManager(runner, store, cfg.ioc.inference, asyncio.get_running_loop(),
+                            poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
         """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
@@ -154,6 +169,8 @@ class Ioc:
                 self.metrics.collect(runner)
 
     async def stop(self) -> None:
+        for manager in self.managers:
+            await manager.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

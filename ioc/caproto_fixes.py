@@ -58,6 +58,9 @@ async def _resume(coro, yielded):
             if yielded is None:
                 await asyncio.sleep(0)
             else:
+                # Take the future over as a Task would: it is flagged as "being awaited" by the
+                # coroutine that yielded it, and asyncio refuses a second await until that is cleared.
+                yielded._asyncio_future_blocking = False
                 await yielded
         except asyncio.CancelledError as exc:
             if yielded is None or not yielded.cancelled():

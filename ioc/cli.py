@@ -192,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
-    for name, text in (("models", "manage a model store"),
-                       ("generate", "generate screens, alarm config, archiver list, .db")):
+    from ioc.models_cli import add_parser as add_models_parser
+
+    add_models_parser(sub)
+
+    for name, text in (("generate", "generate screens, alarm config, archiver list, .db"),):
         p = sub.add_parser(name, help=text)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_not_yet)
@@ -204,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    if args.command not in ("serve", "sim"):
+        # `mlioc models list STORE | head` should just stop, not print a BrokenPipe traceback. (Never
+        # for the servers: there SIGPIPE must stay ignored so a vanished client is only an EPIPE.)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return args.func(args)
     except ConfigError as exc:

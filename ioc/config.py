@@ -158,6 +158,9 @@ class IocConfig:
     metrics_port: int = 9105
     stats_hz: float = 2.0
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    store_poll_s: float = 0.5  # how often model stores are checked for a new champion / challenger
+    registry_poll_s: float = 5.0  # how often an MLflow registry alias is asked (registry-mode stores)
+    state_dir: str = ".mlioc-state"  # resolved against the config file: registry mirrors, autosave
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +326,7 @@ def _typename(value: Any) -> str:
 
 _TOP = ("ioc", "simulator", "models")
 _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", "metrics_port",
-        "stats_hz", "inference")
+        "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
 _SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
 _MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training")
@@ -343,7 +346,7 @@ def _port(c: _Checker, value: Any, path: Path_) -> int | None:
     return port
 
 
-def _parse_ioc(c: _Checker, raw: Any) -> IocConfig:
+def _parse_ioc(c: _Checker, raw: Any, base: Path) -> IocConfig:
     path: Path_ = ("ioc",)
     d = c.mapping(raw, path, _IOC)
     protocols = d.get("protocols", list(PROTOCOLS))
@@ -390,6 +393,10 @@ def _parse_ioc(c: _Checker, raw: Any) -> IocConfig:
         metrics_port=metrics_port if metrics_port is not None else 9105,
         stats_hz=c.number(d.get("stats_hz"), (*path, "stats_hz"), positive=True, default=2.0),
         inference=inference,
+        store_poll_s=c.number(d.get("store_poll_s"), (*path, "store_poll_s"), positive=True, default=0.5),
+        registry_poll_s=c.number(d.get("registry_poll_s"), (*path, "registry_poll_s"), positive=True, default=5.0),
+        state_dir=str((base / os.path.expanduser(
+            c.string(d.get("state_dir"), (*path, "state_dir"), default=".mlioc-state"))).resolve()),
     )
 
 
@@ -578,7 +585,7 @@ def parse_config(raw: Any, file: Path, lines: dict[Path_, int] | None = None) ->
     """Validate an already-loaded YAML document; raise :class:`ConfigError` listing every problem."""
     c = _Checker(file, lines or {})
     top = c.mapping(raw, (), _TOP, required=("models",))
-    ioc = _parse_ioc(c, top.get("ioc"))
+    ioc = _parse_ioc(c, top.get("ioc"), file.parent)
     sim = _parse_sim(c, top.get("simulator"))
     base = file.parent
     models = _parse_named_list(c, top.get("models"), ("models",), lambda r, p: _parse_model(c, r, p, base))

@@ -45,9 +45,35 @@ class ModelNames:
     def output(self, name: str) -> str:
         return f"{self.prefix}OUT:{name}"
 
+    def challenger_output(self, name: str) -> str:
+        return f"{self.prefix}CHALLENGER:OUT:{name}"
+
+    def challenger_mad(self, name: str) -> str:
+        return f"{self.prefix}CHALLENGER:MAD:{name}"
+
     @property
     def enable(self) -> str:
         return f"{self.prefix}ENABLE"
+
+    @property
+    def challenger(self) -> str:
+        return f"{self.prefix}CHALLENGER"
+
+    @property
+    def version(self) -> str:
+        return f"{self.prefix}VERSION"
+
+    @property
+    def rollback(self) -> str:
+        return f"{self.prefix}ROLLBACK"
+
+    @property
+    def promote(self) -> str:
+        return f"{self.prefix}PROMOTE"
+
+    @property
+    def reload(self) -> str:
+        return f"{self.prefix}RELOAD"
 
     @property
     def status(self) -> str:
@@ -112,7 +138,30 @@ def output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
         initial=math.nan,
         mdel=out.mdel,
         adel=out.adel,
+        version_field=True,
     )
+
+
+def challenger_output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
+    return PVSpec(
+        name=names.challenger_output(out.name),
+        kind=Kind.AI,
+        desc=f"challenger {out.description or out.name}"[:40],
+        egu=out.units,
+        prec=out.prec,
+        display=out.display,
+        alarm=_alarm_limits(out),
+        initial=math.nan,
+        mdel=out.mdel,
+        adel=out.adel,
+        version_field=True,
+    )
+
+
+def _action(name: str, verb: str, desc: str) -> PVSpec:
+    """A momentary control: write 1 to act; reads 1 while the action runs, then 0."""
+    return PVSpec(name=name, kind=Kind.BO, desc=desc, choices=("Idle", verb), writable=True, initial=0,
+                  scan="Passive", asg=CONTROL_ASG, audit=True)
 
 
 def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
@@ -127,12 +176,21 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
                choice_severities=STATUS_SEVERITIES, initial=int(ModelStatus.NO_MODEL)),
         PVSpec(name=n.message, kind=Kind.STRINGIN, desc="last event or error", initial=""),
         PVSpec(name=n.champion, kind=Kind.STRINGIN, desc="model version being served", initial=""),
+        PVSpec(name=n.challenger, kind=Kind.STRINGIN, desc="model version run in shadow", initial=""),
+        PVSpec(name=n.version, kind=Kind.STRINGIN, desc="version that made the current outputs", initial=""),
+        _action(n.rollback, "Rollback", "write 1: back to the previous champion"),
+        _action(n.promote, "Promote", "write 1: challenger becomes champion"),
+        _action(n.reload, "Reload", "write 1: rescan the model store now"),
         PVSpec(name=n.latency, kind=Kind.AI, desc="inference latency", egu="ms", prec=3, initial=0.0,
                display=(0.0, 10.0)),
         PVSpec(name=n.rate, kind=Kind.AI, desc="inference cycles per second", egu="Hz", prec=1, initial=0.0,
                display=(0.0, 1000.0)),
         PVSpec(name=n.count, kind=Kind.LONGIN, desc="inference cycles since start", initial=0),
     ]
+    specs += [challenger_output_spec(n, o) for o in model.outputs]
+    specs += [PVSpec(name=n.challenger_mad(o.name), kind=Kind.AI,
+                     desc=f"mean |challenger - champion| {o.name}"[:40], egu=o.units, prec=o.prec + 1,
+                     initial=math.nan) for o in model.outputs]
     return specs
 
 

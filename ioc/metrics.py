@@ -38,8 +38,15 @@ class Metrics:
         self.model_info = Gauge("mlioc_model_info", "The model version being served (value is always 1)",
                                 ["model", "version", "sha256", "provider"], registry=r)
         self.up = Gauge("mlioc_model_up", "1 when the model's STATUS is OK", ["model"], registry=r)
+        self.missed = Counter("mlioc_missed_cycles_total",
+                              "Triggers that found the previous cycle still running, or scan ticks dropped",
+                              ["model"], registry=r)
+        self.reloads = Counter("mlioc_model_reloads_total",
+                               "Model versions loaded or rejected, by result (loaded, challenger, rejected)",
+                               ["model", "result"], registry=r)
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self._outcomes: dict[str, dict[ModelStatus, int]] = {}
+        self._overruns: dict[str, int] = {}
         self._server = None
 
     def collect(self, runner: ModelRunner) -> None:
@@ -55,9 +62,16 @@ class Metrics:
             if delta:
                 self.cycles.labels(model, status.name.lower()).inc(delta)
                 seen[status] = total
+        missed = self.missed.labels(model)
+        delta = runner.overruns - self._overruns.get(model, 0)
+        missed.inc(max(delta, 0))  # also creates the series at 0, so "no missed cycle" is visible
+        self._overruns[model] = runner.overruns
         if runner.last_ok_timestamp:
             self.last_inference.labels(model).set(runner.last_ok_timestamp)
         self.up.labels(model).set(1 if runner.status is ModelStatus.OK else 0)
+
+    def reload_result(self, model: str, result: str) -> None:
+        self.reloads.labels(model, result).inc()
 
     def set_model(self, model: str, loaded: LoadedModel | None) -> None:
         old = self._info_labels.pop(model, None)

@@ -56,7 +56,8 @@ def _nan(value: float | None) -> float:
 
 def nt_type(spec: PVSpec) -> Type:
     if spec.kind in (Kind.AI, Kind.AO):
-        return NTScalar.buildType("d", display=True, control=True, valueAlarm=True, form=True)
+        extra = [("version", "s")] if spec.version_field else []
+        return NTScalar.buildType("d", extra=extra, display=True, control=True, valueAlarm=True, form=True)
     if spec.kind is Kind.LONGIN:
         return NTScalar.buildType("i", display=True, control=True, valueAlarm=True, form=True)
     if spec.kind.is_enum:
@@ -195,9 +196,11 @@ class PvaServer:
     def _post(self, pv: PV, reading: Reading, events: int) -> None:
         if not events & _POSTED or self.server is None:
             return
-        shared, T, convert = self._targets[pv.name]
+        shared, T, convert, tagged = self._targets[pv.name]
         update = T()
         update["value"] = convert(reading.value)
+        if tagged:
+            update["version"] = reading.tag
         status = reading.status
         update["alarm.severity"] = reading.severity
         update["alarm.status"] = _PVA_STATUS_LIST[status]
@@ -226,7 +229,8 @@ class PvaServer:
     async def start(self) -> None:
         for pv in self.db:
             self.shared[pv.name] = self._open(pv)
-            self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec))
+            self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec),
+                                      pv.spec.version_field)
             pv.subscribe(self._post, self._on_spec)
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():

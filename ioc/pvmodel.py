@@ -170,6 +170,7 @@ class PVSpec:
     asg: str = "DEFAULT"
     audit: bool = False
     max_length: int = 40
+    version_field: bool = False  # PVA carries the model version that made each value (Reading.tag)
 
     def __post_init__(self) -> None:
         if self.kind.is_enum and not self.choices:
@@ -232,6 +233,7 @@ class Reading(NamedTuple):
     status: Status
     timestamp: float
     message: str = ""
+    tag: str = ""  # e.g. the model version that computed the value
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +344,7 @@ class PV:
         status: int = 0,
         message: str = "",
         force: bool = False,
+        tag: str = "",
     ) -> int:
         """Set a new reading and tell the adapters; returns the events (:class:`Event` bits) it carried.
 
@@ -371,7 +374,7 @@ class PV:
             sev = severity
             stat = status or 15  # SOFT
         old = self.reading
-        new = Reading(value, sev, stat, timestamp, message)
+        new = Reading(value, sev, stat, timestamp, message, tag)
         self.reading = new
         if force:
             events = _ALL
@@ -386,6 +389,8 @@ class PV:
                 self._adel_last = value
             if old.severity != sev or old.status != stat or old.message != message:
                 events |= _ALARM
+            if old.tag != tag:
+                events |= _VALUE
         for listener in self._listeners:
             listener(self, new, events)
         return events

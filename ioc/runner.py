@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,39 @@ CycleListener = Callable[[CycleRecord], None]
 ModelListener = Callable[["LoadedModel | None"], None]  # the model served from the next cycle on
 
 
+MAD_WINDOW = 100  # cycles over which CHALLENGER:MAD:<output> averages |challenger - champion|
+
+
+class _RollingMean:
+    """Mean of the last ``window`` vectors, updated in O(n_outputs) per sample."""
+
+    def __init__(self, width: int, window: int):
+        self.width = width
+        self.window = window
+        self.reset()
+
+    def reset(self) -> None:
+        self._rows: deque[list[float]] = deque()
+        self._sums = [0.0] * self.width
+
+    @property
+    def n(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: list[float]) -> None:
+        self._rows.append(row)
+        sums = self._sums
+        for i, v in enumerate(row):
+            sums[i] += v
+        if len(self._rows) > self.window:
+            for i, v in enumerate(self._rows.popleft()):
+                sums[i] -= v
+
+    def means(self) -> list[float]:
+        n = len(self._rows)
+        return [s / n for s in self._sums] if n else [math.nan] * self.width
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
 
@@ -71,6 +105,7 @@ class ModelRunner:
         clock: Callable[[], float] = time.time,
     ):
         self.config = config
+        self.db = db
         self.names = ModelNames(config.prefix)
         self.clock = clock
         self.loop = loop
@@ -84,6 +119,9 @@ class ModelRunner:
         self.out_pvs: list[PV] = [db[n.output(o.name)] for o in config.outputs]
         self.enable_pv, self.status_pv, self.message_pv = db[n.enable], db[n.status], db[n.message]
         self.champion_pv = db[n.champion]
+        self.challenger_pv, self.version_pv = db[n.challenger], db[n.version]
+        self.challenger_out_pvs: list[PV] = [db[n.challenger_output(o.name)] for o in config.outputs]
+        self.challenger_mad_pvs: list[PV] = [db[n.challenger_mad(o.name)] for o in config.outputs]
         self.latency_pv, self.rate_pv, self.count_pv = db[n.latency], db[n.rate], db[n.count]
         for index, pv in enumerate(self.in_pvs):
             if pv.spec.writable:
@@ -91,6 +129,10 @@ class ModelRunner:
         self.enable_pv.put_handler = self._put_enable
 
         self.model: LoadedModel | None = None
+        self.challenger: LoadedModel | None = None
+        self.challenger_offloader = Offloader(loop, inference.offload, inference.inline_budget_ms,
+                                              f"{config.name}-challenger")
+        self._mad = _RollingMean(len(config.outputs), MAD_WINDOW)
         self.no_model_reason = "no model loaded yet"
         self.enabled = True
         self._disabled_text = "disabled"
@@ -125,6 +167,10 @@ class ModelRunner:
             self._post_input(index, state, now)
         self.enable_pv.post(1, now)
         self.champion_pv.post("", now)
+        self.challenger_pv.post("", now)
+        self.version_pv.post("", now)
+        self._invalidate(self.challenger_out_pvs, Status.UDF, "no challenger", now)
+        self._invalidate(self.challenger_mad_pvs, Status.UDF, "no challenger", now)
         self.latency_pv.post(0.0, now)
         self.rate_pv.post(0.0, now)
         self.count_pv.post(0, now)
@@ -148,6 +194,22 @@ class ModelRunner:
                  model.version, model.provider, where, model.warm_median_ms, model.warm_p99_ms)
         self._message(text, now)
         self.run_cycle(triggered=False)
+
+    def set_challenger(self, model: LoadedModel | None) -> None:
+        """Run ``model`` in shadow on every cycle's snapshot (None: stop shadowing)."""
+        previous = self.challenger
+        self.challenger = model
+        if previous is not None:
+            self.challenger_offloader.forget(previous)
+        self._mad.reset()
+        now = self.clock()
+        self.challenger_pv.post(model.version if model is not None else "", now)
+        if model is None:
+            self._invalidate(self.challenger_out_pvs, Status.UDF, "no challenger", now)
+            self._invalidate(self.challenger_mad_pvs, Status.UDF, "no challenger", now)
+        else:
+            log.info("%s: shadowing challenger v%s", self.config.name, model.version)
+            self.run_cycle(triggered=False)  # its first predictions now, not at the next trigger
 
     def set_no_model(self, reason: str) -> None:
         """No servable model (none in the store, or it failed validation with nothing to fall back on)."""
@@ -313,8 +375,11 @@ class ModelRunner:
             self._finish_invalid(ModelStatus.FAULT, text, now, snapshot, version=model.version)
         else:
             ts = snapshot.timestamp
+            version = model.version
             for pv, value in zip(self.out_pvs, values, strict=True):
-                pv.post(value, ts)
+                pv.post(value, ts, tag=version)
+            if self.version_pv.reading.value != version:
+                self.version_pv.post(version, ts)
             self.outcomes[ModelStatus.OK] += 1
             if len(self.latencies) < 100_000:  # drained at stats_hz; bounded if nobody drains it
                 self.latencies.append(elapsed)
@@ -323,6 +388,8 @@ class ModelRunner:
                 self._set_status(ModelStatus.OK, f"serving v{model.version}", self.clock())
             if self.cycle_listeners:
                 self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
+            if self.challenger is not None:
+                self._run_challenger(snapshot, values)
         if self._again:
             self._again = False
             self.loop.call_soon(self.run_cycle, False)
@@ -355,8 +422,47 @@ class ModelRunner:
                 log.exception("%s: cycle listener %r failed", self.config.name, listener)
 
     def _invalidate_outputs(self, status: Status, message: str, now: float) -> None:
-        for pv in self.out_pvs:
-            pv.post(pv.reading.value, now, Severity.INVALID, status, _clip(message))
+        self._invalidate(self.out_pvs, status, message, now)
+        if self.challenger is not None:
+            self._invalidate(self.challenger_out_pvs, status, message, now)
+
+    @staticmethod
+    def _invalidate(pvs: list[PV], status: Status, message: str, now: float) -> None:
+        for pv in pvs:
+            reading = pv.reading
+            pv.post(reading.value, now, Severity.INVALID, status, _clip(message), tag=reading.tag)
+
+    # ------------------------------------------------------------------ challenger (shadow)
+
+    def _run_challenger(self, snapshot: Snapshot, champion_values: list[float]) -> None:
+        """The challenger sees the champion's snapshot; its outputs never reach anything but its own PVs."""
+        challenger = self.challenger
+        if self.challenger_offloader.use_inline(challenger):
+            try:
+                result, error = challenger.run(snapshot.values), None
+            except Exception as exc:
+                result, error = None, exc
+            self._finish_challenger(challenger, snapshot, champion_values, result, error)
+        else:
+            values = snapshot.values
+            self.challenger_offloader.submit(
+                lambda: challenger.run(values),
+                lambda r, e, dt: self._finish_challenger(challenger, snapshot, champion_values, r, e))
+
+    def _finish_challenger(self, challenger: LoadedModel, snapshot: Snapshot, champion_values: list[float],
+                           result, error) -> None:
+        if challenger is not self.challenger:
+            return  # replaced while it ran
+        ts = snapshot.timestamp
+        values = result.tolist() if error is None and result is not None else None
+        if values is None or not all(map(math.isfinite, values)):
+            text = f"challenger failed: {error}" if error is not None else "challenger: non-finite output"
+            self._invalidate(self.challenger_out_pvs, Status.CALC, text, self.clock())
+            return
+        version = challenger.version
+        for pv, value in zip(self.challenger_out_pvs, values, strict=True):
+            pv.post(value, ts, tag=version)
+        self._mad.add([abs(a - b) for a, b in zip(values, champion_values, strict=True)])
 
     def _set_status(self, status: ModelStatus, message: str, now: float) -> None:
         if status is not self.status:
@@ -367,6 +473,10 @@ class ModelRunner:
             log.log(level, "%s: status %s -> %s: %s", self.config.name,
                     previous.name if previous is not None else "-", status.name, message)
         self._message(message, now)
+
+    def note(self, text: str) -> None:
+        """Show an event (a rejection, a refused action ...) in MESSAGE without changing STATUS."""
+        self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
         text = _clip(text)
@@ -413,9 +523,13 @@ class ModelRunner:
             self.latency_pv.post(sum(self.latencies) / len(self.latencies) * 1e3, now)
         self.rate_pv.post(rate, now)
         self.count_pv.post(self.count, now)
+        if self.challenger is not None and self._mad.n:
+            for pv, mad in zip(self.challenger_mad_pvs, self._mad.means(), strict=True):
+                pv.post(mad, now)
 
     def close(self) -> None:
         self._closed = True
+        self.challenger_offloader.close()
         if self._stale_handle is not None:
             self._stale_handle.cancel()
         self.offloader.close()

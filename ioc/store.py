@@ -7,10 +7,14 @@
     <root>/champion                     text: the served version's N
     <root>/challenger                   text: the shadow version's N (absent or empty: none)
     <root>/events.jsonl                 promotions, rollbacks, rejections: who, when, why
+    <root>/champion.history             earlier champions, one N per line, newest last (for ROLLBACK)
 
 Writers stage a version in a hidden directory and publish it with one ``rename`` (so a reader never
 sees half a version); pointers are replaced atomically (write, fsync, rename). An advisory lock on
-``<root>/.lock`` serialises writers, so two trainings pushing at once get distinct version numbers.
+``<root>/.lock`` serialises writers, so two trainings pushing at once get distinct version numbers,
+and a pointer change can be made conditional on its current value (compare-and-swap).
+Every change of the champion pointer, by whoever makes it, pushes the previous champion onto
+``champion.history``; a rollback pops it, so repeated rollbacks walk back through the champions.
 This module does file I/O only: validation of what a version contains lives in :mod:`ioc.validation`.
 """
 
@@ -23,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +36,16 @@ from typing import Any
 ONNX_NAME = "model.onnx"
 MANIFEST_NAME = "manifest.json"
 POINTERS = ("champion", "challenger")
+HISTORY_NAME = "champion.history"
+_ANY = object()
 
 
 class StoreError(Exception):
     """The store is missing, malformed, or a write to it failed."""
+
+
+class StoreConflict(StoreError):
+    """A conditional pointer change found the pointer already changed by someone else."""
 
 
 def sha256_file(path: Path) -> str:
@@ -77,6 +88,9 @@ class ModelStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._lock_file = None
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.root)!r})"
@@ -133,25 +147,94 @@ class ModelStore:
     def challenger(self) -> int | None:
         return self.read_pointer("challenger")
 
-    def write_pointer(self, name: str, version: int | None) -> None:
+    def write_pointer(self, name: str, version: int | None, *, expect: object = _ANY) -> int | None:
+        """Point ``name`` at ``version`` (None clears it); returns the previous value.
+
+        With ``expect``, the change happens only if the pointer still holds that value
+        (:class:`StoreConflict` otherwise). Changing the champion records the previous one in
+        ``champion.history``.
+        """
         if name not in POINTERS:
             raise ValueError(name)
-        if version is not None and version not in self.versions():
-            raise StoreError(f"version {version} does not exist in {self.root}")
-        atomic_write_text(self.root / name, "" if version is None else f"{version}\n")
+        with self.locked():
+            current = self.read_pointer(name)
+            if expect is not _ANY and current != expect:
+                raise StoreConflict(f"{self.root / name} is {current}, expected {expect}")
+            if version is not None and version not in self.versions():
+                raise StoreError(f"version {version} does not exist in {self.root}")
+            if name == "champion" and current is not None and current != version:
+                self._write_history([*self.champion_history(), current])
+            atomic_write_text(self.root / name, "" if version is None else f"{version}\n")
+            return current
+
+    def champion_history(self) -> list[int]:
+        """Earlier champions, oldest first (what ROLLBACK walks back through)."""
+        try:
+            lines = (self.root / HISTORY_NAME).read_text().split()
+        except FileNotFoundError:
+            return []
+        return [int(x) for x in lines if x.isdigit()]
+
+    def _write_history(self, history: list[int]) -> None:
+        atomic_write_text(self.root / HISTORY_NAME, "".join(f"{n}\n" for n in history[-1000:]))
+
+    def promote(self, *, expect_challenger: object = _ANY) -> tuple[int | None, int]:
+        """The challenger becomes champion (and the challenger pointer is cleared); (old, new)."""
+        with self.locked():
+            challenger = self.challenger()
+            if expect_challenger is not _ANY and challenger != expect_challenger:
+                raise StoreConflict(f"challenger is {challenger}, expected {expect_challenger}")
+            if challenger is None:
+                raise StoreError(f"no challenger in {self.root} to promote")
+            old = self.write_pointer("champion", challenger)
+            self.write_pointer("challenger", None)
+            return old, challenger
+
+    def rollback_target(self) -> int | None:
+        """The champion a rollback would return to (None: no earlier champion)."""
+        current = self.champion()
+        existing = set(self.versions())
+        for n in reversed(self.champion_history()):
+            if n != current and n in existing:
+                return n
+        return None
+
+    def rollback(self, *, expect_champion: object = _ANY) -> tuple[int | None, int]:
+        """Return to the previous champion, popping it off the history; (old, new)."""
+        with self.locked():
+            current = self.champion()
+            if expect_champion is not _ANY and current != expect_champion:
+                raise StoreConflict(f"champion is {current}, expected {expect_champion}")
+            history = self.champion_history()
+            existing = set(self.versions())
+            while history and (history[-1] == current or history[-1] not in existing):
+                history.pop()
+            if not history:
+                raise StoreError(f"no earlier champion to roll back to in {self.root}")
+            target = history.pop()
+            self._write_history(history)
+            atomic_write_text(self.root / "champion", f"{target}\n")
+            return current, target
 
     # -------------------------------------------------------------------- locking
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store's writer lock (advisory, across processes)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        """Hold the store's writer lock (advisory, across processes; re-entrant within one)."""
+        with self._thread_lock:
+            if self._depth == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock_file = open(self.root / ".lock", "a+")  # noqa: SIM115 - held across the block
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+            self._depth += 1
             try:
                 yield
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+                    self._lock_file.close()
+                    self._lock_file = None
 
     # -------------------------------------------------------------------- writing versions
 

@@ -90,7 +90,7 @@ def test_ioc_with_an_empty_store_serves_no_model(tmp_path, launch, ca, prefix):
         """)
     ioc = launch.ioc(cfg)
     assert ca.get(f"{prefix}STATUS", as_string=True) == "NO_MODEL"
-    assert ca.get(f"{prefix}MESSAGE").startswith("no model: m: model store")
+    assert ca.get(f"{prefix}MESSAGE").startswith("no model: model store")
     assert ca.get_full(f"{prefix}OUT:y").severity == 3
     assert ca.get(f"{prefix}CHAMPION") == ""
     assert ioc.proc.poll() is None

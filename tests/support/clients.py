@@ -16,6 +16,7 @@ class Update:
     status: Any
     timestamp: float
     message: str = ""
+    version: str = ""  # the model version field of an output's PVA structure
 
 
 class Monitor:
@@ -141,7 +142,11 @@ class PvaClient:
                 except (KeyError, TypeError):
                     pass
             ts = v["timeStamp.secondsPastEpoch"] + v["timeStamp.nanoseconds"] * 1e-9
-            mon._add(Update(value, v["alarm.severity"], v["alarm.status"], ts, v["alarm.message"]))
+            try:
+                version = v["version"]
+            except (KeyError, TypeError):
+                version = ""
+            mon._add(Update(value, v["alarm.severity"], v["alarm.status"], ts, v["alarm.message"], version))
 
         self._subs.append(self.ctx.monitor(name, cb))
         return mon
