@@ -19,6 +19,7 @@ os.environ.update(
     EPICS_PVA_AUTO_ADDR_LIST="NO",
 )
 
+import secrets  # noqa: E402
 import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -96,12 +97,14 @@ def pva():
 
 
 _counter = iter(range(1, 10_000))
+_SESSION = secrets.token_hex(3).upper()
 
 
 @pytest.fixture
 def prefix() -> str:
-    """A PV prefix unique within the session, so no two tests ever serve the same name."""
-    return f"T{os.getpid() % 1000}X{next(_counter)}:"
+    """A PV prefix unique to this test, across concurrent test sessions on the same host too (pvxs
+    servers forward searches to each other on one host, so ports alone do not keep names apart)."""
+    return f"T{_SESSION}X{next(_counter)}:"
 
 
 def write_yaml(path: Path, text: str) -> Path:
