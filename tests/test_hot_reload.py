@@ -14,39 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ioc.store import ModelStore, sha256_file
 from tests.conftest import write_yaml
-from tests.support.models import linear_model, manifest_for
+from tests.support.models import publish_version as publish
+from tests.support.models import version_files
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def version_files(tmp_path: Path, k: float, *, n_out: int = 2) -> tuple[Path, Path]:
-    """An ONNX + manifest (with test vectors) for 'version k', in a scratch directory."""
-    w = np.array([[k, 1.0], [1.0, -1.0], [0.5, 0.5]])[:n_out]
-    b = np.zeros(n_out)
-    xs = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.25]])
-    d = tmp_path / f"v{k}-{n_out}"
-    d.mkdir(exist_ok=True)
-    (d / "model.onnx").write_bytes(linear_model(w, b))
-    outputs = ["y0", "y1", "y2"][:n_out]
-    doc = manifest_for(["a", "b"], outputs, test_inputs=xs, test_outputs=xs @ w.T + b, model="lin")
-    doc["sha256"] = sha256_file(d / "model.onnx")
-    doc["provenance"] = {"created_by": "tests", "scale": k}
-    (d / "manifest.json").write_text(json.dumps(doc))
-    return d / "model.onnx", d / "manifest.json"
-
-
-def publish(store: ModelStore, tmp_path: Path, k: float, pointer: str | None = None, **kw) -> int:
-    onnx, manifest = version_files(tmp_path, k, **kw)
-    n = store.add_version(onnx, json.loads(manifest.read_text()))
-    if pointer:
-        store.write_pointer(pointer, n)
-    return n
 
 
 def mlioc(*args) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ioc.store import ModelStore
 from tests.conftest import write_yaml
-from tests.test_hot_reload import version_files
+from tests.support.models import version_files
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from tests.conftest import write_yaml
-from tests.test_hot_reload import version_files
+from tests.support.models import version_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ioc.store import ModelStore
+from ioc.store import ModelStore, sha256_file
 
 OPSET = 17
 
@@ -105,3 +106,27 @@ def publish_linear(root: Path, inputs: Sequence[str], outputs: Sequence[str], w,
     if champion:
         store.write_pointer("champion", number)
     return store, number
+
+
+def version_files(tmp_path: Path, k: float, *, n_out: int = 2) -> tuple[Path, Path]:
+    """An ONNX + manifest (with test vectors) for 'version k', in a scratch directory."""
+    w = np.array([[k, 1.0], [1.0, -1.0], [0.5, 0.5]])[:n_out]
+    b = np.zeros(n_out)
+    xs = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.25]])
+    d = tmp_path / f"v{k}-{n_out}"
+    d.mkdir(exist_ok=True)
+    (d / "model.onnx").write_bytes(linear_model(w, b))
+    outputs = ["y0", "y1", "y2"][:n_out]
+    doc = manifest_for(["a", "b"], outputs, test_inputs=xs, test_outputs=xs @ w.T + b, model="lin")
+    doc["sha256"] = sha256_file(d / "model.onnx")
+    doc["provenance"] = {"created_by": "tests", "scale": k}
+    (d / "manifest.json").write_text(json.dumps(doc))
+    return d / "model.onnx", d / "manifest.json"
+
+
+def publish_version(store: ModelStore, tmp_path: Path, k: float, pointer: str | None = None, **kw) -> int:
+    onnx, manifest = version_files(tmp_path, k, **kw)
+    n = store.add_version(onnx, json.loads(manifest.read_text()))
+    if pointer:
+        store.write_pointer(pointer, n)
+    return n
