@@ -39,12 +39,13 @@ class InputState:
     timestamp: float = 0.0
     connected: bool = False
     defined: bool = False
+    ever_connected: bool = False
 
     @classmethod
     def for_config(cls, config: InputConfig, now: float) -> InputState:
         state = cls(config)
         if config.source is None:
-            state.connected = True  # a writable input has nothing to disconnect from
+            state.connected = state.ever_connected = True  # a writable input has nothing to disconnect from
             if config.initial is not None:
                 state.value, state.defined, state.timestamp = float(config.initial), True, now
                 state.severity = Severity.NO_ALARM
@@ -54,7 +55,7 @@ class InputState:
         """The reason this input is unusable at time ``now``, or None if it is fine."""
         name = self.config.name
         if not self.connected:
-            return Problem(name, "disconnected", Status.COMM)
+            return Problem(name, "disconnected" if self.ever_connected else "not connected yet", Status.COMM)
         if not self.defined:
             return Problem(name, "no value yet", Status.UDF)
         value = self.value

@@ -236,6 +236,7 @@ class ModelRunner:
         state = self.inputs[index]
         lost = state.connected and not connected
         state.connected = connected
+        state.ever_connected = state.ever_connected or connected
         if connected and value is not None:
             try:
                 state.value = float(value)
@@ -469,7 +470,7 @@ class ModelRunner:
             previous = self.status
             self.status = status
             self.status_pv.post(int(status), now)
-            level = logging.INFO if status is ModelStatus.OK else logging.WARNING
+            level = logging.INFO if status is ModelStatus.OK or self.model is None else logging.WARNING
             log.log(level, "%s: status %s -> %s: %s", self.config.name,
                     previous.name if previous is not None else "-", status.name, message)
         self._message(message, now)
