@@ -185,7 +185,7 @@ class PVSpec:
             if isinstance(value, (int, float)):
                 return float(value)
             if isinstance(value, (str, bytes)):
-                text = value.decode() if isinstance(value, bytes) else value
+                text = value.decode("latin-1") if isinstance(value, bytes) else value
                 try:
                     return float(text.strip())
                 except ValueError:
@@ -197,14 +197,14 @@ class PVSpec:
         if kind is Kind.LONGIN:
             try:
                 number = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise PutRejected(f"not an integer: {value!r}") from None
             if not math.isfinite(number) or number != int(number):
                 raise PutRejected(f"not an integer: {value!r}")
             return int(number)
         if kind.is_enum:
             if isinstance(value, bytes):
-                value = value.decode()
+                value = value.decode("latin-1")
             if isinstance(value, str):
                 if value in self.choices:
                     return self.choices.index(value)
@@ -214,12 +214,12 @@ class PVSpec:
                     raise PutRejected(f"{value!r} is not one of {list(self.choices)}") from None
             try:
                 index = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise PutRejected(f"not a choice: {value!r}") from None
             if index != value or not 0 <= index < len(self.choices):
                 raise PutRejected(f"{value!r} is not a valid index 0..{len(self.choices) - 1}")
             return index
-        text = value.decode() if isinstance(value, bytes) else str(value)
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
         if len(text) >= self.max_length:
             raise PutRejected(f"string longer than {self.max_length - 1} characters")
         return text
