@@ -60,6 +60,8 @@ class Ioc:
         opts = self.options
         for model in cfg.models:
             runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
+            # mlioc_model_info follows every change of the served model (hot reload, rollback).
+            runner.model_listeners.append(functools.partial(self.metrics.set_model, model.name))
             runner.start()
             self.runners.append(runner)
             if model.record is not None:
