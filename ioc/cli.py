@@ -135,6 +135,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``mlioc generate KIND CONFIG -o DIR``: generators are imported only here (see ioc/generate)."""
+    from pathlib import Path
+
     from ioc.generate import GenerateOptions, run
 
     config = _load(args.config)
@@ -148,19 +150,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("mlioc generate: --preview goes with the opi (or all) kind", file=sys.stderr)
         return EXIT_USAGE
     options = GenerateOptions(protocol=args.protocol)
-    if args.out is not None:
-        from pathlib import Path
-
-        for path in run(args.kind, config, Path(args.out), options):
-            print(path)
-    if args.preview:
-        from pathlib import Path
-
-        from ioc.generate.preview import render_all
-
-        opi_dir = Path(args.out) / ("opi" if args.kind == "all" else "")
-        for path in render_all(opi_dir, Path(args.preview)):
-            print(path)
+    try:
+        if args.out is not None:
+            for path in run(args.kind, config, Path(args.out), options):
+                print(path)
+        if args.preview:
+            try:
+                from ioc.generate.preview import render_all
+            except ImportError as exc:
+                print(f"error: previews need Pillow (pip install 'mlioc[docs]'): {exc}", file=sys.stderr)
+                return EXIT_FAIL
+            opi_dir = Path(args.out) / ("opi" if args.kind == "all" else "")
+            for path in render_all(opi_dir, Path(args.preview)):
+                print(path)
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
     if args.submit:
         from ioc.generate.archiver import ArchiverError, entries, submit
 

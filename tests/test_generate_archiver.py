@@ -63,6 +63,7 @@ class _Appliance(BaseHTTPRequestHandler):
 
     requests: list = []
     fail_with: int | None = None
+    refuse: str | None = None  # a PV the appliance answers nothing for (as for one it cannot parse)
 
     def do_POST(self):
         problems = []
@@ -84,6 +85,8 @@ class _Appliance(BaseHTTPRequestHandler):
                 float(item["samplingperiod"]) if isinstance(item["samplingperiod"], str) else int("x")
             except Exception:
                 continue
+            if item["pv"] == type(self).refuse:
+                continue
             pv = item["pv"].removeprefix("pva://")
             answers.append(f'{{ "pvName": "{pv}", "status": "Archive request submitted" }}')
         self.send_response(200)
@@ -99,6 +102,7 @@ class _Appliance(BaseHTTPRequestHandler):
 def appliance():
     _Appliance.requests = []
     _Appliance.fail_with = None
+    _Appliance.refuse = None
     server = HTTPServer(("127.0.0.1", 0), _Appliance)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -136,6 +140,10 @@ def test_submit_failures_exit_non_zero_with_the_reason(appliance):
         port = s.getsockname()[1]
     run = _mlioc("generate", "archiver", str(DEMO), "--submit", f"http://127.0.0.1:{port}")
     assert run.returncode == 1 and "cannot reach the appliance" in run.stderr
+    handler.fail_with = None
+    handler.refuse = "DEMO:BEAM:OUT:loss"
+    run = _mlioc("generate", "archiver", str(DEMO), "--submit", url)
+    assert run.returncode == 1 and "did not accept 1 PV(s): DEMO:BEAM:OUT:loss" in run.stderr
 
 
 @pytest.mark.integration

@@ -44,6 +44,8 @@ def test_usage_errors(tmp_path):
     bad.write_text("models: []\n")
     run = _mlioc("generate", "opi", str(bad), "-o", str(tmp_path))
     assert run.returncode == 1 and "invalid configuration" in run.stderr
+    run = _mlioc("generate", "db", str(DEMO), "-o", str(bad / "sub"))  # under a file: cannot be created
+    assert run.returncode == 1 and "cannot write" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_serve_never_imports_a_generator():
