@@ -167,6 +167,3 @@ class ModelPVs:
         claimed += [s for o in self.model.outputs if (s := self.challenger_output(o.name)) is not None]
         self._claimed = {s.name for s in claimed}
 
-
-def model_pvs(config_models, specs: Callable[[ModelConfig], list[PVSpec]]) -> list[ModelPVs]:
-    return [ModelPVs.of(m, specs) for m in config_models]
