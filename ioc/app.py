@@ -64,6 +64,8 @@ class Ioc:
         opts = self.options
         for model in cfg.models:
             runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
+            # mlioc_model_info follows every change of the served model (hot reload, rollback).
+            runner.model_listeners.append(functools.partial(self.metrics.set_model, model.name))
             runner.start()
             self.runners.append(runner)
             if model.record is not None:
@@ -116,8 +118,6 @@ class Ioc:
             refresh = RegistryMirror(model.store, store, interval_s=cfg.ioc.registry_poll_s).refresh
         else:
             store = ModelStore(model.store_path)
-        name = model.name
-        runner.model_listeners.append(lambda loaded: self.metrics.set_model(name, loaded))
         return ModelManager(runner, store, cfg.ioc.inference, asyncio.get_running_loop(),
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 

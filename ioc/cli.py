@@ -133,6 +133,58 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce_command(args)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``mlioc generate KIND CONFIG -o DIR``: generators are imported only here (see ioc/generate)."""
+    from pathlib import Path
+
+    from ioc.generate import GenerateOptions, run
+
+    config = _load(args.config)
+    if args.out is None and not (args.kind == "archiver" and args.submit):
+        print("mlioc generate: -o DIR is required", file=sys.stderr)
+        return EXIT_USAGE
+    if args.submit and args.kind != "archiver":
+        print("mlioc generate: --submit goes with the archiver kind", file=sys.stderr)
+        return EXIT_USAGE
+    if args.preview and args.kind not in ("opi", "all"):
+        print("mlioc generate: --preview goes with the opi (or all) kind", file=sys.stderr)
+        return EXIT_USAGE
+    options = GenerateOptions(protocol=args.protocol)
+    try:
+        if args.out is not None:
+            for path in run(args.kind, config, Path(args.out), options):
+                print(path)
+        if args.preview:
+            try:
+                from ioc.generate.preview import render_all
+            except ImportError as exc:
+                print(f"error: previews need Pillow (pip install 'mlioc[docs]'): {exc}", file=sys.stderr)
+                return EXIT_FAIL
+            opi_dir = Path(args.out) / ("opi" if args.kind == "all" else "")
+            for path in render_all(opi_dir, Path(args.preview)):
+                print(path)
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.submit:
+        from ioc.generate.archiver import ArchiverError, entries, submit
+
+        body = entries(config, options)
+        try:
+            result = submit(body, args.submit)
+        except ArchiverError as exc:
+            print(f"error: archiver submit failed: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        for pv, status in result.statuses.items():
+            print(f"{pv}: {status}")
+        if result.missing:
+            print(f"error: the appliance did not accept {len(result.missing)} PV(s): {', '.join(result.missing)}",
+                  file=sys.stderr)
+            return EXIT_FAIL
+        print(f"submitted {len(body)} PV(s) to {args.submit}")
+    return EXIT_OK
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"mlioc {args.command}: not available in this build yet", file=sys.stderr)
     return EXIT_USAGE
@@ -195,12 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     from ioc.models_cli import add_parser as add_models_parser
 
     add_models_parser(sub)
-
-    for name, text in (("generate", "generate screens, alarm config, archiver list, .db"),):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_not_yet)
+    _add_generate(sub)
     return parser
+
+
+def _add_generate(sub) -> None:
+    from ioc.generate import KINDS  # the registry only: no generator is imported here
+
+    kinds = "; ".join(f"{name}: {kind.help}" for name, kind in KINDS.items())
+    p = sub.add_parser("generate", help="generate control-room artefacts (screens, archiver list, .db, dashboards)",
+                       description=f"Kinds: {kinds}; all: every kind, each into its own folder under DIR.")
+    p.add_argument("kind", choices=[*KINDS, "all"], metavar="KIND", help=f"one of {', '.join([*KINDS, 'all'])}")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("-o", "--out", metavar="DIR", help="output directory (created if missing)")
+    p.add_argument("--protocol", choices=("ca", "pva"), default="ca",
+                   help="name PVs for CA (plain names, default) or PVA (pva:// prefix) in screens and archiver list")
+    p.add_argument("--submit", metavar="URL", help="archiver: POST the list to the appliance (its URL, e.g. "
+                   "http://archiver:17665/mgmt/bpl)")
+    p.add_argument("--preview", metavar="IMGDIR", help="opi: also render a PNG preview of each screen into IMGDIR")
+    p.set_defaults(func=cmd_generate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,31 @@
 """Prometheus metrics: what Grafana shows and what alerting rules watch.
 
-Names follow Prometheus conventions (``mlioc_`` namespace, base units, ``_total`` for counters).
+Names follow Prometheus conventions (``mlioc_`` namespace, base units, ``_total`` for counters,
+``_seconds`` / ``_timestamp_seconds`` for times, ``_info`` for a constant-1 gauge carrying labels).
 Each IOC process owns one registry, served at ``/metrics`` on ``ioc.metrics_port`` (0 = off).
-Runners count outcomes and keep latencies in plain Python objects per cycle; :meth:`Metrics.collect`
-moves them into the Prometheus objects at ``stats_hz``, off the latency-critical path.
+
+Nothing here runs per cycle. Runners count outcomes and keep latencies in plain Python objects;
+other parts of the IOC report drift scores through :meth:`Metrics.set_drift` (a dict store) and
+reload results through :meth:`Metrics.reload_result`; :meth:`Metrics.collect` moves it all into the
+Prometheus objects at ``stats_hz``, off the latency-critical path, and computes input ages then.
+
+Exported (labels in braces):
+
+- ``mlioc_inference_duration_seconds{model}`` histogram: time in ONNX Runtime per cycle
+- ``mlioc_cycles_total{model,outcome}``: inference requests by outcome (ok, disabled, no_model,
+  input_invalid, fault)
+- ``mlioc_model_up{model}``: 1 while STATUS is OK
+- ``mlioc_model_info{model,version,sha256,provider}``: the served version (value 1)
+- ``mlioc_last_inference_timestamp_seconds{model}``: input time of the last successful inference
+- ``mlioc_input_age_seconds{model,input}``: seconds since each input's own timestamp
+- ``mlioc_drift_score{model}`` / ``mlioc_input_drift_score{model,input}``: drift, as $(P)DRIFT / DRIFT:<input>
+- ``mlioc_model_reloads_total{model,result}``: store reloads by result
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -31,7 +48,8 @@ class Metrics:
         self.inference_seconds = Histogram(
             "mlioc_inference_duration_seconds", "Time spent in ONNX Runtime per cycle", ["model"],
             buckets=LATENCY_BUCKETS, registry=r)
-        self.cycles = Counter("mlioc_cycles_total", "Model cycles by outcome", ["model", "outcome"], registry=r)
+        self.cycles = Counter("mlioc_cycles_total", "Inference requests (model cycles) by outcome",
+                              ["model", "outcome"], registry=r)
         self.last_inference = Gauge("mlioc_last_inference_timestamp_seconds",
                                     "Unix time of the input snapshot of the last successful inference",
                                     ["model"], registry=r)
@@ -41,15 +59,45 @@ class Metrics:
         self.missed = Counter("mlioc_missed_cycles_total",
                               "Triggers that found the previous cycle still running, or scan ticks dropped",
                               ["model"], registry=r)
+        self.input_age = Gauge("mlioc_input_age_seconds",
+                               "Seconds since the timestamp of each input's latest value (at collection time)",
+                               ["model", "input"], registry=r)
+        self.drift = Gauge("mlioc_drift_score", "Overall drift score of the model's inputs (as $(P)DRIFT)",
+                           ["model"], registry=r)
+        self.input_drift = Gauge("mlioc_input_drift_score", "Drift score of one input (as $(P)DRIFT:<input>)",
+                                 ["model", "input"], registry=r)
         self.reloads = Counter("mlioc_model_reloads_total",
                                "Model versions loaded or rejected, by result (loaded, challenger, rejected)",
                                ["model", "result"], registry=r)
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self._outcomes: dict[str, dict[ModelStatus, int]] = {}
         self._overruns: dict[str, int] = {}
+        self._drift: dict[tuple[str, str | None], float] = {}
         self._server = None
 
-    def collect(self, runner: ModelRunner) -> None:
+    # ------------------------------------------------------------------ called by other parts of the IOC
+
+    def set_drift(self, model: str, input_name: str | None, value: float) -> None:
+        """Record a drift score: ``input_name`` None is the overall score. Cheap (a dict store); the gauge
+        is set at the next :meth:`collect`, so this may be called every cycle."""
+        self._drift[(model, input_name)] = value
+
+    def reload_result(self, model: str, result: str) -> None:
+        """Count one store reload of ``model`` with its ``result`` (e.g. loaded, unchanged, rejected)."""
+        self.reloads.labels(model, result).inc()
+
+    def set_model(self, model: str, loaded: LoadedModel | None) -> None:
+        old = self._info_labels.pop(model, None)
+        if old is not None:
+            self.model_info.remove(*old)
+        if loaded is not None:
+            labels = (model, loaded.version, loaded.sha256, loaded.provider)
+            self.model_info.labels(*labels).set(1)
+            self._info_labels[model] = labels
+
+    # ------------------------------------------------------------------ at stats_hz
+
+    def collect(self, runner: ModelRunner, now: float | None = None) -> None:
         """Move one runner's per-cycle bookkeeping into the metrics (called at stats_hz, not per cycle)."""
         model = runner.config.name
         latencies, runner.latencies = runner.latencies, []
@@ -69,18 +117,17 @@ class Metrics:
         if runner.last_ok_timestamp:
             self.last_inference.labels(model).set(runner.last_ok_timestamp)
         self.up.labels(model).set(1 if runner.status is ModelStatus.OK else 0)
-
-    def reload_result(self, model: str, result: str) -> None:
-        self.reloads.labels(model, result).inc()
-
-    def set_model(self, model: str, loaded: LoadedModel | None) -> None:
-        old = self._info_labels.pop(model, None)
-        if old is not None:
-            self.model_info.remove(*old)
-        if loaded is not None:
-            labels = (model, loaded.version, loaded.sha256, loaded.provider)
-            self.model_info.labels(*labels).set(1)
-            self._info_labels[model] = labels
+        now = time.time() if now is None else now
+        for state in runner.inputs:
+            if state.defined:
+                self.input_age.labels(model, state.config.name).set(max(0.0, now - state.timestamp))
+        for (name, input_name), value in list(self._drift.items()):
+            if name != model:
+                continue
+            if input_name is None:
+                self.drift.labels(model).set(value)
+            else:
+                self.input_drift.labels(model, input_name).set(value)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port."""
