@@ -284,3 +284,16 @@ def parse_acf(text: str, path: str = "<acf>", resolver: Resolver = resolve) -> A
         else:
             raise AccessError(f"{path}:{line}: expected UAG, HAG or ASG, got {word!r}")
     return AccessList(uag=uag, hag=hag, asg=asg, source=path)
+
+
+def build_access(settings) -> AccessList:
+    """The access list a config asks for (``ioc.config.AccessSettings``); AccessError if unusable."""
+    if settings.acf:
+        try:
+            text = open(settings.acf).read()  # noqa: SIM115 - small file, read once
+        except OSError as exc:
+            raise AccessError(f"cannot read access security file {settings.acf}: {exc.strerror or exc}") from exc
+        return parse_acf(text, settings.acf)
+    if settings.mapping is not None:
+        return from_mapping(settings.mapping, "access")
+    return default_access()

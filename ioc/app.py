@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ioc.access import build_access
 from ioc.ca_server import CaServer
 from ioc.config import Config, ModelConfig
 from ioc.feed import Feed
@@ -62,6 +63,10 @@ class Ioc:
         loop = asyncio.get_running_loop()
         cfg = self.config
         opts = self.options
+        self.db.access = build_access(cfg.access)  # AccessError: refuse to start, like a bad config
+        log.info("access security from %s", self.db.access.source)
+        for line in self.db.access.describe():
+            log.info("  access group %s", line)
         for model in cfg.models:
             runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
             # mlioc_model_info follows every change of the served model (hot reload, rollback).

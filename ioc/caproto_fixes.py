@@ -126,6 +126,15 @@ class FastCircuit(VirtualCircuit):
     async def _start_write_task(self, handle_write):
         run_inline(handle_write(), self.tasks.create)
 
+    async def _process_command(self, command):
+        response = await super()._process_command(command)
+        if isinstance(command, ca.HostNameRequest):
+            # Access lists match the client's address, not the host name it claims (anyone can claim
+            # any name over CA); the same rule pvxs applies over PVA.
+            self.client_claimed_hostname = self.client_hostname
+            self.client_hostname = self.circuit.address[0]
+        return response
+
     async def recv(self):
         """Process received requests in the receiving task when nothing is queued before them.
 

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from ioc.access import AccessError
 from ioc.config import Config, ConfigError, default_config_path, load_config
 
 log = logging.getLogger("mlioc")
@@ -33,6 +34,11 @@ def _setup_logging(level: str) -> None:
 
 def _load(path: str | None) -> Config:
     return load_config(path or default_config_path())
+
+
+def _report_access_error(exc: Exception) -> int:
+    print(f"error: invalid access security configuration: {exc}", file=sys.stderr)
+    return EXIT_FAIL
 
 
 def _report_config_error(exc: ConfigError) -> int:
@@ -92,7 +98,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ioc.engine import EngineError, load_champion
 
     config = _load(args.config)
-    print(f"{config.path}: configuration OK ({len(config.models)} model(s))")
+    from ioc.access import build_access
+
+    access = build_access(config.access)
+    print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
     failed = 0
     for model in config.models:
         try:
@@ -280,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         return _report_config_error(exc)
+    except AccessError as exc:
+        return _report_access_error(exc)
     except KeyboardInterrupt:
         return EXIT_OK
 

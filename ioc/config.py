@@ -173,11 +173,21 @@ class SimulatorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """The ``access:`` section: an EPICS ACF file, the shorthand ``control: {users, hosts}``, or full
+    ``users`` / ``hosts`` / ``groups``. Turned into an :class:`ioc.access.AccessList` at start-up."""
+
+    acf: str | None = None
+    mapping: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     ioc: IocConfig
     models: tuple[ModelConfig, ...]
     simulator: SimulatorConfig | None = None
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -324,7 +334,8 @@ def _typename(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
-_TOP = ("ioc", "simulator", "models")
+_TOP = ("ioc", "simulator", "models", "access")
+_ACCESS = ("acf", "control", "users", "hosts", "groups")
 _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", "metrics_port",
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
@@ -428,6 +439,55 @@ def _parse_alarm(c: _Checker, raw: Any, path: Path_) -> AlarmConfig | None:
     if not order:
         c.error(path, "an alarm needs at least one of lolo, low, high, hihi")
     return AlarmConfig(hyst=hyst, **vals)
+
+
+def _names(c: _Checker, value: Any, path: Path_) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        c.error(path, f"expected a list of names, got {value!r}")
+        return []
+    return list(value)
+
+
+def _parse_access(c: _Checker, raw: Any, base: Path) -> AccessSettings:
+    if raw is None:
+        return AccessSettings()
+    path: Path_ = ("access",)
+    d = c.mapping(raw, path, _ACCESS)
+    if "acf" in d:
+        if len(d) > 1:
+            c.error(path, "give either 'acf' or the YAML form (control / users, hosts, groups), not both")
+        acf = c.string(d["acf"], (*path, "acf"))
+        return AccessSettings(acf=str((base / os.path.expanduser(acf)).resolve()) if acf else None)
+    mapping: dict[str, Any] = {}
+    if "control" in d:
+        control = c.mapping(d["control"], (*path, "control"), ("users", "hosts"))
+        mapping["control"] = {k: _names(c, v, (*path, "control", k)) for k, v in control.items()}
+    for key in ("users", "hosts"):
+        if key in d:
+            groups = c.mapping(d[key], (*path, key), list(d[key] or {}))
+            mapping[key] = {g: _names(c, v, (*path, key, g)) for g, v in groups.items()}
+    if "groups" in d:
+        if "control" in d:
+            c.error(path, "give either the 'control' shorthand or full 'groups', not both")
+        groups = c.mapping(d["groups"], (*path, "groups"), list(d["groups"] or {}))
+        parsed: dict[str, list[dict]] = {}
+        for g, rules in groups.items():
+            if not isinstance(rules, list) or not rules:
+                c.error((*path, "groups", g), "expected a list of rules")
+                continue
+            parsed[g] = []
+            for i, rule in enumerate(rules):
+                r = c.mapping(rule, (*path, "groups", g, i), ("access", "users", "hosts"), required=("access",))
+                level = str(r.get("access", "")).upper()
+                if level not in ("NONE", "READ", "WRITE"):
+                    c.error((*path, "groups", g, i, "access"), f"expected NONE, READ or WRITE, got {r.get('access')!r}")
+                for key, known in (("users", mapping.get("users", {})), ("hosts", mapping.get("hosts", {}))):
+                    for name in _names(c, r.get(key, []), (*path, "groups", g, i, key)):
+                        if name not in known:
+                            c.error((*path, "groups", g, i, key), f"no {key} group named {name!r}")
+                parsed[g].append({"access": level, "users": r.get("users", []), "hosts": r.get("hosts", [])})
+        mapping["groups"] = parsed
+    return AccessSettings(mapping=mapping)
 
 
 def _parse_named_list(c: _Checker, raw: Any, path: Path_, parse: Callable[[dict, Path_], Any]) -> list:
@@ -589,7 +649,8 @@ def parse_config(raw: Any, file: Path, lines: dict[Path_, int] | None = None) ->
     sim = _parse_sim(c, top.get("simulator"))
     base = file.parent
     models = _parse_named_list(c, top.get("models"), ("models",), lambda r, p: _parse_model(c, r, p, base))
-    config = Config(path=file, ioc=ioc, models=tuple(models), simulator=sim)
+    access = _parse_access(c, top.get("access"), file.parent)
+    config = Config(path=file, ioc=ioc, models=tuple(models), simulator=sim, access=access)
     if not c.problems:
         _check_pv_names(c, config)
     if c.problems:
