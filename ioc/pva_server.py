@@ -190,6 +190,8 @@ class PvaServer:
             "timeStamp": _time(reading.timestamp),
             **_metadata(spec),
         }
+        if spec.version_field:  # a model may have run before this server opened its PVs
+            initial["version"] = reading.tag
         shared.open(Value(T, initial))
         return shared
 
