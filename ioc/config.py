@@ -120,6 +120,9 @@ class ModelConfig:
     outputs: tuple[OutputConfig, ...]
     description: str = ""
     record: RecordConfig | None = None
+    # Roll back to the previous champion automatically after this many consecutive failed inferences
+    # (the model raising, or returning NaN/Inf); None: never, an operator decides.
+    rollback_after_faults: int | None = None
     # The training sidecar's section, kept as the raw mapping: training/spec.py validates it (the IOC
     # never needs it, and must not import training to check it).
     training: Any = field(default=None, hash=False, compare=False)
@@ -340,7 +343,8 @@ _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", 
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
 _SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
-_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training")
+_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training",
+          "rollback_after_faults")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
@@ -605,6 +609,8 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
         description=c.string(d.get("description"), (*path, "description"), max_len=MAX_DESC),
         record=record,
         training=training,
+        rollback_after_faults=c.number(d.get("rollback_after_faults"), (*path, "rollback_after_faults"),
+                                       integer=True, positive=True),
     )
 
 

@@ -70,6 +70,7 @@ class ModelManager:
         self._wake = asyncio.Event()
         self._store_error: str | None = None
         self._task: asyncio.Task | None = None
+        runner.on_fault_streak = self._fault_streak
         names = runner.names
         self._action_pvs: dict[str, PV] = {}
         for attr, handler in (("rollback", self.put_rollback), ("promote", self.put_promote),
@@ -285,15 +286,15 @@ class ModelManager:
             self._event("promote", from_version=old, to_version=int(challenger.version), client=client,
                         reason="PROMOTE written")
 
-    async def _rollback(self, client: ClientInfo) -> None:
+    async def _rollback(self, client: ClientInfo, reason: str = "ROLLBACK written") -> None:
         async with self._lock:
             current = self.champion.version if self.champion else None
             target = await self.loop.run_in_executor(None, self.store.rollback_target)
             if target is None:
                 self._refuse("rollback", "no earlier champion to roll back to", client)
-            model, reason = await self._load(target)
+            model, why = await self._load(target)
             if model is None:
-                self._reject(target, stamp(self.store, target), reason, client, pointer="rollback")
+                self._reject(target, stamp(self.store, target), why, client, pointer="rollback")
                 self._refuse("rollback", f"v{target} fails validation", client)
             try:
                 old, new = await self.loop.run_in_executor(
@@ -303,12 +304,25 @@ class ModelManager:
             except (StoreError, OSError) as exc:
                 self._refuse("rollback", str(exc), client)
             if new != target:  # the history moved under us; load what the store now says
-                model, reason = await self._load(new)
+                model, why = await self._load(new)
                 if model is None:
-                    self._refuse("rollback", f"v{new}: {reason}", client)
+                    self._refuse("rollback", f"v{new}: {why}", client)
             self._serve(model, stamp(self.store, new), f"rolled back to v{new} by {client.user}@{client.host}")
             log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, old, new, client)
-            self._event("rollback", from_version=old, to_version=new, client=client, reason="ROLLBACK written")
+            self._event("rollback", from_version=old, to_version=new, client=client, reason=reason)
+
+    def _fault_streak(self, faults: int, error: str) -> None:
+        """``rollback_after_faults`` consecutive failures: roll back without waiting for an operator."""
+        self.loop.create_task(self._auto_rollback(faults, error), name=f"auto-rollback-{self.name}")
+
+    async def _auto_rollback(self, faults: int, error: str) -> None:
+        who = ClientInfo(user="mlioc", host="auto-rollback", protocol="internal")
+        log.error("%s: %d consecutive inference failures (%s): rolling back automatically", self.name, faults,
+                  error)
+        try:
+            await self._rollback(who, reason=f"{faults} consecutive inference failures: {error}")
+        except PutRejected as exc:
+            log.error("%s: automatic rollback impossible: %s", self.name, exc)
 
     def _refuse(self, action: str, reason: str, client: ClientInfo) -> None:
         log.warning("%s: %s by %s refused: %s", self.name, action.upper(), client, reason)

@@ -141,6 +141,8 @@ class ModelRunner:
         self.overruns = 0  # triggers that found the previous cycle still running
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
+        self.consecutive_faults = 0
+        self.on_fault_streak: Callable[[int, str], None] | None = None  # (faults in a row, last error)
         # Per-cycle bookkeeping for Prometheus, drained at stats_hz (off the latency-critical path).
         self.outcomes: dict[ModelStatus, int] = dict.fromkeys(ModelStatus, 0)
         self.latencies: list[float] = []
@@ -183,6 +185,7 @@ class ModelRunner:
         """Serve ``model`` from the next cycle on (called on the loop, between cycles)."""
         previous = self.model
         self.model = model
+        self.consecutive_faults = 0
         if previous is not None:
             self.offloader.forget(previous)
         now = self.clock()
@@ -374,6 +377,11 @@ class ModelRunner:
             text = f"inference failed: {error}"
             log.error("%s v%s: %s", self.config.name, model.version, text)
             self._finish_invalid(ModelStatus.FAULT, text, now, snapshot, version=model.version)
+            if model is self.model:
+                self.consecutive_faults += 1
+                limit = self.config.rollback_after_faults
+                if limit and self.consecutive_faults == limit and self.on_fault_streak is not None:
+                    self.on_fault_streak(self.consecutive_faults, text)
         else:
             ts = snapshot.timestamp
             version = model.version
@@ -382,6 +390,7 @@ class ModelRunner:
             if self.version_pv.reading.value != version:
                 self.version_pv.post(version, ts)
             self.outcomes[ModelStatus.OK] += 1
+            self.consecutive_faults = 0
             if len(self.latencies) < 100_000:  # drained at stats_hz; bounded if nobody drains it
                 self.latencies.append(elapsed)
             self.last_ok_timestamp = ts

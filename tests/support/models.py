@@ -130,3 +130,16 @@ def publish_version(store: ModelStore, tmp_path: Path, k: float, pointer: str | 
     if pointer:
         store.write_pointer(pointer, n)
     return n
+
+
+def sqrt_version(store: ModelStore, pointer: str | None = None) -> int:
+    """A version computing y = sqrt(a): valid on its test vectors, NaN for a < 0 at run time."""
+    graph = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["y"])], "sqrt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])])
+    xs = np.array([[1.0], [4.0], [9.0]])
+    n = store.add_version(_save(graph), manifest_for(["a"], ["y"], test_inputs=xs, test_outputs=np.sqrt(xs)))
+    if pointer:
+        store.write_pointer(pointer, n)
+    return n

@@ -1,0 +1,157 @@
+"""Faults, each caused for real against a running IOC: a model failing at run time (and the automatic
+rollback), model files damaged while they are served, input storms. None may crash the IOC or leave
+STATUS OK with wrong outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ioc.store import ModelStore
+from tests.conftest import write_yaml
+from tests.support.models import linear_model, manifest_for, sqrt_version
+
+pytestmark = pytest.mark.integration
+
+
+def _linear(store: ModelStore, scale: float, pointer: str | None = None) -> int:
+    import numpy as np
+
+    xs = np.array([[1.0], [2.0]])
+    n = store.add_version(linear_model([[scale]], [0.0]),
+                          manifest_for(["a"], ["y"], test_inputs=xs, test_outputs=xs * scale))
+    if pointer:
+        store.write_pointer(pointer, n)
+    return n
+
+
+def _config(tmp_path, prefix, extra_model: str = "", trigger: str = "{on_change: true}"):
+    return write_yaml(tmp_path / "ioc.yaml", f"""
+        ioc: {{protocols: [ca, pva], store_poll_s: 0.2}}
+        models:
+          - name: m
+            prefix: "{prefix}"
+            store: store
+            trigger: {trigger}
+            {extra_model}
+            inputs: [{{name: a, initial: 4.0}}]
+            outputs: [{{name: y}}]
+        """)
+
+
+def test_a_model_failing_at_run_time_is_a_fault_and_is_rolled_back_automatically(tmp_path, launch, ca, prefix):
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    bad = sqrt_version(store, "champion")  # history: [1]
+    ioc = launch.ioc(_config(tmp_path, prefix, "rollback_after_faults: 3"))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(2.0) and u.severity == 0)  # sqrt(4)
+    mark = out.mark()
+    for _ in range(2):
+        ca.put(f"{prefix}IN:a", -1.0)  # sqrt(-1) = NaN: the model itself fails
+        ca.put(f"{prefix}IN:a", -4.0)
+    u = out.wait_for(lambda u: u.severity == 3, since=mark)
+    assert u.status == 12  # CALC: the model failed, not the inputs
+    champion = ca.monitor(f"{prefix}CHAMPION")
+    champion.wait_for(lambda u: u.value == "1", timeout=10)  # after 3 faults in a row: back to v1
+    out.wait_for(lambda u: u.value == pytest.approx(-12.0) and u.severity == 0, since=mark)  # 3 * -4
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK"
+    auto = [e for e in store.events() if e["action"] == "rollback"]
+    assert auto and auto[-1]["from_version"] == bad and auto[-1]["to_version"] == 1
+    assert auto[-1]["user"] == "mlioc" and "3 consecutive inference failures" in auto[-1]["reason"]
+    assert "rolling back automatically" in ioc.output()
+
+
+def test_without_auto_rollback_faults_are_counted_and_the_ioc_keeps_serving(tmp_path, launch, ca, prefix):
+    import urllib.request
+
+    store = ModelStore(tmp_path / "store")
+    sqrt_version(store, "champion")
+    ioc = launch.ioc(_config(tmp_path, prefix))
+    status = ca.monitor(f"{prefix}STATUS")
+    for _ in range(5):
+        ca.put(f"{prefix}IN:a", -9.0)
+    status.wait_for(lambda u: u.value == 4)  # FAULT
+    assert ca.get(f"{prefix}MESSAGE") == "inference failed: non-finite y"
+    ca.put(f"{prefix}IN:a", 9.0)
+    status.wait_for(lambda u: u.value == 0)
+    assert ca.get(f"{prefix}OUT:y") == pytest.approx(3.0)
+    ca.monitor(f"{prefix}COUNT").wait_for(lambda u: u.value >= 6)  # stats tick: metrics collected too
+    with urllib.request.urlopen(f"http://127.0.0.1:{ioc.ports.metrics}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    faults = [line for line in text.splitlines() if line.startswith('mlioc_cycles_total{model="m",outcome="fault"}')]
+    assert faults and float(faults[0].split()[-1]) == 5.0
+    assert ca.get(f"{prefix}CHAMPION") == "1"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_manifest", "directory_in_place", "garbage_same_size"])
+def test_damaged_model_files_never_replace_the_model_in_memory(tmp_path, launch, ca, prefix, damage):
+    store = ModelStore(tmp_path / "store")
+    n = _linear(store, 3.0, "champion")
+    launch.ioc(_config(tmp_path, prefix))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+    message = ca.monitor(f"{prefix}MESSAGE")
+    mark = message.mark()
+    onnx, manifest = store.onnx_path(n), store.manifest_path(n)
+    if damage == "truncate":
+        data = onnx.read_bytes()
+        onnx.write_bytes(data[: len(data) // 3])
+    elif damage == "delete_manifest":
+        manifest.unlink()
+    elif damage == "directory_in_place":
+        onnx.unlink()
+        onnx.mkdir()
+    else:
+        onnx.write_bytes(b"\0" * onnx.stat().st_size)
+    message.wait_for(lambda u: u.value.startswith(f"rejected v{n}"), since=mark, timeout=10)
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK"
+    mark = out.mark()
+    ca.put(f"{prefix}IN:a", 2.0)  # the model in memory keeps computing
+    out.wait_for(lambda u: u.value == pytest.approx(6.0) and u.severity == 0, since=mark)
+    rejected = [e for e in store.events() if e["action"] == "rejected"]
+    assert rejected and rejected[-1]["to_version"] == n
+    # Repair: put the version back as it was published; the watcher loads it again.
+    if damage == "directory_in_place":
+        onnx.rmdir()
+    fresh = tmp_path / "fresh"
+    fresh_store = ModelStore(fresh)
+    m = _linear(fresh_store, 3.0)
+    shutil.copy(fresh_store.onnx_path(m), onnx)
+    doc = json.loads(fresh_store.manifest_path(m).read_text())
+    doc["version"] = n
+    manifest.write_text(json.dumps(doc))
+    message.wait_for(lambda u: u.value == "serving v1" or u.value.startswith("loaded v1"), timeout=10)
+
+
+def test_an_input_storm_ten_times_the_scan_rate_is_absorbed(tmp_path, launch, ca, prefix):
+    sim_prefix = f"{prefix}SIM:"
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 2.0, "champion")
+    cfg = write_yaml(tmp_path / "storm.yaml", f"""
+        ioc: {{protocols: [ca], stats_hz: 5}}
+        simulator: {{prefix: "{sim_prefix}", rate_hz: 100, seed: 1}}
+        models:
+          - name: m
+            prefix: "{prefix}"
+            store: store
+            trigger: {{scan_hz: 10}}
+            inputs: [{{name: a, source: "ca://{sim_prefix}Q1:I", max_age_s: 1}}]
+            outputs: [{{name: y, mdel: -1}}]
+        """)
+    sim = launch.sim(cfg)
+    launch.ioc(cfg, sources=[sim])
+    q1 = ca.monitor(f"{prefix}IN:a")
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.severity == 0, timeout=15)
+    q1.wait_for(lambda u: u.severity == 0)
+    m_in, m_out = q1.mark(), out.mark()
+    rate = ca.monitor(f"{prefix}RATE")
+    r = rate.wait_for(lambda u: 8 <= u.value <= 12, timeout=15)
+    got_in = q1.mark() - m_in
+    got_out = out.mark() - m_out
+    assert got_in > 5 * got_out  # the input really stormed at ~100 Hz while the model ran at ~10 Hz
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK" and r.severity == 0
+    assert all(u.severity == 0 for u in out.updates[m_out:])
