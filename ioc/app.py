@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioc.access import build_access
+from ioc.autosave import Autosave
 from ioc.ca_server import CaServer
 from ioc.config import Config, ModelConfig
 from ioc.feed import Feed
@@ -67,11 +68,15 @@ class Ioc:
         log.info("access security from %s", self.db.access.source)
         for line in self.db.access.describe():
             log.info("  access group %s", line)
+        self.autosave = Autosave(Path(cfg.ioc.state_dir) / "autosave.json")
+        saved = self.autosave.load()
         for model in cfg.models:
             runner = ModelRunner(model, self.db, cfg.ioc.inference, loop)
             # mlioc_model_info follows every change of the served model (hot reload, rollback).
             runner.model_listeners.append(functools.partial(self.metrics.set_model, model.name))
-            runner.start()
+            key = f"{model.name}.enable"
+            runner.on_enable = functools.partial(self._save, runner, key)
+            runner.start(enabled=bool(saved.get(key, True)))
             self.runners.append(runner)
             if model.record is not None:
                 self._start_recorder(runner)
@@ -112,6 +117,10 @@ class Ioc:
             ports.append(f"metrics port {self.metrics_port}")
         log.info("mlioc ready: %d PVs for %d model(s) (%s) in %.2f s", len(self.db), len(self.runners),
                  ", ".join(ports), time.time() - self.started_at)
+
+    def _save(self, runner: ModelRunner, key: str, value: object) -> None:
+        if not self.autosave.set(key, value):
+            runner.note("autosave failed: see log")
 
     def _manager(self, runner: ModelRunner) -> ModelManager:
         """The store (or registry mirror) that feeds one runner its champion and challenger."""

@@ -143,6 +143,7 @@ class ModelRunner:
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
         self.consecutive_faults = 0
         self.on_fault_streak: Callable[[int, str], None] | None = None  # (faults in a row, last error)
+        self.on_enable: Callable[[bool], None] | None = None  # e.g. autosave
         # Per-cycle bookkeeping for Prometheus, drained at stats_hz (off the latency-critical path).
         self.outcomes: dict[ModelStatus, int] = dict.fromkeys(ModelStatus, 0)
         self.latencies: list[float] = []
@@ -162,12 +163,15 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ start-up
 
-    def start(self) -> None:
-        """Post every PV's initial state (before any client can connect)."""
+    def start(self, enabled: bool = True) -> None:
+        """Post every PV's initial state (before any client can connect); ``enabled`` as autosaved."""
         now = self.clock()
+        self.enabled = enabled
+        if not enabled:
+            self._disabled_text = "disabled (restored at start-up)"
         for index, state in enumerate(self.inputs):
             self._post_input(index, state, now)
-        self.enable_pv.post(1, now)
+        self.enable_pv.post(int(enabled), now)
         self.champion_pv.post("", now)
         self.challenger_pv.post("", now)
         self.version_pv.post("", now)
@@ -294,6 +298,8 @@ class ModelRunner:
         now = self.clock()
         self.enabled = bool(value)
         pv.post(int(value), now)
+        if self.on_enable is not None:
+            self.on_enable(self.enabled)
         verb = "enabled" if value else "disabled"
         log.warning("%s: %s by %s@%s via %s", self.config.name, verb, client.user, client.host, client.protocol)
         text = f"{verb} by {client.user}@{client.host}"

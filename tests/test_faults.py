@@ -155,3 +155,23 @@ def test_an_input_storm_ten_times_the_scan_rate_is_absorbed(tmp_path, launch, ca
     assert got_in > 5 * got_out  # the input really stormed at ~100 Hz while the model ran at ~10 Hz
     assert ca.get(f"{prefix}STATUS", as_string=True) == "OK" and r.severity == 0
     assert all(u.severity == 0 for u in out.updates[m_out:])
+
+
+def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix):
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    _linear(store, 5.0, "champion")
+    cfg = _config(tmp_path, prefix)
+    ioc = launch.ioc(cfg)
+    ca.monitor(f"{prefix}CHAMPION").wait_for(lambda u: u.value == "2")
+    ca.put(f"{prefix}ROLLBACK", 1)
+    ca.put(f"{prefix}ENABLE", 0)
+    assert json.loads((tmp_path / ".mlioc-state" / "autosave.json").read_text()) == {"m.enable": 0}
+    ioc.stop()
+    launch.ioc(cfg)
+    ca.monitor(f"{prefix}CHAMPION").wait_for(lambda u: u.value == "1")
+    assert ca.get(f"{prefix}ENABLE", as_string=True) == "Disabled"
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "DISABLED"
+    assert ca.get_full(f"{prefix}OUT:y").severity == 3
+    ca.put(f"{prefix}ENABLE", 1)
+    ca.monitor(f"{prefix}OUT:y").wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
