@@ -19,6 +19,7 @@ from ioc.config import Config, ModelConfig
 from ioc.engine import EngineError, load_champion
 from ioc.feed import Feed
 from ioc.metrics import Metrics
+from ioc.monitor import ModelMonitor
 from ioc.pva_server import PvaServer
 from ioc.pvmodel import PVDatabase
 from ioc.recorder import Recorder, RecorderError
@@ -53,6 +54,7 @@ class Ioc:
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _sources: list = field(default_factory=list)
     recorders: list[Recorder] = field(default_factory=list)
+    monitors: list[ModelMonitor] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -64,6 +66,8 @@ class Ioc:
             self.runners.append(runner)
             if model.record is not None:
                 self._start_recorder(runner)
+            if model.monitored:
+                self._start_monitor(runner)
         loads = [loop.run_in_executor(None, load_champion, r.config, cfg.ioc.inference) for r in self.runners]
 
         interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
@@ -123,6 +127,16 @@ class Ioc:
         runner.cycle_listeners.append(recorder.listener)
         recorder.start()
         self.recorders.append(recorder)
+
+    def _start_monitor(self, runner: ModelRunner) -> None:
+        """Drift / anomaly / ground-truth error PVs of a model (ioc/monitor.py, docs/drift.md)."""
+        monitor = ModelMonitor(runner, self.db)
+        monitor.start()
+        for index, j in enumerate(monitor.truth_index):
+            source = make_source(runner.config.outputs[j].truth, monitor.truth_sink(index))
+            source.start()
+            self._sources.append(source)
+        self.monitors.append(monitor)
 
     def _start_feeds(self, runner: ModelRunner) -> None:
         loop = asyncio.get_running_loop()
