@@ -136,7 +136,7 @@ class DriftConfig:
     bins: int = 20
     rate_hz: float = 10.0
     correlation_s: float = 0.0
-    update_s: float = 2.0
+    update_s: float = 5.0
     raise_s: float = 10.0
     clear_s: float = 30.0
     minor_sigmas: float = 5.0
@@ -708,7 +708,7 @@ def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inp
         bins=bins if bins in BIN_CHOICES else 20,
         rate_hz=rate,
         correlation_s=num("correlation_s", 0.0, nonneg=True),
-        update_s=num("update_s", 2.0, positive=True),
+        update_s=num("update_s", 5.0, positive=True),
         raise_s=num("raise_s", 10.0, nonneg=True),
         clear_s=num("clear_s", 30.0, nonneg=True),
         minor_sigmas=minor,

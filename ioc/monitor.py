@@ -19,7 +19,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,42 @@ log = logging.getLogger("mlioc.monitor")
 # (model, input name or None for the overall score, value): e.g. Metrics.set_drift.
 ScoreListener = Callable[[str, "str | None", float], None]
 MIN_ANOMALY_SAMPLES = 10
-TRUTH_QUEUE = 10_000
+
+
+class TruthBuffer:
+    """Ground-truth samples handed from a client thread (one producer) to the loop (one consumer).
+
+    The producer writes a row then publishes it by advancing ``written``; the consumer reads the
+    rows up to ``written`` in one numpy slice. Under the GIL each step is atomic, so no lock is
+    needed and the loop never pays per sample: it takes a whole batch at once. A consumer that fell
+    more than ``size`` samples behind loses the oldest (bounded memory).
+    """
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.data = np.zeros((size, 2))
+        self.written = 0
+        self.read = 0
+        self.connected = False
+
+    def append(self, timestamp: float, value: float) -> None:
+        i = self.written % self.size
+        self.data[i, 0] = timestamp
+        self.data[i, 1] = value
+        self.written += 1
+
+    def take(self, until: float) -> np.ndarray:
+        """Rows (timestamp, value) received so far with timestamp <= ``until`` (the rest stay)."""
+        written = self.written
+        start = max(self.read, written - self.size)
+        if written == start:
+            return self.data[:0]
+        rows = self.data[np.arange(start, written) % self.size]
+        late = np.nonzero(rows[:, 0] > until)[0]
+        if len(late):  # its prediction is in a later batch: leave it (and what came after it)
+            rows = rows[: late[0]]
+        self.read = start + len(rows)
+        return rows
 
 
 def _clip(text: str) -> str:
@@ -88,17 +122,24 @@ class ModelMonitor:
         self.debounced += self.rmse_pvs
         for pv in self.debounced:
             pv.alarm_filter = Debouncer(s.raise_s, s.clear_s)
-        self.truth_queues: list[deque] = [deque(maxlen=TRUTH_QUEUE) for _ in self.truth_index]
-        self._truth_ok = [False] * len(self.truth_index)
+        self.truth: list[TruthBuffer] = [TruthBuffer() for _ in self.truth_index]
         self._last_pair = [0.0] * len(self.truth_index)
-        self._errors = [SlidingMoments(1, max(1, round(s.error_window_s * s.rate_hz))) for _ in self.truth_index]
-        self._pending_pred: tuple[np.ndarray, np.ndarray] | None = None  # (times, outputs) of the last batch
+        self._errors = SlidingMoments(len(self.truth_index), max(1, round(s.error_window_s * s.rate_hz)))
+        # Predictions not yet compared with the truth. Errors are scored every error_update_s (not
+        # every batch), for predictions at least ``_hold`` s old: their truth has had time to arrive.
+        self._pred_t: list[np.ndarray] = []
+        self._pred_y: list[np.ndarray] = []
+        self.error_update_s = max(s.update_s, s.error_window_s / 3)
+        self._next_errors = 0.0
         self._tolerance = s.truth_tolerance_s if s.truth_tolerance_s is not None else 0.5 / s.rate_hz
+        self._hold = max(1.0, 3 * self._tolerance)
 
         self._t: list[float] = []
-        self._x: list[np.ndarray] = []
-        self._y: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []  # inputs, outputs, inputs, outputs, ...: one concatenate per batch
+        self._width = len(self.in_names) + len(self.out_names)
         self._next_flush = 0.0
+        # A batch is flushed every update_s; below this many cycles the clock is not even read.
+        self._batch = max(1, int(s.update_s * s.rate_hz * 0.9))
         self._generation = 0
         self.model: LoadedModel | None = None
         self.scorer: WindowScorer | None = None
@@ -121,12 +162,22 @@ class ModelMonitor:
         self._invalidate(self.mae_pvs + self.rmse_pvs, "no truth yet", now)
 
     def truth_sink(self, index: int):
-        """A source sink for the truth PV of the ``index``-th monitored output; any thread may call it
-        (a deque append is atomic)."""
-        queue = self.truth_queues[index]
+        """A source sink for the truth PV of the ``index``-th monitored output.
+
+        Runs on the CA/PVA client thread: it filters and converts there, off the loop.
+        """
+        buffer = self.truth[index]
 
         def sink(value: Any, severity: Severity, timestamp: float, connected: bool) -> None:
-            queue.append((float(timestamp), value, int(severity), connected))
+            buffer.connected = bool(connected)
+            if not connected or value is None or severity >= Severity.INVALID:
+                return
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                return
+            if math.isfinite(v):
+                buffer.append(float(timestamp), v)
 
         return sink
 
@@ -137,8 +188,8 @@ class ModelMonitor:
         """A new version is served from the next cycle on: restart the windows against its reference."""
         self._generation += 1
         self.model = model
-        self._t, self._x, self._y = [], [], []
-        self._pending_pred = None
+        self._t, self._rows = [], []
+        self._pred_t, self._pred_y = [], []
         self.scorer = None
         self.calibration = None
         self.calibrated.clear()
@@ -147,8 +198,7 @@ class ModelMonitor:
         self._announced = 0
         for pv in self.debounced:
             pv.alarm_filter.reset()
-        for moments in self._errors:
-            moments.reset()
+        self._errors.reset()
         now = self.clock()
         if model is None:
             self._invalidate(self._drift_pvs() + ([self.anomaly_pv] if self.anomaly_pv else []), "no model", now)
@@ -255,9 +305,10 @@ class ModelMonitor:
         if record.outputs is None:
             return
         self._t.append(record.timestamp)
-        self._x.append(record.inputs)
-        self._y.append(record.outputs)
-        if self.clock() >= self._next_flush:
+        rows = self._rows
+        rows.append(record.inputs)
+        rows.append(record.outputs)
+        if len(self._t) >= self._batch and self.clock() >= self._next_flush:
             self.flush()
 
     # ------------------------------------------------------------------ per batch
@@ -266,25 +317,28 @@ class ModelMonitor:
         """Push the batch into the windows and post every score."""
         now = self.clock()
         self._next_flush = now + self.settings.update_s
-        if not self._t:
+        k = len(self._t)
+        if not k:
             return
-        t = np.array(self._t)
-        x = np.array(self._x)
-        y = np.array(self._y)
-        self._t, self._x, self._y = [], [], []
+        rows = np.concatenate(self._rows).reshape(k, self._width)
+        times = self._t
+        self._t, self._rows = [], []
+        d_in = len(self.in_names)
+        x, y = rows[:, :d_in], rows[:, d_in:]
         scorer = self.scorer
         if scorer is not None:
-            if self._in_ok and self._out_ok:
-                scorer.push(np.concatenate((x, y), axis=1))
-            else:
-                scorer.push(x if self._in_ok else y)
+            scorer.push(rows if self._in_ok and self._out_ok else x if self._in_ok else y)
             if self.calibration is not None:
                 self._post_drift(scorer, now)
         if self._anomaly is not None:
             self._anomaly.push((x - y) * self._anomaly_scale)
             self._post_anomaly(now)
         if self.truth_index:
-            self._score_errors(t, y, now)
+            self._pred_t.append(np.fromiter(times, np.float64, k))
+            self._pred_y.append(y)
+            if now >= self._next_errors:
+                self._next_errors = now + self.error_update_s
+                self._score_errors(now)
 
     def _post_drift(self, scorer: WindowScorer, now: float) -> None:
         scores = scorer.scores()
@@ -335,61 +389,36 @@ class ModelMonitor:
         value = float(np.sqrt(np.mean(a.sum_sq) / a.n))
         self.anomaly_pv.post(value, now)
 
-    def _score_errors(self, t: np.ndarray, y: np.ndarray, now: float) -> None:
+    def _score_errors(self, now: float) -> None:
         """Pair each truth sample with the prediction of the same moment; rolling MAE / RMSE."""
-        pending = self._pending_pred
-        if pending is not None:  # truths may arrive a little after the cycle that predicted them
-            t_all, y_all = np.concatenate((pending[0], t)), np.concatenate((pending[1], y))
-        else:
-            t_all, y_all = t, y
-        self._pending_pred = (t, y)
-        newest = float(t_all[-1])
-        stale_after = max(self.settings.error_window_s, 5 * self.settings.update_s)
-        for k, j in enumerate(self.truth_index):
-            queue = self.truth_queues[k]
-            times, values, keep = [], [], []
-            while queue:
-                ts, value, severity, connected = queue.popleft()
-                if not connected:
-                    self._truth_ok[k] = False
-                    times, values, keep = [], [], []
-                    self._errors[k].reset()
+        t_all = np.concatenate(self._pred_t)
+        y_all = np.concatenate(self._pred_y)
+        m = int(np.searchsorted(t_all, t_all[-1] - self._hold, side="right"))
+        self._pred_t, self._pred_y = [t_all[m:]], [y_all[m:]]  # too recent: their truth may be on its way
+        stale_after = max(self.settings.error_window_s, 3 * self.error_update_s)
+        if m:
+            tp, yp = t_all[:m], y_all[:m]
+            errors = np.full((m, len(self.truth_index)), np.nan)
+            for k, j in enumerate(self.truth_index):
+                truth = self.truth[k].take(until=tp[-1] + self._tolerance)
+                if not len(truth):
                     continue
-                self._truth_ok[k] = True
-                try:
-                    v = float(value)
-                except (TypeError, ValueError):
-                    continue
-                if severity >= Severity.INVALID or not math.isfinite(v):
-                    continue
-                if ts > newest + self._tolerance:
-                    keep.append((ts, value, severity, connected))  # its prediction is in the next batch
-                    continue
-                times.append(ts)
-                values.append(v)
-            queue.extendleft(reversed(keep))
-            if times:
-                order = np.argsort(times)
-                tt, tv = np.array(times)[order], np.array(values)[order]
-                p_idx, t_idx = pair_nearest(t_all, tt, self._tolerance)
+                p_idx, t_idx = pair_nearest(tp, truth[:, 0], self._tolerance)
                 if len(p_idx):
-                    self._errors[k].push((y_all[p_idx, j] - tv[t_idx])[:, None])
+                    errors[p_idx, k] = yp[p_idx, j] - truth[t_idx, 1]
                     self._last_pair[k] = now
-            self._post_error(k, j, now, stale_after)
-
-    def _post_error(self, k: int, j: int, now: float, stale_after: float) -> None:
-        moments = self._errors[k]
-        truth = self.config.outputs[j].truth
-        if not self._truth_ok[k] and moments.n == 0:
-            self._invalidate([self.mae_pvs[k], self.rmse_pvs[k]], _clip(f"no truth from {truth.name}"), now)
-            return
-        if moments.n and now - self._last_pair[k] > stale_after:
-            moments.reset()
-        if moments.n == 0:
-            self._invalidate([self.mae_pvs[k], self.rmse_pvs[k]], _clip(f"no truth paired from {truth.name}"), now)
-            return
-        self.mae_pvs[k].post(float(moments.mae()[0]), now)
-        self.rmse_pvs[k].post(float(moments.rmse()[0]), now)
+            self._errors.push(errors)
+        mae, rmse = self._errors.mae(), self._errors.rmse()
+        for k in range(len(self.truth_index)):
+            truth = self.config.outputs[self.truth_index[k]].truth
+            pvs = [self.mae_pvs[k], self.rmse_pvs[k]]
+            if not self.truth[k].connected:  # never connected, or disconnected
+                self._invalidate(pvs, _clip(f"no truth from {truth.name}"), now)
+            elif now - self._last_pair[k] > stale_after or not math.isfinite(mae[k]):
+                self._invalidate(pvs, _clip(f"no truth paired from {truth.name}"), now)
+            else:
+                self.mae_pvs[k].post(float(mae[k]), now)
+                self.rmse_pvs[k].post(float(rmse[k]), now)
 
     # ------------------------------------------------------------------ helpers
 
