@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from ioc.config import Config, ConfigError, default_config_path, load_config
 
@@ -133,6 +134,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce_command(args)
 
 
+def cmd_generate_alarms(args: argparse.Namespace) -> int:
+    """``mlioc generate alarms CONFIG -o DIR``: the Phoebus alarm-server XML (ioc/generate/alarms.py)."""
+    from ioc.generate.alarms import generate
+
+    config = _load(args.config)
+    for path in generate(config, args.output, display_base=args.display_base):
+        print(path)
+    return EXIT_OK
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"mlioc {args.command}: not available in this build yet", file=sys.stderr)
     return EXIT_USAGE
@@ -192,11 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
-    for name, text in (("models", "manage a model store"),
-                       ("generate", "generate screens, alarm config, archiver list, .db")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_not_yet)
+    p = sub.add_parser("models", help="manage a model store")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_not_yet)
+
+    p = sub.add_parser("generate", help="generate screens, alarm config, archiver list, .db")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    g = kinds.add_parser("alarms", help="Phoebus alarm-server configuration XML")
+    g.add_argument("config", help="YAML config")
+    g.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    g.add_argument("--display-base", default="opi", help="where the model screens are (default: opi)")
+    g.set_defaults(func=cmd_generate_alarms)
     return parser
 
 

@@ -133,7 +133,7 @@ class DriftConfig:
 
     method: str = "wasserstein"
     window_s: float = 60.0
-    bins: int = 20
+    bins: int = 100  # default: every percentile (10 for psi, whose bins must each hold many samples)
     rate_hz: float = 10.0
     correlation_s: float = 0.0
     update_s: float = 5.0
@@ -662,10 +662,12 @@ def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inp
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
         c.error((*path, "enabled"), f"expected true or false, got {enabled!r}")
+    if enabled is False:  # kept in the file, switched off: no drift PVs
+        return None
     method = c.string(d.get("method"), (*path, "method"), default="wasserstein")
     if method not in METHODS:
         c.error((*path, "method"), f"expected one of {', '.join(METHODS)}, got {method!r}")
-    bins = c.number(d.get("bins"), (*path, "bins"), integer=True, default=20)
+    bins = c.number(d.get("bins"), (*path, "bins"), integer=True, default=10 if method == "psi" else 100)
     if bins is not None and bins not in BIN_CHOICES:
         c.error((*path, "bins"), f"expected one of {list(BIN_CHOICES)} (edges are reference percentiles), "
                 f"got {bins}")
@@ -700,12 +702,10 @@ def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inp
     tolerance = c.number(error.get("tolerance_s"), (*path, "error", "tolerance_s"), positive=True)
     if any(getattr(i, "name", None) == "OUT" for i in inputs):
         c.error(path, "an input named OUT would clash with the output drift PV $(P)DRIFT:OUT; rename it")
-    if enabled is False:
-        return None
     return DriftConfig(
         method=method if method in METHODS else "wasserstein",
         window_s=window_s,
-        bins=bins if bins in BIN_CHOICES else 20,
+        bins=bins if bins in BIN_CHOICES else 100,
         rate_hz=rate,
         correlation_s=num("correlation_s", 0.0, nonneg=True),
         update_s=num("update_s", 5.0, positive=True),
