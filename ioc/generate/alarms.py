@@ -85,10 +85,12 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
     n = ModelNames(model.prefix)
     served = {s.name for s in model_pv_specs(model)}
     what = model.description or f"model {model.name}"
+    outputs = ", ".join(n.output(o.name) for o in model.outputs)
+    inputs_in = ", ".join(n.input(i.name) for i in model.inputs)
     screen = ("Model overview screen", screen_path(model, display_base))
     comp = _sub(root, "component", name=model.name)
     _titled(comp, "guidance", f"About {model.name}",
-            f"{what}: an ML model served by mlioc under {model.prefix}. Its predictions are {model.prefix}OUT:*; "
+            f"{what}: an ML model served by mlioc under {model.prefix}. Its predictions are {outputs}; "
             f"{n.status} and {n.message} say what it is doing; {n.enable} switches it off.")
     _titled(comp, "display", *screen)
     actions = _actions(model, served)
@@ -113,7 +115,7 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
             display=screen)
         _pv(comp, n.drift_out, f"{model.name}: predictions drifted from training", delay=0, latching=True,
             guidance=("Prediction drift: what to do",
-                      f"The predictions {model.prefix}OUT:* are distributed unlike the training targets. Usually "
+                      f"The predictions ({outputs}) are distributed unlike the training targets. Usually "
                       f"follows input drift ({n.drift}); if {n.drift} is quiet, the inputs are jointly unusual or "
                       f"the model changed ({n.champion}).\n{actions}"),
             display=screen)
@@ -121,7 +123,7 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
             _pv(comp, n.anomaly, f"{model.name}: anomaly (reconstruction error)", delay=0, latching=True,
                 guidance=("Anomaly: what to do",
                           f"{n.anomaly} is the autoencoder's reconstruction error relative to training (1 = as in "
-                          f"training). The inputs {model.prefix}IN:* form a combination it has not seen. Check "
+                          f"training). The inputs ({inputs_in}) form a combination it has not seen. Check "
                           f"the inputs and their sources; {n.drift_worst} names the input furthest from training."
                           f"\n{actions}"),
                 display=screen)
