@@ -367,6 +367,11 @@ class PV:
                 sev, stat, self._last_limit = spec.alarm.evaluate(value, self._last_limit)
                 if self.alarm_filter is not None:
                     sev, stat = self.alarm_filter(sev, stat, timestamp)
+                    # HYST holds the alarm that is *served*: a crossing the filter has not (yet) passed on
+                    # must not lower the bar for raising it.
+                    a = spec.alarm
+                    self._last_limit = (a.hihi if stat == 3 else a.high if stat == 4 else a.lolo if stat == 5
+                                        else a.low if stat == 6 else None)
         elif self._choice_severities:
             try:
                 sev = self._choice_severities[value]

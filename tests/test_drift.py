@@ -242,3 +242,18 @@ def test_truth_is_paired_with_the_prediction_of_the_same_moment():
     assert p.tolist() == [1, 3] and t.tolist() == [0, 1]
     empty = pair_nearest(np.array([]), truth_t, 0.05)
     assert len(empty[0]) == 0
+
+
+def test_hysteresis_holds_the_served_alarm_but_never_helps_raise_one():
+    """A crossing the debouncer has not passed on yet must not lower the bar: values inside HYST below HIGH
+    do not keep asking for an alarm that is not served (or noise near the limit would raise it)."""
+    pv = PV(PVSpec("X:DRIFT", Kind.AI, alarm=AlarmLimits(high=1.0, hihi=2.0, hyst=0.2)))
+    pv.alarm_filter = Debouncer(raise_s=2.0, clear_s=0.0)
+    for t, value in enumerate([1.1, 0.9, 0.9, 0.9, 0.95]):
+        pv.post(value, float(t))
+        assert pv.reading.severity == Severity.NO_ALARM
+    served = []
+    for t, value in enumerate([1.1, 1.2, 1.05, 0.9, 0.85, 0.79], start=10):
+        pv.post(value, float(t))
+        served.append(int(pv.reading.severity))
+    assert served == [0, 0, 1, 1, 1, 0]  # served from t=12 (2 s above HIGH), held by HYST down to 0.8
