@@ -139,8 +139,8 @@ class DriftConfig:
     update_s: float = 5.0
     raise_s: float = 10.0
     clear_s: float = 30.0
-    minor_sigmas: float = 5.0
-    major_sigmas: float = 8.0
+    minor_sigmas: float = 6.0
+    major_sigmas: float = 9.0
     limits: LimitsConfig | None = None
     output_limits: LimitsConfig | None = None
     anomaly_window_s: float = 10.0
@@ -685,8 +685,8 @@ def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inp
         c.error((*path, "window_s"), f"window of {window_s} s at {rate} Hz is {window_s * rate:.0f} cycles; "
                 f"at least {MIN_DRIFT_WINDOW} are needed")
     sig = c.mapping(d.get("sigmas"), (*path, "sigmas"), _SIGMAS)
-    minor = c.number(sig.get("minor"), (*path, "sigmas", "minor"), positive=True, default=5.0)
-    major = c.number(sig.get("major"), (*path, "sigmas", "major"), positive=True, default=8.0)
+    minor = c.number(sig.get("minor"), (*path, "sigmas", "minor"), positive=True, default=6.0)
+    major = c.number(sig.get("major"), (*path, "sigmas", "major"), positive=True, default=9.0)
     if not minor < major:
         c.error((*path, "sigmas"), f"minor must be < major, got minor={minor} major={major}")
     anomaly = c.mapping(d.get("anomaly"), (*path, "anomaly"), _WINDOWED)
