@@ -157,6 +157,8 @@ class ModelMonitor:
     def start(self) -> None:
         now = self.clock()
         self._invalidate(self._drift_pvs(), "loading model", now)
+        if self.worst_pv is not None:
+            self.worst_pv.post("", now)
         if self.anomaly_pv is not None:
             self._invalidate([self.anomaly_pv], "loading model", now)
         self._invalidate(self.mae_pvs + self.rmse_pvs, "no truth yet", now)
