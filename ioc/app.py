@@ -22,6 +22,7 @@ from ioc.config import Config, ModelConfig
 from ioc.feed import Feed
 from ioc.metrics import Metrics
 from ioc.model_manager import ModelManager
+from ioc.monitor import ModelMonitor
 from ioc.pva_server import PvaServer
 from ioc.pvmodel import PVDatabase
 from ioc.recorder import Recorder, RecorderError
@@ -59,6 +60,7 @@ class Ioc:
     _sources: list = field(default_factory=list)
     recorders: list[Recorder] = field(default_factory=list)
     managers: list[ModelManager] = field(default_factory=list)
+    monitors: list[ModelMonitor] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,6 +82,8 @@ class Ioc:
             self.runners.append(runner)
             if model.record is not None:
                 self._start_recorder(runner)
+            if model.monitored:
+                self._start_monitor(runner)
         # Models load (validated, warmed up, off the loop) while the servers come up.
         self.managers = [self._manager(r) for r in self.runners]
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
@@ -152,6 +156,17 @@ class Ioc:
         runner.cycle_listeners.append(recorder.listener)
         recorder.start()
         self.recorders.append(recorder)
+
+    def _start_monitor(self, runner: ModelRunner) -> None:
+        """Drift / anomaly / ground-truth error PVs of a model (ioc/monitor.py, docs/drift.md)."""
+        monitor = ModelMonitor(runner, self.db)
+        monitor.score_listeners.append(self.metrics.set_drift)  # mlioc_drift_score, mlioc_input_drift_score
+        monitor.start()
+        for index, j in enumerate(monitor.truth_index):
+            source = make_source(runner.config.outputs[j].truth, monitor.truth_sink(index))
+            source.start()
+            self._sources.append(source)
+        self.monitors.append(monitor)
 
     def _start_feeds(self, runner: ModelRunner) -> None:
         loop = asyncio.get_running_loop()

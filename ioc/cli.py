@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from ioc.access import AccessError
 from ioc.config import Config, ConfigError, default_config_path, load_config
@@ -144,7 +145,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``mlioc generate KIND CONFIG -o DIR``: generators are imported only here (see ioc/generate)."""
-    from pathlib import Path
 
     from ioc.generate import GenerateOptions, run
 

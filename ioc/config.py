@@ -84,6 +84,7 @@ class OutputConfig:
     alarm: AlarmConfig | None = None
     mdel: float = 0.0
     adel: float = 0.0
+    truth: PVRef | None = None  # measured ground truth: rolling MAE/RMSE PVs (ioc.monitor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,50 @@ class RecordConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Explicit HIGH/HIHI (and HYST) of a monitoring score, replacing the calibrated ones."""
+
+    high: float
+    hihi: float
+    hyst: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    """How a model's inputs and outputs are watched for drift (``drift:``, docs/drift.md).
+
+    Times are seconds; ``rate_hz`` (the model's cycle rate, the scan rate by default) turns them
+    into cycles. ``correlation_s`` is the autocorrelation time of the live inputs, which the
+    calibration of the limits must know (0: cycles are independent). Default limits are
+    ``null mean + sigmas * null std`` of the score on simulated reference windows
+    (:mod:`ioc.thresholds`); ``limits`` / ``output_limits`` replace them.
+    """
+
+    method: str = "wasserstein"
+    window_s: float = 60.0
+    bins: int = 100  # default: every percentile (10 for psi, whose bins must each hold many samples)
+    rate_hz: float = 10.0
+    correlation_s: float = 0.0
+    update_s: float = 5.0
+    raise_s: float = 10.0
+    clear_s: float = 30.0
+    minor_sigmas: float = 6.0
+    major_sigmas: float = 9.0
+    limits: LimitsConfig | None = None
+    output_limits: LimitsConfig | None = None
+    anomaly_window_s: float = 10.0
+    anomaly_limits: LimitsConfig = LimitsConfig(high=2.0, hihi=3.0)  # x the training reconstruction error
+    error_window_s: float = 60.0
+    error_factors: LimitsConfig = LimitsConfig(high=2.0, hihi=3.0)  # x the version's test RMSE
+    truth_tolerance_s: float | None = None  # None: half a cycle
+
+    @property
+    def window(self) -> int:
+        """The sliding window in cycles."""
+        return max(1, round(self.window_s * self.rate_hz))
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     prefix: str
@@ -126,6 +171,12 @@ class ModelConfig:
     # The training sidecar's section, kept as the raw mapping: training/spec.py validates it (the IOC
     # never needs it, and must not import training to check it).
     training: Any = field(default=None, hash=False, compare=False)
+    drift: DriftConfig | None = None
+
+    @property
+    def monitored(self) -> bool:
+        """Drift is scored, or some output has a ground truth to compare with (ioc.monitor)."""
+        return self.drift is not None or any(o.truth is not None for o in self.outputs)
 
     @property
     def store_is_registry(self) -> bool:
@@ -344,11 +395,11 @@ _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", 
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
 _SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
 _MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training",
-          "rollback_after_faults")
+          "rollback_after_faults", "drift")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
-_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel")
+_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth")
 _ALARM = ("lolo", "low", "high", "hihi", "hyst")
 _TRIGGER = ("scan_hz", "on_change", "pv")
 
@@ -554,6 +605,7 @@ def _parse_output(c: _Checker, raw: Any, path: Path_) -> OutputConfig | None:
         alarm=_parse_alarm(c, d.get("alarm"), (*path, "alarm")),
         mdel=c.number(d.get("mdel"), (*path, "mdel"), default=0.0),
         adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
+        truth=c.pvref(d.get("truth"), (*path, "truth")),
     )
 
 
@@ -597,6 +649,7 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
     if training is not None and not isinstance(training, dict):
         c.error((*path, "training"), f"expected a mapping, got {_typename(training)}")
         training = None
+    drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
     if not name or prefix is None:
         return None
     return ModelConfig(
@@ -611,6 +664,7 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
         training=training,
         rollback_after_faults=c.number(d.get("rollback_after_faults"), (*path, "rollback_after_faults"),
                                        integer=True, positive=True),
+        drift=drift,
     )
 
 
@@ -644,6 +698,101 @@ def _parse_record(c: _Checker, raw: Any, path: Path_, base: Path, outputs: list[
         max_mb=c.number(d.get("max_mb"), (*path, "max_mb"), positive=True, default=64.0),
         flush_s=c.number(d.get("flush_s"), (*path, "flush_s"), positive=True, default=5.0),
         targets=tuple(targets),
+    )
+
+
+_DRIFT = ("enabled", "method", "window_s", "bins", "rate_hz", "correlation_s", "update_s", "raise_s", "clear_s",
+          "sigmas", "limits", "output_limits", "anomaly", "error")
+_SIGMAS = ("minor", "major")
+_LIMITS = ("high", "hihi", "hyst")
+_WINDOWED = ("window_s", "high", "hihi")
+_ERROR = ("window_s", "high", "hihi", "tolerance_s")
+MIN_DRIFT_WINDOW = 10  # cycles: fewer cannot tell a distribution from noise
+
+
+def _parse_limits(c: _Checker, raw: Any, path: Path_) -> LimitsConfig | None:
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, _LIMITS, required=("high", "hihi"))
+    high = c.number(d.get("high"), (*path, "high"))
+    hihi = c.number(d.get("hihi"), (*path, "hihi"))
+    hyst = c.number(d.get("hyst"), (*path, "hyst"), nonneg=True)
+    if high is None or hihi is None:
+        return None
+    if not high < hihi:
+        c.error(path, f"high must be < hihi, got high={high} hihi={hihi}")
+    return LimitsConfig(high=high, hihi=hihi, hyst=hyst)
+
+
+def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inputs: list, outputs: list
+                 ) -> DriftConfig | None:
+    """The ``drift:`` section of a model (docs/drift.md); absent or ``enabled: false``: no drift PVs."""
+    from ioc.drift import BIN_CHOICES, METHODS  # pure numpy module: no import cycle
+
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, _DRIFT)
+    enabled = d.get("enabled", True)
+    if not isinstance(enabled, bool):
+        c.error((*path, "enabled"), f"expected true or false, got {enabled!r}")
+    if enabled is False:  # kept in the file, switched off: no drift PVs
+        return None
+    method = c.string(d.get("method"), (*path, "method"), default="wasserstein")
+    if method not in METHODS:
+        c.error((*path, "method"), f"expected one of {', '.join(METHODS)}, got {method!r}")
+    bins = c.number(d.get("bins"), (*path, "bins"), integer=True, default=10 if method == "psi" else 100)
+    if bins is not None and bins not in BIN_CHOICES:
+        c.error((*path, "bins"), f"expected one of {list(BIN_CHOICES)} (edges are reference percentiles), "
+                f"got {bins}")
+    rate = c.number(d.get("rate_hz"), (*path, "rate_hz"), positive=True)
+    if rate is None:
+        if trigger.kind == "scan" and trigger.scan_hz:
+            rate = trigger.scan_hz
+        else:
+            c.error(path, "rate_hz is required when the trigger is not scan_hz (the expected cycles per "
+                    "second turn window_s into cycles)")
+            rate = 10.0
+    num = lambda key, default, **kw: c.number(d.get(key), (*path, key), default=default, **kw)  # noqa: E731
+    window_s = num("window_s", 60.0, positive=True)
+    if window_s * rate < MIN_DRIFT_WINDOW:
+        c.error((*path, "window_s"), f"window of {window_s} s at {rate} Hz is {window_s * rate:.0f} cycles; "
+                f"at least {MIN_DRIFT_WINDOW} are needed")
+    sig = c.mapping(d.get("sigmas"), (*path, "sigmas"), _SIGMAS)
+    minor = c.number(sig.get("minor"), (*path, "sigmas", "minor"), positive=True, default=6.0)
+    major = c.number(sig.get("major"), (*path, "sigmas", "major"), positive=True, default=9.0)
+    if not minor < major:
+        c.error((*path, "sigmas"), f"minor must be < major, got minor={minor} major={major}")
+    anomaly = c.mapping(d.get("anomaly"), (*path, "anomaly"), _WINDOWED)
+    error = c.mapping(d.get("error"), (*path, "error"), _ERROR)
+    windowed = {}
+    for key, section, defaults in (("anomaly", anomaly, (10.0, 2.0, 3.0)), ("error", error, (60.0, 2.0, 3.0))):
+        w = c.number(section.get("window_s"), (*path, key, "window_s"), positive=True, default=defaults[0])
+        hi = c.number(section.get("high"), (*path, key, "high"), positive=True, default=defaults[1])
+        hh = c.number(section.get("hihi"), (*path, key, "hihi"), positive=True, default=defaults[2])
+        if not hi < hh:
+            c.error((*path, key), f"high must be < hihi, got high={hi} hihi={hh}")
+        windowed[key] = (w, LimitsConfig(high=hi, hihi=hh))
+    tolerance = c.number(error.get("tolerance_s"), (*path, "error", "tolerance_s"), positive=True)
+    if any(getattr(i, "name", None) == "OUT" for i in inputs):
+        c.error(path, "an input named OUT would clash with the output drift PV $(P)DRIFT:OUT; rename it")
+    return DriftConfig(
+        method=method if method in METHODS else "wasserstein",
+        window_s=window_s,
+        bins=bins if bins in BIN_CHOICES else 100,
+        rate_hz=rate,
+        correlation_s=num("correlation_s", 0.0, nonneg=True),
+        update_s=num("update_s", 5.0, positive=True),
+        raise_s=num("raise_s", 10.0, nonneg=True),
+        clear_s=num("clear_s", 30.0, nonneg=True),
+        minor_sigmas=minor,
+        major_sigmas=major,
+        limits=_parse_limits(c, d.get("limits"), (*path, "limits")),
+        output_limits=_parse_limits(c, d.get("output_limits"), (*path, "output_limits")),
+        anomaly_window_s=windowed["anomaly"][0],
+        anomaly_limits=windowed["anomaly"][1],
+        error_window_s=windowed["error"][0],
+        error_factors=windowed["error"][1],
+        truth_tolerance_s=tolerance,
     )
 
 

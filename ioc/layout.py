@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ioc.config import InputConfig, ModelConfig, OutputConfig
+from ioc.config import InputConfig, LimitsConfig, ModelConfig, OutputConfig
 from ioc.pvmodel import AlarmLimits, Kind, PVSpec, Severity
 
 CONTROL_ASG = "CONTROL"  # access security group of ENABLE / ROLLBACK / PROMOTE / RELOAD
@@ -99,6 +99,32 @@ class ModelNames:
     def count(self) -> str:
         return f"{self.prefix}COUNT"
 
+    # Monitoring (docs/drift.md): served only when the model's config enables drift / names a truth.
+    @property
+    def drift(self) -> str:
+        return f"{self.prefix}DRIFT"
+
+    def drift_input(self, name: str) -> str:
+        return f"{self.prefix}DRIFT:{name}"
+
+    @property
+    def drift_out(self) -> str:
+        return f"{self.prefix}DRIFT:OUT"
+
+    @property
+    def drift_worst(self) -> str:
+        return f"{self.prefix}DRIFT:WORST"
+
+    @property
+    def anomaly(self) -> str:
+        return f"{self.prefix}ANOMALY"
+
+    def mae(self, output: str) -> str:
+        return f"{self.prefix}MAE:{output}"
+
+    def rmse(self, output: str) -> str:
+        return f"{self.prefix}RMSE:{output}"
+
 
 def _alarm_limits(output: OutputConfig) -> AlarmLimits | None:
     a = output.alarm
@@ -164,6 +190,54 @@ def _action(name: str, verb: str, desc: str) -> PVSpec:
                   scan="Passive", asg=CONTROL_ASG, audit=True)
 
 
+DRIFT_UNITS = {"wasserstein": "sigma", "psi": "", "ks": ""}
+DRIFT_DISPLAY = {"wasserstein": (0.0, 3.0), "psi": (0.0, 1.0), "ks": (0.0, 1.0)}
+
+
+def mirrors_inputs(model: ModelConfig) -> bool:
+    """An autoencoder: its outputs are the reconstruction of its inputs (same names, same order)."""
+    return tuple(o.name for o in model.outputs) == tuple(i.name for i in model.inputs)
+
+
+def limits_of(limits: LimitsConfig | None) -> AlarmLimits | None:
+    """HIGH -> MINOR, HIHI -> MAJOR (and HYST) of a monitoring score."""
+    if limits is None:
+        return None
+    return AlarmLimits(high=limits.high, hihi=limits.hihi, hyst=limits.hyst or 0.0)
+
+
+def monitor_pv_specs(model: ModelConfig) -> list[PVSpec]:
+    """Drift, anomaly and ground-truth error PVs of a model (empty when it is not monitored).
+
+    Limits from the config are set here; calibrated ones arrive with each model version
+    (``PV.update_spec``), so until then a score without configured limits has none.
+    """
+    n = ModelNames(model.prefix)
+    specs: list[PVSpec] = []
+    drift = model.drift
+    if drift is not None:
+        egu, display = DRIFT_UNITS[drift.method], DRIFT_DISPLAY[drift.method]
+        common = dict(kind=Kind.AI, egu=egu, prec=3, display=display, initial=math.nan)
+        specs.append(PVSpec(name=n.drift, desc=f"input drift, worst input ({drift.method})"[:40],
+                            alarm=limits_of(drift.limits), **common))
+        specs += [PVSpec(name=n.drift_input(i.name), desc=f"drift of input {i.name}"[:40],
+                         alarm=limits_of(drift.limits), **common) for i in model.inputs]
+        specs.append(PVSpec(name=n.drift_out, desc=f"prediction drift, worst output ({drift.method})"[:40],
+                            alarm=limits_of(drift.output_limits), **common))
+        specs.append(PVSpec(name=n.drift_worst, kind=Kind.STRINGIN, desc="input that drifted most", initial=""))
+        if mirrors_inputs(model):
+            specs.append(PVSpec(name=n.anomaly, kind=Kind.AI, desc="reconstruction error / training's",
+                                egu="x", prec=2, display=(0.0, 5.0), alarm=limits_of(drift.anomaly_limits),
+                                initial=math.nan))
+    for out in model.outputs:
+        if out.truth is None:
+            continue
+        common = dict(kind=Kind.AI, egu=out.units, prec=out.prec, display=out.display, initial=math.nan)
+        specs.append(PVSpec(name=n.mae(out.name), desc=f"rolling MAE of {out.name} vs truth"[:40], **common))
+        specs.append(PVSpec(name=n.rmse(out.name), desc=f"rolling RMSE of {out.name} vs truth"[:40], **common))
+    return specs
+
+
 def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
     """Every PV one model serves, in a stable order (inputs, outputs, control, diagnostics)."""
     n = ModelNames(model.prefix)
@@ -191,6 +265,7 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
     specs += [PVSpec(name=n.challenger_mad(o.name), kind=Kind.AI,
                      desc=f"mean |challenger - champion| {o.name}"[:40], egu=o.units, prec=o.prec + 1,
                      initial=math.nan) for o in model.outputs]
+    specs += monitor_pv_specs(model)
     return specs
 
 

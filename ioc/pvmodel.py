@@ -279,6 +279,8 @@ class AllowAll:
 
 
 Listener = Callable[["PV", Reading, Event], None]
+# (severity, status, timestamp) the limits give -> (severity, status) to serve: e.g. a debouncer.
+AlarmFilter = Callable[[int, int, float], tuple[int, int]]
 SpecListener = Callable[["PV", PVSpec], None]
 PutHandler = Callable[["PV", Any, ClientInfo], "Awaitable[None] | None"]
 
@@ -305,7 +307,7 @@ class PV:
     """One PV: its spec, its current reading, and the adapters listening to it."""
 
     __slots__ = ("_adel_last", "_choice_severities", "_last_limit", "_listeners", "_mdel_last", "_numeric",
-                 "_spec_listeners", "put_handler", "reading", "spec")
+                 "_spec_listeners", "alarm_filter", "put_handler", "reading", "spec")
 
     def __init__(self, spec: PVSpec, timestamp: float = 0.0, put_handler: PutHandler | None = None):
         self.spec = spec
@@ -317,6 +319,9 @@ class PV:
         self._mdel_last: Any = spec.initial
         self._adel_last: Any = spec.initial
         self._last_limit: float | None = None
+        # Optional: filters the limit alarm in time (ioc.thresholds.Debouncer), so that CA and PVA
+        # serve the same debounced severity. Not applied to the caller's severity or to INVALID.
+        self.alarm_filter: AlarmFilter | None = None
         self._cache_spec()
 
     def _cache_spec(self) -> None:
@@ -363,6 +368,13 @@ class PV:
                 self._last_limit = None
             elif spec.alarm is not None:
                 sev, stat, self._last_limit = spec.alarm.evaluate(value, self._last_limit)
+                if self.alarm_filter is not None:
+                    sev, stat = self.alarm_filter(sev, stat, timestamp)
+                    # HYST holds the alarm that is *served*: a crossing the filter has not (yet) passed on
+                    # must not lower the bar for raising it.
+                    a = spec.alarm
+                    self._last_limit = (a.hihi if stat == 3 else a.high if stat == 4 else a.lolo if stat == 5
+                                        else a.low if stat == 6 else None)
         elif self._choice_severities:
             try:
                 sev = self._choice_severities[value]

@@ -64,6 +64,7 @@ KINDS: dict[str, Kind] = {
     "archiver": Kind("ioc.generate.archiver:generate", "deploy/archiver",
                      "Archiver Appliance PV list (archivePV JSON)"),
     "db": Kind("ioc.generate.db:generate", "db", "EPICS databases (.db, $(P) templates, substitutions)"),
+    "alarms": Kind("ioc.generate.alarms:generate", "deploy/alarms", "Phoebus alarm-server configuration XML"),
     "grafana": Kind("ioc.generate.grafana:generate", "deploy/grafana",
                     "Grafana dashboard, provisioning and Prometheus scrape example"),
 }

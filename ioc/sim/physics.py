@@ -122,7 +122,8 @@ class Machine:
     rate_hz: float = 10.0
     tau_s: float = 1.0
     setpoints: dict[str, float] = field(default_factory=lambda: {k.name: k.nominal for k in KNOBS})
-    drift: float = 0.0
+    drift: float = 0.0  # every knob's centre shifted by this many reference std devs
+    knob_drift: dict[str, float] = field(default_factory=lambda: {k.name: 0.0 for k in KNOBS})  # one knob's
     rng: np.random.Generator = field(init=False)
     state: np.ndarray = field(init=False)
 
@@ -134,7 +135,8 @@ class Machine:
         """Advance one update period; return (knob readbacks, measured observables)."""
         a = math.exp(-1.0 / (self.rate_hz * self.tau_s))
         noise_scale = math.sqrt(1.0 - a * a)
-        centres = np.array([self.setpoints[k.name] + self.drift * k.ref_std for k in KNOBS])
+        centres = np.array([self.setpoints[k.name] + (self.drift + self.knob_drift[k.name]) * k.ref_std
+                            for k in KNOBS])
         stds = np.array([k.ref_std for k in KNOBS])
         self.state = centres + (self.state - centres) * a + stds * noise_scale * self.rng.standard_normal(len(KNOBS))
         lo = np.array([k.range[0] for k in KNOBS])

@@ -6,6 +6,7 @@ Served under the simulator prefix (``SIM:`` in the demo):
 * ``Q1:I_SP``, ... — writable setpoints: the centre the knob wanders around
 * ``SIGMA:X``, ``SIGMA:Y``, ``LOSS`` — the measured beam (the model's ground truth)
 * ``DRIFT`` — 0 = none; x = shift every knob by x reference standard deviations
+* ``Q1:I_DRIFT``, ... — the same for one knob only (adds to ``DRIFT``)
 * ``FAULT`` — 0 NONE; 1 STALL (stop updating); 2 NAN (publish NaN readbacks)
 
 It reuses the IOC's own PV model and protocol adapters: the simulator is served exactly like
@@ -40,6 +41,9 @@ class SimNames:
     def setpoint(self, knob_pv: str) -> str:
         return f"{self.prefix}{knob_pv}_SP"
 
+    def knob_drift(self, knob_pv: str) -> str:
+        return f"{self.prefix}{knob_pv}_DRIFT"
+
     def observable(self, pv: str) -> str:
         return f"{self.prefix}{pv}"
 
@@ -68,6 +72,10 @@ def sim_pv_specs(prefix: str) -> list[PVSpec]:
     specs.append(PVSpec(name=n.drift, kind=Kind.AO, desc="injected drift (reference std devs)", egu="sigma",
                         prec=2, display=(-10.0, 10.0), control=(-10.0, 10.0), writable=True, initial=0.0,
                         scan="Passive", audit=True))
+    for k in KNOBS:
+        specs.append(PVSpec(name=n.knob_drift(k.pv), kind=Kind.AO, desc=f"injected drift of {k.name}"[:40],
+                            egu="sigma", prec=2, display=(-10.0, 10.0), control=(-10.0, 10.0), writable=True,
+                            initial=0.0, scan="Passive", audit=True))
     specs.append(PVSpec(name=n.fault, kind=Kind.MBBI, desc="injected fault", choices=FAULT_CHOICES,
                         writable=True, initial=0, scan="Passive", audit=True))
     return specs
@@ -93,6 +101,8 @@ class Simulator:
         for k in KNOBS:
             self.db[self.names.setpoint(k.pv)].put_handler = self._setpoint_handler(k.name)
         self.db[self.names.drift].put_handler = self._put_drift
+        for k in KNOBS:
+            self.db[self.names.knob_drift(k.pv)].put_handler = self._knob_drift_handler(k.name)
         self.db[self.names.fault].put_handler = self._put_fault
         for pv in self.db:
             if pv.spec.writable:
@@ -109,6 +119,14 @@ class Simulator:
         self.machine.drift = value
         pv.post(value, self.clock())
         log.warning("drift set to %g reference std devs by %s", value, client)
+
+    def _knob_drift_handler(self, knob: str):
+        def handler(pv: PV, value: float, client: ClientInfo) -> None:
+            self.machine.knob_drift[knob] = value
+            pv.post(value, self.clock())
+            log.warning("drift of %s set to %g reference std devs by %s", knob, value, client)
+
+        return handler
 
     def _put_fault(self, pv: PV, value: int, client: ClientInfo) -> None:
         self.fault = value
