@@ -158,7 +158,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.preview and args.kind not in ("opi", "all"):
         print("mlioc generate: --preview goes with the opi (or all) kind", file=sys.stderr)
         return EXIT_USAGE
-    options = GenerateOptions(protocol=args.protocol)
+    options = GenerateOptions(protocol=args.protocol, display_base=args.display_base)
     try:
         if args.out is not None:
             for path in run(args.kind, config, Path(args.out), options):
@@ -274,6 +274,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--submit", metavar="URL", help="archiver: POST the list to the appliance (its URL, e.g. "
                    "http://archiver:17665/mgmt/bpl)")
     p.add_argument("--preview", metavar="IMGDIR", help="opi: also render a PNG preview of each screen into IMGDIR")
+    p.add_argument("--display-base", default="opi", metavar="DIR_OR_URL",
+                   help="alarms: where the model screens are installed (default: opi)")
     p.set_defaults(func=cmd_generate)
 
 

@@ -39,6 +39,7 @@ class GenerateOptions:
 
     protocol: str = "ca"
     specs: Callable[[ModelConfig], list[PVSpec]] = field(default=_layout_specs)
+    display_base: str = "opi"  # alarms: where the model screens are installed (folder or URL)
 
 
 # A generator writes its files under ``out`` (created by the caller) and returns their paths.

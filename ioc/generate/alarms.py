@@ -167,9 +167,10 @@ def generate(config: Config, out_dir: Path, options: Any = None, *,
              display_base: str = DEFAULT_DISPLAY_BASE) -> list[Path]:
     """Write ``<out_dir>/mlioc-alarms.xml``; returns the paths written.
 
-    ``options`` is accepted (and unused) so the ``mlioc generate`` registry can call every generator
-    the same way.
+    ``options`` (the ``mlioc generate`` GenerateOptions) may give the screens' ``display_base``.
     """
+    if options is not None and getattr(options, "display_base", None):
+        display_base = options.display_base
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILE_NAME
