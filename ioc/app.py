@@ -9,6 +9,7 @@ triggers and sources, lets an in-flight cycle finish, then closes the servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -154,6 +155,19 @@ class Ioc:
             source.start()
             self._sources.append(source)
         runner.cycle_listeners.append(recorder.listener)
+        pv = runner.db[runner.names.recorder]
+        pv.post(0, runner.clock())
+        loop = asyncio.get_running_loop()
+
+        def health(error: str | None) -> None:  # writer thread -> loop
+            def show() -> None:
+                pv.post(0 if error is None else 1, runner.clock(), message=error or "")
+                runner.note(f"recorder: {error}" if error else "recorder: writing again")
+
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(show)
+
+        recorder.on_health = health
         recorder.start()
         self.recorders.append(recorder)
 

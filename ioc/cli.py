@@ -50,6 +50,9 @@ def _report_config_error(exc: ConfigError) -> int:
 
 
 def _run_until_signal(main) -> int:
+    # A file-size limit (ulimit -f) must give the recorder an error (EFBIG), not kill the IOC.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

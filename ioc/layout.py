@@ -56,6 +56,10 @@ class ModelNames:
         return f"{self.prefix}ENABLE"
 
     @property
+    def recorder(self) -> str:
+        return f"{self.prefix}RECORDER"
+
+    @property
     def challenger(self) -> str:
         return f"{self.prefix}CHALLENGER"
 
@@ -266,6 +270,9 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
                      desc=f"mean |challenger - champion| {o.name}"[:40], egu=o.units, prec=o.prec + 1,
                      initial=math.nan) for o in model.outputs]
     specs += monitor_pv_specs(model)
+    if model.record is not None:
+        specs.append(PVSpec(name=n.recorder, kind=Kind.MBBI, desc="recording of cycles to disk",
+                            choices=("OK", "FAULT"), choice_severities=(Severity.NO_ALARM, Severity.MAJOR), initial=0))
     return specs
 
 

@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ log = logging.getLogger("mlioc.recorder")
 
 FORMAT = 1
 FLUSH_ROWS = 50_000  # write early when this many rows are buffered
+MAX_BACKLOG = 500_000  # rows kept for retry while the disk fails (~a day at 5 Hz); older ones are dropped
 SUFFIX = ".parquet"
 INPROGRESS = ".inprogress"
 
@@ -109,6 +111,10 @@ class Recorder:
         self._file_final: Path | None = None
         self._seq = 0
         self.rows_written = 0
+        self.rows_dropped = 0
+        self.error: str | None = None  # the current write failure, None while recording works
+        # Told (from the writer thread) when recording starts failing (the error) and recovers (None).
+        self.on_health: Callable[[str | None], None] | None = None
         self.files_closed: list[Path] = []
         self.schema = self._schema()
 
@@ -193,8 +199,10 @@ class Recorder:
             closing = self._closing
             try:
                 self._flush()
-            except Exception:  # keep recording: a bad batch must not kill the writer
-                log.exception("%s: writing recorded rows failed", self.model.name)
+            except Exception as exc:  # keep recording: a full or read-only disk must not kill the writer
+                self._failed(exc)
+            else:
+                self._healthy()
             if closing:
                 try:
                     self._close_file()
@@ -202,20 +210,61 @@ class Recorder:
                     log.exception("%s: closing the recording file failed", self.model.name)
                 return
 
+    def _failed(self, exc: Exception) -> None:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        # pyarrow says "Error writing bytes to file. Detail: [errno 27] File too large": keep the cause.
+        m = re.search(r"\[errno \d+\] ([^\n]+)", str(exc))
+        if m:
+            text = m.group(1)
+        self._abandon_file()
+        if self.error != text:
+            log.error("%s: recording to %s fails (%s); rows are kept and retried (at most %d)", self.model.name,
+                      self.directory, text, MAX_BACKLOG)
+            self.error = text
+            if self.on_health is not None:
+                self.on_health(text)
+
+    def _healthy(self) -> None:
+        if self.error is not None:
+            log.warning("%s: recording works again (%d rows dropped while it did not)", self.model.name,
+                        self.rows_dropped)
+            self.error = None
+            if self.on_health is not None:
+                self.on_health(None)
+
+    def _abandon_file(self) -> None:
+        """After a failed write the file in progress cannot be trusted: drop the writer, start anew."""
+        writer, self._writer, self._file_key = self._writer, None, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # the disk that failed the write may fail this too
+                pass
+
     def _flush(self) -> None:
         with self._lock:
             rows, self._rows = self._rows, []
         if not rows:
             return
-        # Split the batch where the roll key (UTC day/hour) changes, so no file spans two periods.
-        start = 0
-        key = self._key(rows[0][0])
-        for i in range(1, len(rows)):
-            k = self._key(rows[i][0])
-            if k != key:
-                self._write(rows[start:i], key)
-                start, key = i, k
-        self._write(rows[start:], key)
+        try:
+            # Split the batch where the roll key (UTC day/hour) changes, so no file spans two periods.
+            start = 0
+            key = self._key(rows[0][0])
+            for i in range(1, len(rows)):
+                k = self._key(rows[i][0])
+                if k != key:
+                    self._write(rows[start:i], key)
+                    start, key = i, k
+            self._write(rows[start:], key)
+        except Exception:
+            with self._lock:  # keep what was not written, oldest first, within the backlog bound
+                rows = rows[start:] + self._rows
+                excess = len(rows) - MAX_BACKLOG
+                if excess > 0:
+                    self.rows_dropped += excess
+                    rows = rows[excess:]
+                self._rows = rows
+            raise
 
     def _key(self, timestamp: float) -> str:
         roll = self.config.roll
@@ -225,6 +274,7 @@ class Recorder:
         return t.strftime("%Y%m%d") if roll == "daily" else t.strftime("%Y%m%dT%H")
 
     def _write(self, rows: list[tuple], key: str) -> None:
+        """Write rows to the current file (``rows`` must all be written, or none: see _flush)."""
         if self._writer is not None and key != self._file_key:
             self._close_file()
         if self._writer is None:

@@ -55,11 +55,11 @@ class Launcher:
         self.started = started
 
     def ioc(self, config: Path, *, sources=None, extra_args=(), env=None, wait=True,
-            name="ioc") -> ServerProcess:
+            name="ioc", preexec=None) -> ServerProcess:
         ports = self.pool.take()
         addr = " ".join(f"127.0.0.1:{p.ports.ca}" for p in (sources or []))
         proc = ServerProcess(["serve", str(config), "--metrics-port", str(ports.metrics), *extra_args],
-                             server_env(ports, addr, env), name)
+                             server_env(ports, addr, env), name, preexec=preexec)
         proc.ports = ports
         self.started.append(proc)
         proc.start()

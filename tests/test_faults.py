@@ -175,3 +175,73 @@ def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix)
     assert ca.get_full(f"{prefix}OUT:y").severity == 3
     ca.put(f"{prefix}ENABLE", 1)
     ca.monitor(f"{prefix}OUT:y").wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+
+
+def _recording_config(tmp_path, prefix):
+    return write_yaml(tmp_path / "rec.yaml", f"""
+        ioc: {{protocols: [ca], stats_hz: 5}}
+        models:
+          - name: m
+            prefix: "{prefix}"
+            store: store
+            trigger: {{scan_hz: 50}}
+            inputs: [{{name: a, initial: 4.0}}]
+            outputs: [{{name: y, mdel: -1}}]
+            record: {{dir: rec, roll: size, flush_s: 0.2}}
+        """)
+
+
+def test_recorder_disk_full_alarms_and_serving_continues(tmp_path, launch, ca, prefix):
+    import resource
+
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    limit = 64 * 1024  # a "disk" that fills after a few flushes: writes then fail with EFBIG
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    ioc = launch.ioc(_recording_config(tmp_path, prefix), preexec=small_disk)
+    recorder = ca.monitor(f"{prefix}RECORDER")
+    recorder.wait_for(lambda u: u.value == 0)
+    fault = recorder.wait_for(lambda u: u.value == 1, timeout=60)
+    assert fault.severity == 2  # MAJOR
+    assert ca.get(f"{prefix}MESSAGE").startswith("recorder: File too large")
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK"  # predictions carry on
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+    mark = recorder.mark()
+    hard = resource.prlimit(ioc.proc.pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(ioc.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    recorder.wait_for(lambda u: u.value == 0 and u.severity == 0, since=mark, timeout=30)  # space again
+    assert ioc.proc.poll() is None
+    ioc.stop()
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(f).num_rows for f in (tmp_path / "rec").glob("*.parquet"))
+    assert rows > 0  # what was kept while the disk was full got written once it could be
+    assert "rows are kept and retried" in ioc.output()
+
+
+def test_recorder_directory_gone_unwritable_alarms_then_recovers(tmp_path, launch, ca, prefix):
+    import time
+
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    ioc = launch.ioc(_recording_config(tmp_path, prefix))
+    recorder = ca.monitor(f"{prefix}RECORDER")
+    recorder.wait_for(lambda u: u.value == 0)
+    rec = tmp_path / "rec"
+    deadline = time.monotonic() + 30
+    while not list(rec.glob(".*.inprogress")):  # until the recorder has a file open in there
+        assert time.monotonic() < deadline, "the recorder never opened a file"
+        time.sleep(0.05)
+    shutil.move(rec, tmp_path / "rec-moved")  # the directory is gone; a file is in its place
+    rec.write_text("not a directory any more")
+    fault = recorder.wait_for(lambda u: u.value == 1, timeout=30)
+    assert fault.severity == 2 and ca.get(f"{prefix}STATUS", as_string=True) == "OK"
+    mark = recorder.mark()
+    rec.unlink()
+    rec.mkdir()
+    recorder.wait_for(lambda u: u.value == 0, timeout=30, since=mark)
+    assert ioc.proc.poll() is None

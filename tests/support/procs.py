@@ -40,8 +40,10 @@ def server_env(ports: PortSet, ca_addr_list: str = "", extra: dict | None = None
 class ServerProcess:
     """A child process whose combined output is collected line by line on a reader thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT, module: str = "ioc"):
+    def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT, module: str = "ioc",
+                 preexec=None):
         self.module = module
+        self.preexec = preexec
         self.args = args
         self.env = env
         self.name = name
@@ -58,7 +60,7 @@ class ServerProcess:
         self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args], cwd=self.cwd, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=self.preexec,
         )
         threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True).start()
         return self
