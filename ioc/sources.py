@@ -54,7 +54,15 @@ def _pva():
 
 
 class CaSource:
-    """A CA monitor on one PV (DBR_TIME: value, severity and timestamp)."""
+    """A CA monitor on one PV (DBR_TIME: value, severity and timestamp).
+
+    After a disconnect, libca searches again on a backed-off schedule: a source IOC that restarts
+    after a second is found only ~10 s after it went away unless a CA repeater relays its beacons.
+    To recover within ~1 s regardless, a lost channel is renewed (cleared and created again, which
+    restarts its search at the fastest rate) every RENEW_S until it reconnects.
+    """
+
+    RENEW_S = 1.0
 
     def __init__(self, ref: PVRef, deliver: Deliver):
         self.ref = ref
@@ -62,21 +70,70 @@ class CaSource:
         self.connected = False
         self._chid = None
         self._sub = None
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._stopped = False
+        self._generation = 0
 
     def start(self) -> None:
-        ca = _ca()
-        self._chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False, callback=self._on_connection)
+        _ca()
+        self._create()
 
-    def _on_connection(self, pvname=None, chid=None, conn=False, **_):
+    def _create(self) -> None:
+        ca = _ca()
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._sub = None
+            self._chid = ca.create_channel(
+                self.ref.name, connect=False, auto_cb=False,
+                callback=lambda **kw: self._on_connection(generation, **kw))
+
+    def _on_connection(self, generation, pvname=None, chid=None, conn=False, **_):
+        if generation != self._generation or self._stopped:
+            return  # a channel we have already replaced
+        was = self.connected
         self.connected = bool(conn)
         if conn:
             log.info("source %s connected", self.ref)
+            self._cancel_timer()
             if self._sub is None:
-                ca = _ca_module
-                self._sub = ca.create_subscription(chid, use_time=True, callback=self._on_value)
+                self._sub = _ca_module.create_subscription(chid, use_time=True, callback=self._on_value)
         else:
-            log.warning("source %s disconnected", self.ref)
+            if was:
+                log.warning("source %s disconnected", self.ref)
             self.deliver(None, Severity.INVALID, time.time(), False)
+            self._schedule_renew()
+
+    def _schedule_renew(self) -> None:
+        with self._lock:
+            if self._timer is None and not self._stopped:
+                self._timer = threading.Timer(self.RENEW_S, self._renew)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _cancel_timer(self) -> None:
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _renew(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._stopped or self.connected:
+                return
+            old_chid, old_sub = self._chid, self._sub
+        ca = _ca()
+        try:
+            if old_sub is not None:
+                ca.clear_subscription(old_sub[2])
+            if old_chid is not None:
+                ca.clear_channel(old_chid)
+        except Exception:  # the old channel may already be gone
+            pass
+        self._create()
+        self._schedule_renew()  # until it connects (the connection callback cancels it)
 
     def _on_value(self, value=None, severity=0, timestamp=None, **_):
         if timestamp is None or timestamp <= 0:
@@ -88,6 +145,8 @@ class CaSource:
         self.deliver(value, sev, float(timestamp), True)
 
     def stop(self) -> None:
+        self._stopped = True
+        self._cancel_timer()
         ca = _ca_module
         if ca is None or self._chid is None:
             return
