@@ -55,23 +55,18 @@ def stats(samples: list[float]) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------- clients
 
 
-class CaProbe:
-    """put to one PV, wait for a monitor on another whose value satisfies a predicate."""
+class _Probe:
+    """Time put -> monitor round trips: put a fresh value, wait for the monitor that reflects it."""
 
-    def __init__(self, put_name: str, mon_name: str):
-        import epics
+    event: threading.Event
+    want: float | None
 
-        self.put_pv = epics.PV(put_name, auto_monitor=False)
-        self.event = threading.Event()
-        self.want = None
-        self.mon = epics.PV(mon_name, auto_monitor=True, callback=self._cb)
-        for pv in (self.put_pv, self.mon):
-            if not pv.wait_for_connection(10):
-                raise RuntimeError(f"cannot connect {pv.pvname}")
-
-    def _cb(self, value=None, **_):
+    def _seen(self, value: float) -> None:
         if self.want is not None and abs(value - self.want) < 1e-6:
             self.event.set()
+
+    def _put(self, value: float) -> None:
+        raise NotImplementedError
 
     def run(self, n: int, expect) -> list[float]:
         times = []
@@ -80,14 +75,34 @@ class CaProbe:
             self.want = expect(value)
             self.event.clear()
             t0 = time.perf_counter()
-            self.put_pv.put(value, wait=False)
+            self._put(value)
             if not self.event.wait(5):
-                raise RuntimeError(f"no monitor for {value} on {self.mon.pvname}")
+                raise RuntimeError(f"no monitor for {value} ({type(self).__name__})")
             times.append(time.perf_counter() - t0)
         return times
 
 
-class PvaProbe:
+class CaProbe(_Probe):
+    """pyepics (libca): put to one PV, monitor another."""
+
+    def __init__(self, put_name: str, mon_name: str):
+        import epics
+
+        self.put_pv = epics.PV(put_name, auto_monitor=False)
+        self.event = threading.Event()
+        self.want = None
+        self.mon = epics.PV(mon_name, auto_monitor=True, callback=lambda value=None, **_: self._seen(value))
+        for pv in (self.put_pv, self.mon):
+            if not pv.wait_for_connection(10):
+                raise RuntimeError(f"cannot connect {pv.pvname}")
+
+    def _put(self, value: float) -> None:
+        self.put_pv.put(value, wait=False)
+
+
+class PvaProbe(_Probe):
+    """The p4p client: put (acknowledged) to one PV, monitor another."""
+
     def __init__(self, broadcast_port: int, put_name: str, mon_name: str):
         from p4p.client.thread import Context
 
@@ -97,26 +112,10 @@ class PvaProbe:
         self.event = threading.Event()
         self.want = None
         self.ctx.get(put_name, timeout=10)
-        self.sub = self.ctx.monitor(mon_name, self._cb)
+        self.sub = self.ctx.monitor(mon_name, lambda v: None if isinstance(v, Exception) else self._seen(v["value"]))
 
-    def _cb(self, v):
-        if isinstance(v, Exception):
-            return
-        if self.want is not None and abs(v["value"] - self.want) < 1e-6:
-            self.event.set()
-
-    def run(self, n: int, expect) -> list[float]:
-        times = []
-        for i in range(n):
-            value = float(i % 500) + 10.0 + (i % 2) * 0.5  # never the initial value: it must change
-            self.want = expect(value)
-            self.event.clear()
-            t0 = time.perf_counter()
-            self.ctx.put(self.put_name, value, get=False, wait=True)
-            if not self.event.wait(5):
-                raise RuntimeError(f"no monitor for {value}")
-            times.append(time.perf_counter() - t0)
-        return times
+    def _put(self, value: float) -> None:
+        self.ctx.put(self.put_name, value, get=False, wait=True)
 
     def close(self):
         self.sub.close()
