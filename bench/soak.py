@@ -36,6 +36,7 @@ POOL = PortPool(n_ca=3)
 os.environ.update(EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=POOL.ca_addr_list, EPICS_PVA_AUTO_ADDR_LIST="NO")
 
 from ioc.store import ModelStore  # noqa: E402
+from tests.support.demo import demo_inputs  # noqa: E402
 from tests.support.procs import ServerProcess, server_env  # noqa: E402
 
 WARMUP_S = 20.0
@@ -80,11 +81,7 @@ models:
     prefix: "{prefix}BEAM:"
     store: store
     trigger: {{scan_hz: 100}}
-    inputs:
-      - {{name: q1, source: "ca://{sim}Q1:I", units: A, range: [0, 10], max_age_s: 2}}
-      - {{name: q2, source: "ca://{sim}Q2:I", units: A, range: [0, 10], max_age_s: 2}}
-      - {{name: rf_phase, source: "ca://{sim}RF:PHASE", units: deg, range: [-30, 30], max_age_s: 2}}
-      - {{name: charge, source: "ca://{sim}GUN:CHARGE", units: nC, range: [0, 3], max_age_s: 2}}
+    inputs: {demo_inputs(sim, 2)}
     outputs:
       - {{name: sigma_x, units: mm, prec: 3, mdel: -1, alarm: {{high: 3, hihi: 4}}}}
       - {{name: sigma_y, units: mm, prec: 3, mdel: -1, alarm: {{high: 3, hihi: 4}}}}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_yaml
+from tests.support.demo import demo_inputs
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +25,7 @@ def demo(tmp_path, launch, prefix):
             prefix: "{p}"
             store: {ROOT / "models" / "beam"}
             trigger: {{scan_hz: 10}}
-            inputs:
-              - {{name: q1, source: "ca://{sim_prefix}Q1:I", units: A, range: [0, 10], max_age_s: 1}}
-              - {{name: q2, source: "ca://{sim_prefix}Q2:I", units: A, range: [0, 10], max_age_s: 1}}
-              - {{name: rf_phase, source: "ca://{sim_prefix}RF:PHASE", units: deg, range: [-30, 30], max_age_s: 1}}
-              - {{name: charge, source: "ca://{sim_prefix}GUN:CHARGE", units: nC, range: [0, 3], max_age_s: 1}}
+            inputs: {demo_inputs(sim_prefix, 1)}
             outputs:
               - {{name: sigma_x, units: mm, prec: 3, display: [0, 5], alarm: {{high: 3, hihi: 4}}}}
               - {{name: sigma_y, units: mm, prec: 3, display: [0, 5], alarm: {{high: 3, hihi: 4}}}}

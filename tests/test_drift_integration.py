@@ -15,6 +15,7 @@ import pytest
 from ioc.config import load_config
 from ioc.generate.alarms import generate
 from tests.conftest import write_yaml
+from tests.support.demo import demo_inputs
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +34,7 @@ def drift_demo(tmp_path, launch, prefix):
             description: "beam size surrogate"
             store: {ROOT / "models" / "beam"}
             trigger: {{scan_hz: 10}}
-            inputs:
-              - {{name: q1, source: "ca://{s}Q1:I", units: A, range: [0, 10], max_age_s: 2}}
-              - {{name: q2, source: "ca://{s}Q2:I", units: A, range: [0, 10], max_age_s: 2}}
-              - {{name: rf_phase, source: "ca://{s}RF:PHASE", units: deg, range: [-30, 30], max_age_s: 2}}
-              - {{name: charge, source: "ca://{s}GUN:CHARGE", units: nC, range: [0, 3], max_age_s: 2}}
+            inputs: {demo_inputs(s, 2)}
             outputs:
               - {{name: sigma_x, units: mm, prec: 3, alarm: {{high: 3, hihi: 4}}, truth: "ca://{s}SIGMA:X"}}
               - {{name: sigma_y, units: mm, prec: 3, alarm: {{high: 3, hihi: 4}}}}

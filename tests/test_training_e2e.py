@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write_yaml
+from tests.support.demo import demo_inputs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,11 +32,7 @@ models:
     prefix: "{p}"
     store: store
     trigger: {{scan_hz: 40}}
-    inputs:
-      - {{name: q1, source: "ca://{sim}Q1:I", units: A, range: [0, 10], max_age_s: 2}}
-      - {{name: q2, source: "ca://{sim}Q2:I", units: A, range: [0, 10], max_age_s: 2}}
-      - {{name: rf_phase, source: "ca://{sim}RF:PHASE", units: deg, range: [-30, 30], max_age_s: 2}}
-      - {{name: charge, source: "ca://{sim}GUN:CHARGE", units: nC, range: [0, 3], max_age_s: 2}}
+    inputs: {inputs}
     outputs:
       - {{name: sigma_x, units: mm}}
       - {{name: sigma_y, units: mm}}
@@ -72,7 +69,8 @@ def _assert_served(launch, ca, config: Path, sim, prefix: str, version: int) -> 
 
 def test_record_train_push_serve_reproduce(tmp_path, launch, ca, prefix):
     sim_prefix = prefix + "SIM:"
-    config = write_yaml(tmp_path / "beam.yaml", CONFIG.format(sim=sim_prefix, p=prefix))
+    text = CONFIG.format(sim=sim_prefix, p=prefix, inputs=demo_inputs(sim_prefix, 2))
+    config = write_yaml(tmp_path / "beam.yaml", text)
     sim = launch.sim(config)
 
     # 1. The IOC (no model yet: it still records inputs and the measured beam) records the simulator.

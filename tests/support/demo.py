@@ -1,0 +1,12 @@
+"""Pieces of demo-like configs, shared by the integration tests and the soak benchmark."""
+
+from __future__ import annotations
+
+from ioc.sim.physics import KNOBS
+
+
+def demo_inputs(sim_prefix: str, max_age_s: float = 2.0) -> str:
+    """The demo model's inputs, mirrored from a simulator under ``sim_prefix``, as one YAML flow list."""
+    items = [f'{{name: {k.name}, source: "ca://{sim_prefix}{k.pv}", units: {k.units}, '
+             f"range: [{k.range[0]:g}, {k.range[1]:g}], max_age_s: {max_age_s:g}}}" for k in KNOBS]
+    return "[" + ", ".join(items) + "]"
