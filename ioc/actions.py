@@ -328,7 +328,9 @@ class Action:
             source = make_source(cfg.readback, readback_feed.push)
             source.start()
             self._sources.append(source)
-        self._set_state(ActionState.REFUSED, f"waiting for {cfg.target.name}")
+        if not self.target_ok:
+            self._set_state(ActionState.REFUSED, f"waiting for {cfg.target.name}")
+            self._message(f"waiting for {cfg.target.name}")
 
     def stop(self) -> None:
         self._close_episode(time.time())
@@ -416,6 +418,7 @@ class Action:
             self.controller.audit.write({"time": time.time(), "event": "refused", "action": self.name,
                                          "target": str(self.config.target), "reason": problem})
         self._set_state(ActionState.REFUSED, problem)
+        self._message(problem)  # also when it was REFUSED already (e.g. "waiting for ...")
         self.controller.trip(f"{self.name}: {problem}")
 
     # ------------------------------------------------------------------ the cycle
@@ -575,7 +578,7 @@ class Action:
         self.state = state
         now = time.time()
         self.state_pv.post(int(state), now)
-        self._message(f"{state.name}: {detail}" if state.name.startswith("HELD") else detail)
+        self._message(detail)  # STATE names the guard; MESSAGE says why
 
     def _message(self, text: str) -> None:
         text = _clip(text)
@@ -614,8 +617,6 @@ class Action:
                                          "target": str(self.config.target), "guard": state.name,
                                          "detail": verdict.detail, "old": self.target_value, "new": value,
                                          "version": version, "armed": self.controller.armed})
-            if self.controller.armed:
-                self.runner.note(f"{self.name} {state.name}")
 
     def _close_episode(self, now: float) -> None:
         ep = self.episode

@@ -7,8 +7,8 @@ held it. Keeping the decision here, apart from the CA/PVA edge, is what lets eve
 exhaustively without a network: no model error and no edge bug can reach a setpoint except through
 this one function.
 
-The order of the checks is the order of :class:`ActionState` below: the first guard that holds is
-the one reported (in ``$(P)ACTION:<name>:STATE`` and the audit log). Guards that hold because the
+The checks run in the order of :func:`evaluate` (the table in docs/actions.md): the first guard
+that holds is the one reported (in ``$(P)ACTION:<name>:STATE`` and the audit log). Guards that hold because the
 value is *unsafe or unknown* (disabled, invalid, drift, non-finite, range, readback, step) count
 towards the trip after ``max_held`` consecutive cycles (:class:`HoldCounter`); the routine holds
 (rate, deadband, settling, version) mean "nothing to do this cycle" and never trip.
@@ -38,9 +38,9 @@ class ActionState(IntEnum):
     HELD_RANGE = 9  # the value is outside the action's [min, max]
     HELD_READBACK = 10  # no usable readback (disconnected, INVALID, no value yet)
     HELD_STEP = 11  # the value is more than max_step from the readback
-    HELD_RATE = 12  # the last write was less than 1 / max_rate_hz ago
+    HELD_SETTLING = 12  # the last write is still in flight or its readback has not settled
     HELD_DEADBAND = 13  # the change from the current setpoint is below the deadband
-    HELD_SETTLING = 14  # the last write is still in flight or its readback has not settled
+    HELD_RATE = 14  # the last write was less than 1 / max_rate_hz ago
     HELD_VERSION = 15  # the value was computed by a model version no longer served
 
 
@@ -158,12 +158,12 @@ def evaluate(g: GuardInput, limits: Limits) -> Verdict:
         return Verdict(ActionState.HELD_STEP, f"step {_fmt(step)} > max_step {_fmt(limits.max_step)}")
     if g.settling:
         return Verdict(ActionState.HELD_SETTLING, "last write settling")
-    if g.since_last_write_s is not None and g.since_last_write_s * limits.max_rate_hz < 1.0:
-        return Verdict(ActionState.HELD_RATE, f"rate limit {_fmt(limits.max_rate_hz)} Hz")
     if g.reference is not None and math.isfinite(g.reference):
         change = abs(value - g.reference)
         if change == 0.0 or change < limits.deadband:
             return Verdict(ActionState.HELD_DEADBAND, f"change {_fmt(change)} < deadband")
+    if g.since_last_write_s is not None and g.since_last_write_s * limits.max_rate_hz < 1.0:
+        return Verdict(ActionState.HELD_RATE, f"rate limit {_fmt(limits.max_rate_hz)} Hz")
     if g.dry_run:
         return Verdict(ActionState.DRY_RUN, f"would write {_fmt(value)}")
     return Verdict(ActionState.WRITING, f"write {_fmt(value)}")
