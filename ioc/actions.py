@@ -6,13 +6,17 @@ This is the edge around :mod:`ioc.guards` (the pure decision). Per model with ``
 setpoint's current value and its connection) and one on its readback (:mod:`ioc.sources`), and a
 writer thread of its own.
 
-Threads: everything with state runs on the event loop. The decision is taken in the runner's cycle
-listener (a few microseconds of pure Python). Writes, and the start-up probe of the target (access
-rights, control limits), are blocking client calls and run on the action's own single worker thread,
-never on the loop; their results come back with ``call_soon_threadsafe``. Each queued write carries
-the *generation* it was decided in; a model swap, a trip or disarming bumps the generation, and the
-writer drops any write whose generation is no longer current, so a value computed by one model is
-never written after another model (or no model) took over.
+Threads: everything with state runs on the event loop. The decision is taken just after each cycle
+(the runner's cycle listener schedules it with ``call_soon``, so the cycle's predictions go out
+first; a few microseconds of pure Python). A CA write is sent from the loop with libca's
+put-with-callback, which only queues the request: the loop never waits for it, and the server's
+completion status comes back on libca's thread (pyepics' own put callback ignores that status, so a
+refused put would look like a success). The blocking client calls — a PVA put, and the probe of a
+target (access rights, control limits) — run on the action's own single worker thread. Each PVA
+write carries the *generation* it was decided in; a model swap, a trip or disarming bumps the
+generation, and the writer drops a write whose generation is no longer current, so a value computed
+by one model is never written after another model (or no model) took over. (A CA write is sent in
+the same loop callback as its decision, so nothing can come between.)
 
 Audit (logger ``mlioc.actions`` and ``<state_dir>/actions/<model>.jsonl``): every write and dry-run
 proposal (time, target, old -> new, model version), every hold episode of a safety guard (start, and
@@ -31,8 +35,8 @@ import json
 import logging
 import math
 import os
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,7 @@ from ioc.store import ModelStore
 log = logging.getLogger("mlioc.actions")
 
 PROBE_TIMEOUT_S = 3.0
+PUT_TIMEOUT_S = 5.0  # the p4p client's own limit; the action's settle_s timer trips earlier
 
 
 class TargetError(Exception):
@@ -90,14 +95,12 @@ class _CaPut:
 
     pending: set[_CaPut] = set()  # keep the Python object alive while libca holds a pointer to it
 
-    def __init__(self):
-        self.done = threading.Event()
-        self.status: int | None = None
+    def __init__(self, on_complete: Callable[[int], None]):
+        self.on_complete = on_complete
 
     def complete(self, status: int) -> None:
-        self.status = status
-        self.done.set()
         _CaPut.pending.discard(self)
+        self.on_complete(status)
 
 
 _ca_put_callback = None
@@ -144,24 +147,33 @@ class CaTarget:
         return Probe(bool(ca.write_access(chid)), _num(ctrl.get("lower_ctrl_limit")),
                      _num(ctrl.get("upper_ctrl_limit")), _num(value))
 
-    def put(self, value: float, timeout: float) -> None:
+    def start_put(self, value: float, done: Callable[[str | None], None], generation_ok: Callable[[], bool],
+                  pool: concurrent.futures.Executor) -> None:
+        """Send a put with completion callback and return at once (called on the loop: libca only
+        queues the request). ``done(error or None)`` is called later on libca's thread."""
         from epics import dbr
 
-        ca, chid = self._channel(timeout)
+        from ioc.sources import _ca
+
+        ca = _ca()
+        chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False)  # the monitor's cached channel
+        if ca.state(chid) != dbr.CS_CONN:
+            raise TargetError(f"{self.ref.name} not connected")
         ftype = ca.field_type(chid)
         data = (1 * dbr.Map[ftype])()
         data[0] = value if ftype in (dbr.DOUBLE, dbr.FLOAT) else round(value)
-        op = _CaPut()
+        name = self.ref.name
+
+        def complete(status: int) -> None:
+            done(None if status == dbr.ECA_NORMAL else f"put to {name} refused: {ca.message(status)}")
+
+        op = _CaPut(complete)
         _CaPut.pending.add(op)
         ret = ca.libca.ca_array_put_callback(ftype, 1, chid, data, _ca_put_callback_fn(), ctypes.py_object(op))
         if ret != dbr.ECA_NORMAL:
             _CaPut.pending.discard(op)
-            raise TargetError(f"put to {self.ref.name} not sent: {ca.message(ret)}")
+            raise TargetError(f"put to {name} not sent: {ca.message(ret)}")
         ca.flush_io()
-        if not op.done.wait(timeout):
-            raise TargetError(f"put to {self.ref.name} not confirmed within {timeout:g} s")
-        if op.status != dbr.ECA_NORMAL:
-            raise TargetError(f"put to {self.ref.name} refused: {ca.message(op.status)}")
 
 
 class PvaTarget:
@@ -190,15 +202,30 @@ class PvaTarget:
             raise TargetError(f"{self.ref.name} has no numeric value")
         return Probe(None, low, high, value)
 
-    def put(self, value: float, timeout: float) -> None:
+    def start_put(self, value: float, done: Callable[[str | None], None], generation_ok: Callable[[], bool],
+                  pool: concurrent.futures.Executor) -> None:
+        """The p4p client's put blocks: it runs on the action's writer thread."""
         from ioc.sources import _pva
 
+        name = self.ref.name
+
+        def job() -> None:
+            if not generation_ok():  # a swap, trip or disarm since the decision: drop it
+                done("superseded")
+                return
+            try:
+                _pva().put(name, value, timeout=PUT_TIMEOUT_S, wait=True)
+            except TimeoutError:
+                done(f"put to {name} not confirmed within {PUT_TIMEOUT_S:g} s")
+            except Exception as exc:
+                done(f"put to {name} refused: {exc}")
+            else:
+                done(None)
+
         try:
-            _pva().put(self.ref.name, value, timeout=timeout, wait=True)
-        except TimeoutError as exc:
-            raise TargetError(f"put to {self.ref.name} not confirmed within {timeout:g} s") from exc
-        except Exception as exc:
-            raise TargetError(f"put to {self.ref.name} refused: {exc}") from exc
+            pool.submit(job)
+        except RuntimeError as exc:
+            raise TargetError("shutting down") from exc
 
 
 def _num(value: Any) -> float | None:
@@ -219,27 +246,44 @@ def make_target(ref: PVRef) -> CaTarget | PvaTarget:
 class AuditLog:
     """``<state_dir>/actions/<model>.jsonl``: one JSON line per write, proposal, hold episode, trip.
 
-    Lines are appended on a thread of their own (a slow disk must not stall a cycle), in order.
+    Lines are collected on the loop and appended in batches, in order, on a thread of their own every
+    ``FLUSH_S`` (a slow disk must not stall a cycle, and one thread wake-up per batch keeps the GIL
+    with the loop).
     """
 
-    def __init__(self, path: Path | None):
+    FLUSH_S = 0.2
+
+    def __init__(self, path: Path | None, loop: asyncio.AbstractEventLoop | None = None):
         self.path = path
+        self.loop = loop
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="actions-audit")
+        self._lines: list[bytes] = []
+        self._handle: asyncio.TimerHandle | None = None
         self._warned = False
+        self._closed = False
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
+        if self.path is None or self._closed:
             return
-        line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-        with contextlib.suppress(RuntimeError):  # shut down
-            self._pool.submit(self._append, line)
+        self._lines.append((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
+        if self.loop is None:
+            self.flush()
+        elif self._handle is None:
+            self._handle = self.loop.call_later(self.FLUSH_S, self.flush)
 
-    def _append(self, line: bytes) -> None:
+    def flush(self) -> None:
+        self._handle = None
+        lines, self._lines = self._lines, []
+        if lines:
+            with contextlib.suppress(RuntimeError):  # shut down
+                self._pool.submit(self._append, b"".join(lines))
+
+    def _append(self, data: bytes) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
+                os.write(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -248,6 +292,10 @@ class AuditLog:
                 log.error("cannot write the actions audit log %s: %s", self.path, exc)
 
     def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self.flush()
+        self._closed = True
         self._pool.shutdown(wait=True)
 
 
@@ -304,6 +352,8 @@ class Action:
         self.last_write_t: float | None = None
         self.last_proposal: float | None = None
         self.writes = 0
+        self._write_id = 0
+        self._put_timer: asyncio.TimerHandle | None = None
         self.state: ActionState | None = None
         self.episode: _Episode | None = None
         self._sources: list = []
@@ -336,8 +386,9 @@ class Action:
         self._close_episode(time.time())
         for source in self._sources:
             source.stop()
-        if self._settle_handle is not None:
-            self._settle_handle.cancel()
+        for handle in (self._settle_handle, self._put_timer):
+            if handle is not None:
+                handle.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)  # a put in flight finishes on its own
 
     # ------------------------------------------------------------------ monitors (on the loop)
@@ -481,38 +532,43 @@ class Action:
             return
         self.in_flight = True
         self.writes += 1
-        generation = c.generation
+        self._write_id += 1
+        wid, generation, loop = self._write_id, c.generation, c.loop
+        deadline = self.last_write_t + self.config.settle_s
+
+        def done(error: str | None) -> None:  # any thread, at most once per write
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._written, wid, value, generation, deadline, error)
+
         self._set_state(ActionState.WRITING, verdict.detail)
+        error = None
+        try:
+            self.target.start_put(value, done, lambda: c.generation == generation, self.pool)
+        except TargetError as exc:
+            error = str(exc)
+        except Exception as exc:  # a client library error must not escape into the cycle
+            log.exception("%s: write failed", self.label)
+            error = f"write failed: {exc}"
+        else:
+            self._put_timer = loop.call_later(self.config.settle_s, self._written, wid, value, generation, deadline,
+                                              f"put to {self.config.target.name} not confirmed within "
+                                              f"{self.config.settle_s:g} s")
         log.info("%s: write %s %s -> %.6g (v%s)", self.label, self.config.target.name, _fmt(old), value,
                  record.version,
                  extra={"action": self.name, "target": str(self.config.target), "old": old, "new": value,
                         "model_version": record.version, "dry_run": False})
         c.audit.write({**fields, "event": "write"})
-        deadline = self.last_write_t + self.config.settle_s
-        loop = c.loop
+        if error is not None:
+            self._written(wid, value, generation, deadline, error)
 
-        def job():
-            if c.generation != generation:  # a swap, trip or disarm since the decision: drop it
-                result: str | None = "superseded"
-            else:
-                try:
-                    self.target.put(value, self.config.settle_s)
-                    result = None
-                except TargetError as exc:
-                    result = str(exc)
-                except Exception as exc:
-                    log.exception("%s: write failed", self.label)
-                    result = f"write failed: {exc}"
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._written, value, generation, deadline, result)
-
-        try:
-            self.pool.submit(job)
-        except RuntimeError:
-            self.in_flight = False
-
-    def _written(self, value: float, generation: int, deadline: float, error: str | None) -> None:
+    def _written(self, wid: int, value: float, generation: int, deadline: float, error: str | None) -> None:
+        """The put completed, failed, or its confirmation timed out (whichever comes first counts)."""
+        if wid != self._write_id or not self.in_flight:
+            return
         self.in_flight = False
+        if self._put_timer is not None:
+            self._put_timer.cancel()
+            self._put_timer = None
         c = self.controller
         if error == "superseded":
             log.warning("%s: write of %.6g dropped: the model or ACTIONS changed before it was sent", self.label,
@@ -659,7 +715,7 @@ class ActionController:
         self.actions_pv: PV = db[self.names.actions]
         self.trip_pv: PV = db[self.names.trip]
         self.actions_pv.put_handler = self._put_actions
-        self.audit = AuditLog(audit_path)
+        self.audit = AuditLog(audit_path, loop)
         self.armed = False
         self.tripped = False
         self.generation = 0  # bumped on every model swap, trip and disarm: queued writes of older ones drop
@@ -693,6 +749,11 @@ class ActionController:
     # ------------------------------------------------------------------ listeners (on the loop)
 
     def on_cycle(self, record: CycleRecord) -> None:
+        """The runner's cycle listener: decide just after the cycle, so its predictions go out first
+        (the decision needs the model served *then*: a swap in between is seen and held)."""
+        self.loop.call_soon(self.decide, record)
+
+    def decide(self, record: CycleRecord) -> None:
         db = self.runner.db
         drift = None
         if self.drift_name in db:  # the drift monitor's PV, where the model has one (docs/actions.md)

@@ -139,6 +139,7 @@ def test_every_guard_holds_a_write_when_it_should(tmp_path, prefix, launch, ca, 
     ca.put(f"{p}ENABLE", 1)
     assert ca.get(f"{s}COR:I_SP") == pytest.approx(0.3)
     assert [u for u in target.updates[mark:] if u.value != pytest.approx(0.3)] == []
+    wait_audit(tmp_path, lambda r: r["event"] == "hold" and r["guard"] == "HELD_DISABLED")
     holds = {r["guard"] for r in audit(tmp_path) if r["event"] == "hold"}
     assert {"HELD_STEP", "HELD_RANGE", "HELD_INVALID", "HELD_DISABLED"} <= holds
     step = wait_audit(tmp_path, lambda r: r["event"] == "hold" and r["guard"] == "HELD_STEP")
