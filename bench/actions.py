@@ -46,14 +46,15 @@ def config(tmp: Path, name: str, prefix: str, sim: str, action: str | None) -> P
 class Paced(CaProbe):
     """Like CaProbe, with in-range values and a pause between samples (each write must settle)."""
 
-    def __init__(self, put_name: str, mon_name: str, pause_s: float = 0.0):
+    def __init__(self, put_name: str, mon_name: str, pause_s: float = 0.0, offset: float = 0.0):
         super().__init__(put_name, mon_name)
         self.pause_s = pause_s
+        self.offset = offset
 
     def run(self, n: int, expect) -> list[float]:
         times = []
         for i in range(n):
-            value = ((i % 16) - 8) * 0.5 + 0.25  # -3.75 .. 3.75, never twice in a row
+            value = ((i % 16) - 8) * 0.5 + 0.25 + self.offset  # -3.75 .. 3.75, never twice in a row
             self.want = expect(value)
             self.event.clear()
             t0 = time.perf_counter()
@@ -74,7 +75,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mlioc-bench-actions-"))
     publish_linear(tmp / "store", ["a", "b"], ["y", "big"], [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
     sim_prefix = "BA:SIM:"
-    procs: list[ServerProcess] = []
+    procs: list[ServerProcess | QuietProcess] = []
     rows: list[tuple[str, float, float, str, float | None]] = []
     try:
         sim_ports = POOL.take()
@@ -87,7 +88,7 @@ def main() -> int:
         f50, f99 = stats(floor.run(n, lambda v: v))
 
         base_cfg = config(tmp, "base", "BA:N:", sim_prefix, None)
-        procs.append(start(["serve", str(base_cfg)], POOL.take(), "ioc-base", ca_sources=addr))
+        procs.append(start_quiet(["serve", str(base_cfg)], POOL.take(), "ioc-base", ca_sources=addr))
         probe = Paced("BA:N:IN:a", "BA:N:OUT:y")
         probe.run(50, lambda v: v)
         b50, b99 = stats(probe.run(n, lambda v: v))
@@ -95,7 +96,7 @@ def main() -> int:
 
         dry = "min: -5, max: 5, max_step: 10, max_rate_hz: 10000, mode: dry_run"
         dry_cfg = config(tmp, "dry", "BA:D:", sim_prefix, dry)
-        procs.append(start(["serve", str(dry_cfg)], POOL.take(), "ioc-dry", ca_sources=addr))
+        procs.append(start_quiet(["serve", str(dry_cfg)], POOL.take(), "ioc-dry", ca_sources=addr))
         probe = Paced("BA:D:IN:a", "BA:D:OUT:y")
         _wait_state("BA:D:ACTION:y:STATE", ("DRY_RUN", "HELD_DEADBAND"))
         probe.run(50, lambda v: v)
@@ -109,7 +110,7 @@ def main() -> int:
         armed = ("min: -5, max: 5, max_step: 10, max_rate_hz: 10000, tolerance: 0.001, settle_s: 2, mode: write, "
                  "max_held: 1000000")
         write_cfg = config(tmp, "write", "BA:W:", sim_prefix, armed)
-        procs.append(start(["serve", str(write_cfg)], POOL.take(), "ioc-write", ca_sources=addr))
+        procs.append(start_quiet(["serve", str(write_cfg)], POOL.take(), "ioc-write", ca_sources=addr))
         _wait_state("BA:W:ACTION:y:STATE", ("OFF",))
         import epics
 
@@ -126,6 +127,7 @@ def main() -> int:
         for proc in procs:
             proc.stop()
 
+
     print(f"\nbench/actions: {n} samples each, one machine, same run (CA, loopback)\n")
     print(f"| {'what':<58} | {'p50 ms':>7} | {'p99 ms':>7} | {'against':<24} | {'ratio (p50)':>11} |")
     print(f"|{'-' * 60}|{'-' * 9}|{'-' * 9}|{'-' * 26}|{'-' * 13}|")
@@ -133,6 +135,34 @@ def main() -> int:
         r = f"{ratio:.2f}x" if ratio is not None else ""
         print(f"| {what:<58} | {p50:7.3f} | {p99:7.3f} | {against:<24} | {r:>11} |")
     return 0
+
+
+class QuietProcess:
+    """A server whose log goes to a file, not to a pipe read by a thread of this (measuring) process:
+    the IOC logs every write at INFO, and waking a reader thread per line here would slow the very
+    CA callbacks being timed."""
+
+    def __init__(self, args: list[str], ports, name: str, ca_sources: str):
+        import subprocess
+
+        from tests.support.procs import server_env
+
+        self.log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self.proc = subprocess.Popen([sys.executable, "-m", "ioc", *args], cwd=ROOT, env=server_env(ports, ca_sources),
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "mlioc ready" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_quiet(args: list[str], ports, name: str, ca_sources: str) -> QuietProcess:
+    return QuietProcess(args, ports, name, ca_sources)
 
 
 def _wait_state(name: str, states: tuple[str, ...], timeout: float = 20.0) -> None:

@@ -518,10 +518,10 @@ class Action:
         c = self.controller
         old = self.target_value
         self.last_write_t = self.clock()
-        self.setpoint_pv.post(value, time.time(), tag=record.version)
         fields = {"time": time.time(), "action": self.name, "target": str(self.config.target), "old": old,
                   "new": value, "version": record.version, "readback": self.readback_value}
         if self.dry_run:
+            self.setpoint_pv.post(value, time.time(), tag=record.version)
             self.last_proposal = value
             self._set_state(ActionState.DRY_RUN, verdict.detail)
             log.info("%s: dry run: would write %s %s -> %.6g (v%s)", self.label, self.config.target.name,
@@ -540,9 +540,8 @@ class Action:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._written, wid, value, generation, deadline, error)
 
-        self._set_state(ActionState.WRITING, verdict.detail)
         error = None
-        try:
+        try:  # first the put, then the PVs and the audit (they are not on the setpoint's critical path)
             self.target.start_put(value, done, lambda: c.generation == generation, self.pool)
         except TargetError as exc:
             error = str(exc)
@@ -553,6 +552,8 @@ class Action:
             self._put_timer = loop.call_later(self.config.settle_s, self._written, wid, value, generation, deadline,
                                               f"put to {self.config.target.name} not confirmed within "
                                               f"{self.config.settle_s:g} s")
+        self.setpoint_pv.post(value, time.time(), tag=record.version)
+        self._set_state(ActionState.WRITING, verdict.detail)
         log.info("%s: write %s %s -> %.6g (v%s)", self.label, self.config.target.name, _fmt(old), value,
                  record.version,
                  extra={"action": self.name, "target": str(self.config.target), "old": old, "new": value,
