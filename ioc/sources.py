@@ -26,6 +26,9 @@ Deliver = Callable[[Any, Severity, float, bool], None]  # called on the client l
 
 _ca_lock = threading.Lock()
 _ca_module = None
+# pyepics caches one channel per PV name: two sources on one PV (an input that is also an action's
+# readback, or a trigger) share it, and clearing it twice frees it twice (a segfault at shutdown).
+_ca_users: dict[str, int] = {}
 _pva_context = None
 
 
@@ -65,6 +68,8 @@ class CaSource:
 
     def start(self) -> None:
         ca = _ca()
+        with _ca_lock:
+            _ca_users[self.ref.name] = _ca_users.get(self.ref.name, 0) + 1
         self._chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False, callback=self._on_connection)
 
     def _on_connection(self, pvname=None, chid=None, conn=False, **_):
@@ -91,10 +96,17 @@ class CaSource:
         ca = _ca_module
         if ca is None or self._chid is None:
             return
+        with _ca_lock:
+            users = _ca_users.get(self.ref.name, 1) - 1
+            if users > 0:
+                _ca_users[self.ref.name] = users
+            else:
+                _ca_users.pop(self.ref.name, None)
         try:
             if self._sub is not None:
                 ca.clear_subscription(self._sub[2])
-            ca.clear_channel(self._chid)
+            if users <= 0:  # the last source on this PV clears the shared channel
+                ca.clear_channel(self._chid)
         except Exception:  # libca may already be finalised at exit
             pass
         self._sub = None

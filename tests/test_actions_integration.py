@@ -282,29 +282,33 @@ def test_steering_demo_dry_run_never_writes_then_steers_and_restarts_disarmed(tm
     assert all(u.value == 0.0 for u in target.updates) and ca.get(f"{s}COR:I_SP") == 0.0
     proposals = wait_audit(tmp_path, lambda r: r["event"] == "proposal", model="steering")
     assert proposals["dry_run"] is True
-    ioc.stop()
 
-    # Write mode (the same config, mode: write): starts disarmed; armed, it centres the beam.
+    # Write mode (the same config, mode: write): starts disarmed; armed, it centres the beam. (The
+    # restarted IOC serves the same names on new ports: PVA clients, fresh per process, find it at once.)
+    assert ioc.stop() == 0
     write = write_yaml(tmp_path / "write.yaml", demo.replace("mode: dry_run", "mode: write"))
     ioc = launch.ioc(write, sources=[sim])
-    ca.monitor(f"{p}ACTION:cor_sp:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
-    assert ca.get(f"{p}ACTIONS") == 0 and ca.get(f"{s}COR:I_SP") == 0.0
+    client = pva(ioc)
+    client.monitor(f"{p}ACTION:cor_sp:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
+    assert client.get(f"{p}ACTIONS")["value.index"] == 0 and ca.get(f"{s}COR:I_SP") == 0.0
     bpm = ca.monitor(f"{s}BPM:X")
     assert abs(bpm.wait_for(lambda u: True).value - 0.6) < 0.2
-    ca.put(f"{p}ACTIONS", 1)
+    client.put(f"{p}ACTIONS", 1)
     target.wait_for(lambda u: u.value == pytest.approx(-0.75, abs=0.1), timeout=10)
     mark = bpm.mark()
     bpm.wait_for(lambda u: abs(u.value) < 0.1, since=mark, timeout=10)
     assert all(-4 <= u.value <= 4 for u in target.updates)
-    assert ca.get(f"{p}ACTIONS") == 1 and ca.get_full(f"{p}ACTIONS:TRIP").severity == 0
+    assert client.get(f"{p}ACTIONS")["value.index"] == 1
+    assert client.get(f"{p}ACTIONS:TRIP")["alarm.severity"] == 0
 
     # Restart: the switch is off again and nothing is written until an operator arms it.
-    ioc.stop()
+    assert ioc.stop() == 0
     writes_before = len(target.updates)
     ca.put(f"{s}ORBIT:OFFSET", -0.3)
     ioc = launch.ioc(write, sources=[sim])
-    ca.monitor(f"{p}ACTION:cor_sp:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
-    assert ca.get(f"{p}ACTIONS") == 0
-    ca.monitor(f"{p}OUT:cor_sp").wait_for(lambda u: u.value > 0 and u.severity == 0, timeout=10)
+    client = pva(ioc)
+    client.monitor(f"{p}ACTION:cor_sp:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
+    assert client.get(f"{p}ACTIONS")["value.index"] == 0
+    client.monitor(f"{p}OUT:cor_sp").wait_for(lambda u: u.value > 0 and u.severity == 0, timeout=10)
     assert len(target.updates) == writes_before
-    assert "Traceback" not in ioc.output()
+    assert ioc.stop() == 0 and "Traceback" not in ioc.output()
