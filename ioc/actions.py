@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from ioc.store import ModelStore
 log = logging.getLogger("mlioc.actions")
 
 PROBE_TIMEOUT_S = 3.0
+FIRST_CHECK_S = PROBE_TIMEOUT_S + 0.5  # a target not checked by then is REFUSED (e.g. not connected)
 PUT_TIMEOUT_S = 5.0  # the p4p client's own limit; the action's settle_s timer trips earlier
 
 
@@ -125,27 +127,44 @@ class CaTarget:
 
     def __init__(self, ref: PVRef):
         self.ref = ref
+        self._probe_sub = None
 
-    def _channel(self, timeout: float):
-        from ioc.sources import _ca  # the process-wide libca context, attached to this thread
-
-        ca = _ca()
-        chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False)
-        if not ca.connect_channel(chid, timeout=timeout):
-            raise TargetError(f"{self.ref.name} not connected")
-        return ca, chid
-
-    def probe(self, timeout: float = PROBE_TIMEOUT_S) -> Probe:
+    def start_probe(self, done: Callable[[Probe | str], None]) -> None:
+        """Ask the target about itself without blocking (called on the loop): access rights and the
+        native type are local to libca; the control limits come with the first event of a DBR_CTRL
+        subscription, on libca's thread. (Blocking pyepics gets from a worker thread could hang
+        against the connection callbacks of the same channel.)"""
         from epics import dbr
 
-        ca, chid = self._channel(timeout)
+        from ioc.sources import _ca
+
+        ca = _ca()
+        chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False)  # the monitor's cached channel
+        if ca.state(chid) != dbr.CS_CONN:
+            done(f"{self.ref.name} not connected")
+            return
         ftype = ca.field_type(chid)
         if ftype not in (dbr.DOUBLE, dbr.FLOAT, dbr.LONG, dbr.INT, dbr.SHORT):
-            raise TargetError(f"{self.ref.name} is not numeric (DBR type {ftype})")
-        ctrl = ca.get_ctrlvars(chid, timeout=timeout) or {}
-        value = ca.get(chid, timeout=timeout)
-        return Probe(bool(ca.write_access(chid)), _num(ctrl.get("lower_ctrl_limit")),
-                     _num(ctrl.get("upper_ctrl_limit")), _num(value))
+            done(f"{self.ref.name} is not numeric (DBR type {ftype})")
+            return
+        writable = bool(ca.write_access(chid))
+        answered = threading.Event()
+
+        def on_event(value=None, lower_ctrl_limit=None, upper_ctrl_limit=None, **_):  # libca's thread
+            if not answered.is_set():
+                answered.set()
+                done(Probe(writable, _num(lower_ctrl_limit), _num(upper_ctrl_limit), _num(value)))
+
+        self._probe_sub = ca.create_subscription(chid, use_ctrl=True, callback=on_event)
+
+    def end_probe(self) -> None:
+        """Drop the DBR_CTRL subscription of the last probe (on the loop)."""
+        sub, self._probe_sub = self._probe_sub, None
+        if sub is not None:
+            from ioc.sources import _ca
+
+            with contextlib.suppress(Exception):
+                _ca().clear_subscription(sub[2])
 
     def start_put(self, value: float, done: Callable[[str | None], None], generation_ok: Callable[[], bool],
                   pool: concurrent.futures.Executor) -> None:
@@ -354,15 +373,19 @@ class Action:
         self.writes = 0
         self._write_id = 0
         self._put_timer: asyncio.TimerHandle | None = None
-        self.state: ActionState | None = None
+        self.state: ActionState | None = ActionState.OFF
+        self.checking = True  # until the target's first check answers (or FIRST_CHECK_S passes)
+        self._check_handle: asyncio.TimerHandle | None = None
         self.episode: _Episode | None = None
         self._sources: list = []
         self._probing = False
+        self._probe_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ start / stop
 
     def post_initial(self, now: float) -> None:
-        self.state_pv.post(int(ActionState.REFUSED), now)
+        # OFF (not REFUSED) while the target is first checked: no MAJOR blip at every start.
+        self.state_pv.post(int(ActionState.OFF), now)
         self.setpoint_pv.post(math.nan, now, Severity.INVALID, Status.UDF, "nothing proposed yet")
         self.message_pv.post("checking target", now)
 
@@ -378,15 +401,24 @@ class Action:
             source = make_source(cfg.readback, readback_feed.push)
             source.start()
             self._sources.append(source)
-        if not self.target_ok:
-            self._set_state(ActionState.REFUSED, f"waiting for {cfg.target.name}")
-            self._message(f"waiting for {cfg.target.name}")
+        self._check_handle = loop.call_later(FIRST_CHECK_S, self._end_checking)
+
+    def _end_checking(self) -> None:
+        """The first check is over (done, or given up on): from now on the action decides each cycle."""
+        self._check_handle = None
+        if self.checking:
+            self.checking = False
+            if not self.target_ok:
+                self._refuse(self.target_text if self.target_text != "checking target"
+                             else f"{self.config.target.name} not connected")
 
     def stop(self) -> None:
         self._close_episode(time.time())
         for source in self._sources:
             source.stop()
-        for handle in (self._settle_handle, self._put_timer):
+        if isinstance(self.target, CaTarget):
+            self.target.end_probe()
+        for handle in (self._settle_handle, self._put_timer, self._check_handle, self._probe_timer):
             if handle is not None:
                 handle.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)  # a put in flight finishes on its own
@@ -421,6 +453,20 @@ class Action:
         self._probing = True
         loop = self.controller.loop
 
+        def answer(result: Probe | str) -> None:  # any thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._probed, result)
+
+        self._probe_timer = loop.call_later(PROBE_TIMEOUT_S, self._probed,
+                                            f"{self.config.target.name}: no answer to the check")
+        if isinstance(self.target, CaTarget):
+            try:
+                self.target.start_probe(answer)
+            except Exception as exc:  # a client library error must not escape
+                log.exception("%s: probing %s failed", self.label, self.config.target)
+                answer(f"probe failed: {exc}")
+            return
+
         def job():
             try:
                 result: Probe | str = self.target.probe()
@@ -429,8 +475,7 @@ class Action:
             except Exception as exc:  # a client library error must not kill the writer thread
                 log.exception("%s: probing %s failed", self.label, self.config.target)
                 result = f"probe failed: {exc}"
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._probed, result)
+            answer(result)
 
         try:
             self.pool.submit(job)
@@ -438,7 +483,18 @@ class Action:
             self._probing = False
 
     def _probed(self, result: Probe | str) -> None:
+        if not self._probing:
+            return  # answered already (or timed out)
         self._probing = False
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        if isinstance(self.target, CaTarget):
+            self.target.end_probe()
+        self.checking = False
+        if self._check_handle is not None:
+            self._check_handle.cancel()
+            self._check_handle = None
         if isinstance(result, str):
             problem = result
         elif result.writable is False:
@@ -479,6 +535,8 @@ class Action:
         return f"{self.runner.config.name}.{self.name}"
 
     def on_cycle(self, record: CycleRecord, served_version: str, drift_severity: int | None) -> None:
+        if self.checking:
+            return  # nothing can be written before the target is checked; the state stays OFF
         c = self.controller
         now = self.clock()
         value = None

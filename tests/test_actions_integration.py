@@ -100,7 +100,8 @@ def test_every_guard_holds_a_write_when_it_should(tmp_path, prefix, launch, ca, 
     target = ca.monitor(f"{s}COR:I_SP")
     readback = ca.monitor(f"{s}COR:I")
     # Started: the target passed its checks, the switch is off.
-    st.wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
+    ca.monitor(f"{p}ACTION:y:MESSAGE").wait_for(lambda u: u.value.startswith("target OK"), timeout=15)
+    assert state(ca, p) == "OFF"
     assert ca.get(f"{p}ACTIONS") == 0 and ca.get_full(f"{p}ACTIONS:TRIP").severity == 0
 
     # ACTIONS off: a proposal is not written.
@@ -179,7 +180,7 @@ def test_a_trip_switches_actions_off_until_an_operator_rearms(tmp_path, prefix, 
     ioc = launch.ioc(config, sources=[sim],
                      env={"EPICS_PVA_ADDR_LIST": f"127.0.0.1:{sim.ports.pva_broadcast}"})
     client = pva(ioc)
-    ca.monitor(f"{p}ACTION:y:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
+    ca.monitor(f"{p}ACTION:y:MESSAGE").wait_for(lambda u: u.value.startswith("target OK"), timeout=15)
     target = ca.monitor(f"{s}COR:I_SP")
     trip = ca.monitor(f"{p}ACTIONS:TRIP")
 
@@ -248,7 +249,8 @@ def test_refused_targets_keep_actions_off_and_the_ioc_serving(tmp_path, prefix, 
     for name in ("wide", "ro"):
         full = ca.get_full(f"{p}ACTION:{name}:STATE")
         assert (ca.get(f"{p}ACTION:{name}:STATE", as_string=True), full.severity) == ("REFUSED", 2)
-    assert state(ca, p, "gone") == "REFUSED"
+    gone = ca.monitor(f"{p}ACTION:gone:STATE").wait_for(lambda u: u.value == ActionState.REFUSED, timeout=10)
+    assert gone.severity == 2 and ca.get(f"{p}ACTION:gone:MESSAGE").endswith("not connected")
     with pytest.raises(Exception, match=r"cannot arm: wide: action .* outside target limits"):
         pva(ioc).put(f"{p}ACTIONS", 1)
     assert ca.get(f"{p}ACTIONS") == 0
@@ -289,7 +291,8 @@ def test_steering_demo_dry_run_never_writes_then_steers_and_restarts_disarmed(tm
     write = write_yaml(tmp_path / "write.yaml", demo.replace("mode: dry_run", "mode: write"))
     ioc = launch.ioc(write, sources=[sim])
     client = pva(ioc)
-    client.monitor(f"{p}ACTION:cor_sp:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
+    client.monitor(f"{p}ACTION:cor_sp:MESSAGE").wait_for(lambda u: u.value.startswith("target OK"), timeout=15)
+    assert client.get(f"{p}ACTION:cor_sp:STATE")["value.index"] == ActionState.OFF
     assert client.get(f"{p}ACTIONS")["value.index"] == 0 and ca.get(f"{s}COR:I_SP") == 0.0
     bpm = ca.monitor(f"{s}BPM:X")
     assert abs(bpm.wait_for(lambda u: True).value - 0.6) < 0.2
@@ -307,7 +310,8 @@ def test_steering_demo_dry_run_never_writes_then_steers_and_restarts_disarmed(tm
     ca.put(f"{s}ORBIT:OFFSET", -0.3)
     ioc = launch.ioc(write, sources=[sim])
     client = pva(ioc)
-    client.monitor(f"{p}ACTION:cor_sp:STATE").wait_for(lambda u: u.value == ActionState.OFF, timeout=15)
+    client.monitor(f"{p}ACTION:cor_sp:MESSAGE").wait_for(lambda u: u.value.startswith("target OK"), timeout=15)
+    assert client.get(f"{p}ACTION:cor_sp:STATE")["value.index"] == ActionState.OFF
     assert client.get(f"{p}ACTIONS")["value.index"] == 0
     client.monitor(f"{p}OUT:cor_sp").wait_for(lambda u: u.value > 0 and u.severity == 0, timeout=10)
     assert len(target.updates) == writes_before
