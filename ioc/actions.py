@@ -404,13 +404,17 @@ class Action:
         self._check_handle = loop.call_later(FIRST_CHECK_S, self._end_checking)
 
     def _end_checking(self) -> None:
-        """The first check is over (done, or given up on): from now on the action decides each cycle."""
-        self._check_handle = None
+        """Every FIRST_CHECK_S: the first check is over (done, or given up on), and a target that is
+        not OK is checked again, so a refused action starts working once its target comes up right
+        (even if a monitor's first update never came: the check itself reads the value)."""
+        self._check_handle = self.controller.loop.call_later(FIRST_CHECK_S, self._end_checking)
         if self.checking:
             self.checking = False
             if not self.target_ok:
                 self._refuse(self.target_text if self.target_text != "checking target"
                              else f"{self.config.target.name} not connected")
+        if not self.target_ok and not self._probing:
+            self._probe()
 
     def stop(self) -> None:
         self._close_episode(time.time())
@@ -504,10 +508,12 @@ class Action:
         if problem is not None:
             self._refuse(problem)
             return
-        if not self.target_connected:
-            return  # it went away while we asked; the next connection probes again
+        # The answer proves the connection (a monitor may not have delivered its first update yet).
+        self.target_connected = True
         if result.value is not None:
             self.target_value = result.value
+            if not self.separate_readback and self.readback_value is None:
+                self.readback_value, self.readback_ok = result.value, True
         self.target_ok = True
         self.target_text = ""
         rights = "" if result.writable else " (PVA: write rights show at the first write)"

@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -257,6 +258,24 @@ def test_refused_targets_keep_actions_off_and_the_ioc_serving(tmp_path, prefix, 
     out = ca.get_full(f"{p}OUT:wide")
     assert out.severity == 0 and out.value == 0.0  # predictions are still served
     assert "target refused" in ioc.output() and ioc.proc.poll() is None
+
+
+def test_an_action_whose_target_ioc_starts_later_works_once_it_is_up(tmp_path, prefix, launch, ca):
+    """Boot order: the ML IOC starts before the machine's IOC; its action is REFUSED, then checked again
+    and accepted when the target appears, without a restart."""
+    config, s, p = identity_setup(tmp_path, prefix)
+    sim_ports = launch.pool.take()
+    ioc = launch.ioc(config, sources=[SimpleNamespace(ports=sim_ports)])
+    st = ca.monitor(f"{p}ACTION:y:STATE")
+    st.wait_for(lambda u: u.value == ActionState.REFUSED, timeout=10)
+    assert ca.get(f"{p}ACTION:y:MESSAGE").endswith("not connected")
+    launch.sim(config, ports=sim_ports)
+    ca.monitor(f"{p}ACTION:y:MESSAGE").wait_for(lambda u: u.value.startswith("target OK"), timeout=15)
+    ca.put(f"{p}IN:a", 0.1)
+    assert state(ca, p) == "OFF"
+    ca.put(f"{p}ACTIONS", 1)
+    ca.monitor(f"{s}COR:I_SP").wait_for(lambda u: u.value == pytest.approx(0.1))
+    assert ioc.proc.poll() is None
 
 
 def test_steering_demo_dry_run_never_writes_then_steers_and_restarts_disarmed(tmp_path, prefix, launch, ca, pva):
