@@ -24,7 +24,7 @@ async def _settle():
 
 def _setup(tmp_path, drift_limit="MAJOR"):
     store, _ = publish_linear(tmp_path / "s", ["a"], ["y"], [[1.0]], [0.0])
-    action = ActionConfig(target=PVRef("ca", "NOWHERE:SP"), min=-4, max=4, max_step=1, max_rate_hz=1000, mode="dry_run",
+    action = ActionConfig(target=PVRef("ca", "NOWHERE:SP"), min=-4, max=4, max_step=1, max_rate_hz=1e6, mode="dry_run",
                           drift_limit=drift_limit)
     config = ModelConfig(name="m", prefix="P:", store=str(store.root), trigger=TriggerConfig("on_change"),
                          inputs=(InputConfig("a"),), outputs=(OutputConfig("y", action=action),))
