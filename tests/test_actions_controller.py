@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ioc.actions import ActionController
 from ioc.config import ActionConfig, InferenceConfig, InputConfig, ModelConfig, OutputConfig, PVRef, TriggerConfig
 from ioc.engine import load_champion
@@ -56,7 +58,7 @@ async def test_the_drift_guard_reads_the_models_drift_pv(tmp_path):
     drift.post(0.1, 0.0)
     db.put("P:IN:a", 0.7, OP)
     await _settle()
-    assert act.state is ActionState.DRY_RUN and db["P:ACTION:y:SETPOINT"].value == 0.7
+    assert act.state is ActionState.DRY_RUN and db["P:ACTION:y:SETPOINT"].value == pytest.approx(0.7)
 
 
 async def test_minor_drift_holds_when_configured(tmp_path):
@@ -80,4 +82,4 @@ async def test_a_value_computed_before_a_swap_is_not_used_after_it(tmp_path):
     runner.model = load_champion(runner.config, InferenceConfig(provider="cpu"))  # swapped under the queue
     await _settle()
     assert act.state is ActionState.HELD_VERSION
-    assert db["P:ACTION:y:SETPOINT"].value == 0.5  # the v1 value computed before the swap was not taken
+    assert db["P:ACTION:y:SETPOINT"].value == pytest.approx(0.5)  # the v1 value computed before the swap was not taken
