@@ -6,14 +6,16 @@ the action does with it; the target is the simulator's corrector ``COR:I_SP`` (D
 with its lagging readback ``COR:I``. The steering demo's own model drives the simulated beam in
 ``test_steering_demo_...``.
 
-The drift guard is tested in tests/test_guards.py only: the ``$(P)DRIFT`` PV it reads arrives with
-the drift monitor (issue 4); without it the guard does not apply.
+The drift guard is tested in tests/test_guards.py and tests/test_actions_controller.py (a DRIFT PV
+served in-process): the ``$(P)DRIFT`` PV it reads arrives with the drift monitor (issue 4); without it
+the guard does not apply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -79,18 +81,22 @@ def wait_audit(tmp_path: Path, predicate, timeout: float = 5.0, model: str = "li
         time.sleep(0.05)
 
 
-def propose_until_written(ca, p: str, st, value: float, limit_s: float) -> None:
-    """Propose ``value`` (each caput runs a cycle) until the action writes it."""
+def propose_until(ca, p: str, st, value: float, wanted: str, limit_s: float) -> None:
+    """Propose ``value`` (each caput runs a cycle) until the action's state is ``wanted``."""
     t0 = time.monotonic()
     while True:
         mark = st.mark()
         ca.put(f"{p}IN:a", value)
-        if state(ca, p) == "WRITING":
+        if state(ca, p) == wanted:
             return
         with contextlib.suppress(TimeoutError):
-            st.wait_for(lambda u: u.value == ActionState.WRITING, timeout=0.05, since=mark)
+            st.wait_for(lambda u: u.value == ActionState[wanted], timeout=0.05, since=mark)
             return
-        assert time.monotonic() - t0 < limit_s, f"not written within {limit_s} s: {state(ca, p)}"
+        assert time.monotonic() - t0 < limit_s, f"not {wanted} within {limit_s} s: {state(ca, p)}"
+
+
+def propose_until_written(ca, p: str, st, value: float, limit_s: float) -> None:
+    propose_until(ca, p, st, value, "WRITING", limit_s)
 
 
 def test_every_guard_holds_a_write_when_it_should(tmp_path, prefix, launch, ca, pva):
@@ -139,11 +145,19 @@ def test_every_guard_holds_a_write_when_it_should(tmp_path, prefix, launch, ca, 
             ca.put(f"{p}IN:b", 0.0)
     assert ca.get_full(f"{p}ACTION:y:STATE").severity == 1  # a safety hold is a MINOR alarm
     ca.put(f"{p}ENABLE", 1)
+    # No usable readback (the power supply's readback publishes NaN).
+    mark = readback.mark()
+    ca.put(f"{s}FAULT", "NAN")
+    readback.wait_for(lambda u: math.isnan(u.value), since=mark)
+    propose_until(ca, p, st, 0.4, "HELD_READBACK", limit_s=3)
+    mark = readback.mark()
+    ca.put(f"{s}FAULT", 0)
+    readback.wait_for(lambda u: not math.isnan(u.value), since=mark)
     assert ca.get(f"{s}COR:I_SP") == pytest.approx(0.3)
     assert [u for u in target.updates[mark:] if u.value != pytest.approx(0.3)] == []
-    wait_audit(tmp_path, lambda r: r["event"] == "hold" and r["guard"] == "HELD_DISABLED")
+    wait_audit(tmp_path, lambda r: r["event"] == "hold" and r["guard"] == "HELD_READBACK")
     holds = {r["guard"] for r in audit(tmp_path) if r["event"] == "hold"}
-    assert {"HELD_STEP", "HELD_RANGE", "HELD_INVALID", "HELD_DISABLED"} <= holds
+    assert {"HELD_STEP", "HELD_RANGE", "HELD_INVALID", "HELD_DISABLED", "HELD_READBACK"} <= holds
     step = wait_audit(tmp_path, lambda r: r["event"] == "hold" and r["guard"] == "HELD_STEP")
     assert step["new"] == pytest.approx(1.2) and step["old"] == pytest.approx(0.3) and step["version"] == "1"
 
