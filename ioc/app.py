@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioc.access import build_access
+from ioc.actions import ActionController, start_actions
 from ioc.autosave import Autosave
 from ioc.ca_server import CaServer
 from ioc.config import Config, ModelConfig
@@ -62,6 +63,7 @@ class Ioc:
     recorders: list[Recorder] = field(default_factory=list)
     managers: list[ModelManager] = field(default_factory=list)
     monitors: list[ModelMonitor] = field(default_factory=list)
+    actions: list[ActionController] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,6 +90,7 @@ class Ioc:
         # Models load (validated, warmed up, off the loop) while the servers come up.
         self.managers = [self._manager(r) for r in self.runners]
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
+        self._make_actions()
 
         interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
         if "ca" in cfg.ioc.protocols:
@@ -112,6 +115,8 @@ class Ioc:
                 log.exception("%s: loading the champion failed", runner.config.name)
                 runner.set_no_model(f"load failed: {exc}")
             self._start_feeds(runner)
+        for controller in self.actions:
+            controller.start()
         self._tasks.append(loop.create_task(self._stats_loop(), name="stats"))
         ports = []
         if self.ca:
@@ -139,6 +144,15 @@ class Ioc:
             store = ModelStore(model.store_path)
         return ModelManager(runner, store, cfg.ioc.inference, asyncio.get_running_loop(),
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
+
+    def _make_actions(self) -> None:
+        """Closed-loop actions (docs/actions.md): created before the servers listen, so ACTIONS reads 0
+        from the first client connection on; their monitors start with the sources."""
+        loop = asyncio.get_running_loop()
+        for runner, manager in zip(self.runners, self.managers, strict=True):
+            controller = start_actions(runner, loop, manager.store, self.config.ioc.state_dir)
+            if controller is not None:
+                self.actions.append(controller)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
         """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
@@ -221,6 +235,8 @@ class Ioc:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        for controller in self.actions:
+            controller.stop()
         for source in self._sources:
             source.stop()
         for runner in self.runners:

@@ -75,6 +75,32 @@ class InputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionConfig:
+    """An output that drives a machine setpoint (:mod:`ioc.actions`, docs/actions.md).
+
+    Defaults are the safe ones: ``dry_run`` (publish the proposal, never write) and trip after
+    ``max_held`` consecutive cycles held by a safety guard.
+    """
+
+    target: PVRef
+    min: float
+    max: float
+    max_step: float
+    max_rate_hz: float = 1.0
+    deadband: float = 0.0
+    readback: PVRef | None = None  # None: the target's own value is the readback
+    tolerance: float = 0.0  # resolved: default 1 % of (max - min)
+    settle_s: float = 2.0
+    mode: str = "dry_run"
+    max_held: int = 50
+    drift_limit: str = "MAJOR"
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode == "dry_run"
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     name: str
     units: str = ""
@@ -85,6 +111,7 @@ class OutputConfig:
     mdel: float = 0.0
     adel: float = 0.0
     truth: PVRef | None = None  # measured ground truth: rolling MAE/RMSE PVs (ioc.monitor)
+    action: ActionConfig | None = None  # closed loop: write this output to a machine setpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +426,11 @@ _MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "output
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
-_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth")
+_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action")
+_ACTION = ("target", "min", "max", "max_step", "max_rate_hz", "deadband", "readback", "tolerance", "settle_s", "mode",
+           "max_held", "drift_limit")
+ACTION_MODES = ("dry_run", "write")
+DRIFT_LIMITS = ("MAJOR", "MINOR")
 _ALARM = ("lolo", "low", "high", "hihi", "hyst")
 _TRIGGER = ("scan_hz", "on_change", "pv")
 
@@ -606,7 +637,63 @@ def _parse_output(c: _Checker, raw: Any, path: Path_) -> OutputConfig | None:
         mdel=c.number(d.get("mdel"), (*path, "mdel"), default=0.0),
         adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
         truth=c.pvref(d.get("truth"), (*path, "truth")),
+        action=_parse_action(c, d.get("action"), (*path, "action")),
     )
+
+
+def _parse_action(c: _Checker, raw: Any, path: Path_) -> ActionConfig | None:
+    """``action:`` of an output: where to write it and the envelope the guards enforce."""
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, _ACTION, required=("target", "min", "max", "max_step"))
+    if not d:
+        return None
+    target = c.pvref(d.get("target"), (*path, "target"))
+    lo = c.number(d.get("min"), (*path, "min"))
+    hi = c.number(d.get("max"), (*path, "max"))
+    if lo is not None and hi is not None and not lo < hi:
+        c.error(path, f"min must be < max, got min={lo} max={hi}")
+    max_step = c.number(d.get("max_step"), (*path, "max_step"), positive=True)
+    deadband = c.number(d.get("deadband"), (*path, "deadband"), nonneg=True, default=0.0)
+    if max_step is not None and deadband is not None and deadband >= max_step:
+        c.error((*path, "deadband"), f"must be < max_step ({max_step}), or nothing could ever be written")
+    mode = c.string(d.get("mode"), (*path, "mode"), default="dry_run")
+    if mode not in ACTION_MODES:
+        c.error((*path, "mode"), f"expected one of {', '.join(ACTION_MODES)}, got {mode!r}")
+    drift_limit = c.string(d.get("drift_limit"), (*path, "drift_limit"), default="MAJOR")
+    if drift_limit not in DRIFT_LIMITS:
+        c.error((*path, "drift_limit"), f"expected MAJOR or MINOR (hold at or above), got {drift_limit!r}")
+    tolerance = c.number(d.get("tolerance"), (*path, "tolerance"), positive=True)
+    if target is None or lo is None or hi is None or max_step is None or not lo < hi:
+        return None
+    return ActionConfig(
+        target=target,
+        min=lo,
+        max=hi,
+        max_step=max_step,
+        max_rate_hz=c.number(d.get("max_rate_hz"), (*path, "max_rate_hz"), positive=True, default=1.0),
+        deadband=deadband if deadband is not None else 0.0,
+        readback=c.pvref(d.get("readback"), (*path, "readback")),
+        tolerance=tolerance if tolerance is not None else 0.01 * (hi - lo),
+        settle_s=c.number(d.get("settle_s"), (*path, "settle_s"), positive=True, default=2.0),
+        mode=mode if mode in ACTION_MODES else "dry_run",
+        max_held=c.number(d.get("max_held"), (*path, "max_held"), integer=True, positive=True, default=50),
+        drift_limit=drift_limit if drift_limit in DRIFT_LIMITS else "MAJOR",
+    )
+
+
+def _check_action_targets(c: _Checker, config: Config) -> None:
+    """No two actions may drive the same setpoint (they would fight, and each would trip the other)."""
+    owner: dict[str, str] = {}
+    for i, model in enumerate(config.models):
+        for j, out in enumerate(model.outputs):
+            if out.action is None:
+                continue
+            key = out.action.target.name
+            if key in owner:
+                c.error(("models", i, "outputs", j, "action", "target"),
+                        f"{key} is already driven by {owner[key]}")
+            owner[key] = f"{model.name}.{out.name}"
 
 
 def _parse_trigger(c: _Checker, raw: Any, path: Path_) -> TriggerConfig:
@@ -808,6 +895,7 @@ def parse_config(raw: Any, file: Path, lines: dict[Path_, int] | None = None) ->
     config = Config(path=file, ioc=ioc, models=tuple(models), simulator=sim, access=access)
     if not c.problems:
         _check_pv_names(c, config)
+        _check_action_targets(c, config)
     if c.problems:
         raise ConfigError(file, c.problems)
     return config

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ioc.config import InputConfig, LimitsConfig, ModelConfig, OutputConfig
+from ioc.guards import STATE_CHOICES as ACTION_STATE_CHOICES
+from ioc.guards import STATE_SEVERITIES as ACTION_STATE_SEVERITIES
 from ioc.pvmodel import AlarmLimits, Kind, PVSpec, Severity
 
 CONTROL_ASG = "CONTROL"  # access security group of ENABLE / ROLLBACK / PROMOTE / RELOAD
@@ -273,6 +275,67 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
     if model.record is not None:
         specs.append(PVSpec(name=n.recorder, kind=Kind.MBBI, desc="recording of cycles to disk",
                             choices=("OK", "FAULT"), choice_severities=(Severity.NO_ALARM, Severity.MAJOR), initial=0))
+    specs += action_pv_specs(model)
+    return specs
+
+
+# ----------------------------------------------------------------------------- closed-loop actions
+
+
+@dataclass(frozen=True, slots=True)
+class ActionNames:
+    """PV names of a model's closed-loop actions (docs/actions.md)."""
+
+    prefix: str
+
+    @property
+    def actions(self) -> str:
+        return f"{self.prefix}ACTIONS"
+
+    @property
+    def trip(self) -> str:
+        return f"{self.prefix}ACTIONS:TRIP"
+
+    def state(self, output: str) -> str:
+        return f"{self.prefix}ACTION:{output}:STATE"
+
+    def setpoint(self, output: str) -> str:
+        return f"{self.prefix}ACTION:{output}:SETPOINT"
+
+    def message(self, output: str) -> str:
+        return f"{self.prefix}ACTION:{output}:MESSAGE"
+
+
+ACTIONS_CHOICES = ("Off", "On")
+
+
+def action_pv_specs(model: ModelConfig) -> list[PVSpec]:
+    """The PVs of a model's actions; none for a model without any ``action:``.
+
+    ``ACTIONS`` is the master switch: it starts at 0 on every start (it is never persisted), sits in
+    the CONTROL access group and every write is audited. ``ACTIONS:TRIP`` holds the reason of the
+    last trip, MAJOR until an operator re-arms.
+    """
+    outputs = [o for o in model.outputs if o.action is not None]
+    if not outputs:
+        return []
+    a = ActionNames(model.prefix)
+    specs = [
+        PVSpec(name=a.actions, kind=Kind.BO, desc="closed-loop actions: write 1 to arm", choices=ACTIONS_CHOICES,
+               choice_severities=(Severity.NO_ALARM, Severity.NO_ALARM), writable=True, initial=0,
+               scan="Passive", asg=CONTROL_ASG, audit=True),
+        PVSpec(name=a.trip, kind=Kind.STRINGIN, desc="why actions tripped (MAJOR until re-armed)", initial=""),
+    ]
+    for o in outputs:
+        act = o.action
+        specs += [
+            PVSpec(name=a.state(o.name), kind=Kind.MBBI, desc=f"action {o.name}: state"[:40],
+                   choices=ACTION_STATE_CHOICES, choice_severities=ACTION_STATE_SEVERITIES, initial=0),
+            PVSpec(name=a.setpoint(o.name), kind=Kind.AI, desc=f"{o.name} -> {act.target.name}"[:40], egu=o.units,
+                   prec=o.prec, display=(act.min, act.max), initial=math.nan, version_field=True),
+            PVSpec(name=a.message(o.name), kind=Kind.STRINGIN, desc=f"action {o.name}: last event"[:40],
+                   initial=""),
+        ]
     return specs
 
 

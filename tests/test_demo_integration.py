@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_yaml
-from tests.support.demo import demo_inputs
+from tests.support.demo import demo_inputs, demo_store_copy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def demo(tmp_path, launch, prefix):
         models:
           - name: beam
             prefix: "{p}"
-            store: {ROOT / "models" / "beam"}
+            store: {demo_store_copy(tmp_path)}
             trigger: {{scan_hz: 10}}
             inputs: {demo_inputs(sim_prefix, 1)}
             outputs:

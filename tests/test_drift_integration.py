@@ -15,7 +15,7 @@ import pytest
 from ioc.config import load_config
 from ioc.generate.alarms import generate
 from tests.conftest import write_yaml
-from tests.support.demo import demo_inputs
+from tests.support.demo import demo_inputs, demo_store_copy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def drift_demo(tmp_path, launch, prefix):
           - name: beam
             prefix: "{p}"
             description: "beam size surrogate"
-            store: {ROOT / "models" / "beam"}
+            store: {demo_store_copy(tmp_path)}
             trigger: {{scan_hz: 10}}
             inputs: {demo_inputs(s, 2)}
             outputs:

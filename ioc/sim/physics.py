@@ -145,3 +145,62 @@ class Machine:
         readback = actual + READBACK_NOISE * stds * self.rng.standard_normal(len(KNOBS))
         observed = beam(*actual) * (1.0 + MEASUREMENT_NOISE * self.rng.standard_normal(len(OBSERVABLES)))
         return readback, observed
+
+
+# ----------------------------------------------------------------------------- steering (closed-loop demo)
+#
+# A horizontal corrector magnet upstream of a beam position monitor (BPM). The corrector's current
+# follows its setpoint with a first-order lag (a power supply with an inductive load), so a readback
+# check after a write means something. The beam position is the orbit offset (an injected offset
+# plus a slow Ornstein-Uhlenbeck wander: ground motion, thermal drift) plus the corrector's kick:
+#
+#     x_bpm = offset + wander + COR_KICK_MM_PER_A * I_cor  (+ BPM noise)
+#
+# The corrector setting that centres the beam is I* = I_cor - x_bpm / COR_KICK_MM_PER_A; the steering
+# demo model learns it from (x_bpm, I_cor).
+
+COR_KICK_MM_PER_A = 0.8  # beam displacement at the BPM per ampere of corrector current
+COR_TAU_S = 0.2  # power-supply lag
+COR_LIMITS_A = (-5.0, 5.0)  # the corrector's own drive limits (DRVL/DRVH of its setpoint)
+COR_READBACK_NOISE_A = 0.002
+BPM_NOISE_MM = 0.005
+ORBIT_WANDER_MM = 0.05  # stationary spread of the orbit wander
+ORBIT_TAU_S = 20.0
+
+
+@dataclass
+class Steering:
+    """The live corrector + BPM (stateful, seeded)."""
+
+    seed: int = 0
+    rate_hz: float = 10.0
+    setpoint_a: float = 0.0
+    offset_mm: float = 0.0  # injected orbit offset (SIM:ORBIT:OFFSET)
+    current_a: float = 0.0
+    wander_mm: float = 0.0
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed + 1000)
+
+    def step(self) -> tuple[float, float]:
+        """Advance one update period; return (corrector current readback A, BPM x mm)."""
+        dt = 1.0 / self.rate_hz
+        self.current_a += (self.setpoint_a - self.current_a) * (1.0 - math.exp(-dt / COR_TAU_S))
+        a = math.exp(-dt / ORBIT_TAU_S)
+        self.wander_mm = self.wander_mm * a + ORBIT_WANDER_MM * math.sqrt(1 - a * a) * self.rng.standard_normal()
+        x = self.offset_mm + self.wander_mm + COR_KICK_MM_PER_A * self.current_a
+        readback = self.current_a + COR_READBACK_NOISE_A * self.rng.standard_normal()
+        return float(readback), float(x + BPM_NOISE_MM * self.rng.standard_normal())
+
+
+def generate_steering_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documented steering data generator: X = (bpm_x mm, cor_i A), Y = (cor_sp A), the corrector
+    setting that centres the beam. Orbit offsets ~ N(0, 1 mm), corrector currents ~ U(-3, 3) A."""
+    rng = np.random.default_rng(seed)
+    offset = rng.normal(0.0, 1.0, size=n)
+    current = rng.uniform(-3.0, 3.0, size=n)
+    bpm = offset + COR_KICK_MM_PER_A * current + BPM_NOISE_MM * rng.standard_normal(n)
+    readback = current + COR_READBACK_NOISE_A * rng.standard_normal(n)
+    best = -offset / COR_KICK_MM_PER_A
+    return np.stack([bpm, readback], axis=1), best[:, None]

@@ -8,6 +8,9 @@ Served under the simulator prefix (``SIM:`` in the demo):
 * ``DRIFT`` — 0 = none; x = shift every knob by x reference standard deviations
 * ``Q1:I_DRIFT``, ... — the same for one knob only (adds to ``DRIFT``)
 * ``FAULT`` — 0 NONE; 1 STALL (stop updating); 2 NAN (publish NaN readbacks)
+* ``COR:I_SP`` (writable, DRVL/DRVH -5..5 A), ``COR:I`` — a corrector magnet's setpoint and its
+  current, which follows the setpoint with a 0.2 s lag; ``BPM:X`` — the beam position it steers;
+  ``ORBIT:OFFSET`` (writable) — an injected orbit offset the steering demo corrects
 
 It reuses the IOC's own PV model and protocol adapters: the simulator is served exactly like
 the product, so what a test sees of one is what it would see of the other.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from ioc.ca_server import CaServer
 from ioc.pva_server import PvaServer
 from ioc.pvmodel import PV, ClientInfo, Kind, PVDatabase, PVSpec
-from ioc.sim.physics import KNOBS, OBSERVABLES, Machine
+from ioc.sim.physics import COR_LIMITS_A, KNOBS, OBSERVABLES, Machine, Steering
 
 log = logging.getLogger("mlioc.sim")
 
@@ -55,6 +58,36 @@ class SimNames:
     def fault(self) -> str:
         return f"{self.prefix}FAULT"
 
+    @property
+    def corrector_setpoint(self) -> str:
+        return f"{self.prefix}COR:I_SP"
+
+    @property
+    def corrector(self) -> str:
+        return f"{self.prefix}COR:I"
+
+    @property
+    def bpm(self) -> str:
+        return f"{self.prefix}BPM:X"
+
+    @property
+    def orbit_offset(self) -> str:
+        return f"{self.prefix}ORBIT:OFFSET"
+
+
+def steering_pv_specs(n: SimNames) -> list[PVSpec]:
+    """The corrector / BPM pair of the closed-loop demo (docs/actions.md)."""
+    return [
+        PVSpec(name=n.corrector_setpoint, kind=Kind.AO, desc="corrector setpoint", egu="A", prec=3,
+               display=COR_LIMITS_A, control=COR_LIMITS_A, writable=True, initial=0.0, scan="Passive", audit=True),
+        PVSpec(name=n.corrector, kind=Kind.AI, desc="corrector current readback", egu="A", prec=3,
+               display=COR_LIMITS_A, initial=0.0),
+        PVSpec(name=n.bpm, kind=Kind.AI, desc="beam position at the BPM", egu="mm", prec=3, display=(-10.0, 10.0),
+               initial=math.nan),
+        PVSpec(name=n.orbit_offset, kind=Kind.AO, desc="injected orbit offset", egu="mm", prec=3,
+               display=(-5.0, 5.0), control=(-5.0, 5.0), writable=True, initial=0.0, scan="Passive", audit=True),
+    ]
+
 
 def sim_pv_specs(prefix: str) -> list[PVSpec]:
     n = SimNames(prefix)
@@ -78,6 +111,7 @@ def sim_pv_specs(prefix: str) -> list[PVSpec]:
                             initial=0.0, scan="Passive", audit=True))
     specs.append(PVSpec(name=n.fault, kind=Kind.MBBI, desc="injected fault", choices=FAULT_CHOICES,
                         writable=True, initial=0, scan="Passive", audit=True))
+    specs += steering_pv_specs(n)
     return specs
 
 
@@ -93,6 +127,7 @@ class Simulator:
         self.rate_hz = rate_hz
         self.clock = clock
         self.machine = Machine(seed=seed, rate_hz=rate_hz)
+        self.steering = Steering(seed=seed, rate_hz=rate_hz)
         self.fault = 0
         self.db = PVDatabase()
         now = clock()
@@ -104,6 +139,8 @@ class Simulator:
         for k in KNOBS:
             self.db[self.names.knob_drift(k.pv)].put_handler = self._knob_drift_handler(k.name)
         self.db[self.names.fault].put_handler = self._put_fault
+        self.db[self.names.corrector_setpoint].put_handler = self._put_corrector
+        self.db[self.names.orbit_offset].put_handler = self._put_orbit_offset
         for pv in self.db:
             if pv.spec.writable:
                 pv.post(pv.spec.initial, now)
@@ -133,8 +170,18 @@ class Simulator:
         pv.post(value, self.clock())
         log.warning("fault set to %s by %s", FAULT_CHOICES[value], client)
 
+    def _put_corrector(self, pv: PV, value: float, client: ClientInfo) -> None:
+        self.steering.setpoint_a = value
+        pv.post(value, self.clock())
+
+    def _put_orbit_offset(self, pv: PV, value: float, client: ClientInfo) -> None:
+        self.steering.offset_mm = value
+        pv.post(value, self.clock())
+        log.warning("orbit offset set to %g mm by %s", value, client)
+
     def step(self) -> None:
         readback, observed = self.machine.step()
+        corrector, bpm = self.steering.step()
         if self.fault == 1:
             return
         now = self.clock()
@@ -142,6 +189,8 @@ class Simulator:
             self.db[self.names.readback(k.pv)].post(math.nan if self.fault == 2 else float(value), now)
         for o, value in zip(OBSERVABLES, observed, strict=True):
             self.db[self.names.observable(o.pv)].post(math.nan if self.fault == 2 else float(value), now)
+        self.db[self.names.corrector].post(math.nan if self.fault == 2 else corrector, now)
+        self.db[self.names.bpm].post(math.nan if self.fault == 2 else bpm, now)
 
     async def run_updates(self) -> None:
         loop = asyncio.get_running_loop()

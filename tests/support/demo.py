@@ -10,3 +10,16 @@ def demo_inputs(sim_prefix: str, max_age_s: float = 2.0) -> str:
     items = [f'{{name: {k.name}, source: "ca://{sim_prefix}{k.pv}", units: {k.units}, '
              f"range: [{k.range[0]:g}, {k.range[1]:g}], max_age_s: {max_age_s:g}}}" for k in KNOBS]
     return "[" + ", ".join(items) + "]"
+
+
+def demo_store_copy(dest) -> str:
+    """A private copy of the shipped demo store: the IOC appends to a store's events.jsonl, and tests
+    must not leave the checkout dirty."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "models" / "beam"
+    target = Path(dest) / "beam-store"
+    if not target.exists():
+        shutil.copytree(root, target, ignore=shutil.ignore_patterns(".lock"))
+    return str(target)

@@ -14,6 +14,7 @@ from ioc.config import ModelConfig
 from ioc.layout import CONTROL_ASG, model_pv_specs
 from ioc.pvmodel import AlarmLimits, Kind, PVSpec
 from tests.conftest import write_yaml
+from tests.support.demo import demo_store_copy
 from tests.support.models import publish_linear
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,8 @@ def linear_config(tmp_path: Path, prefix: str, name: str = "lin") -> Path:
 
 
 def demo_like_config(tmp_path: Path, prefix: str) -> Path:
-    """config/demo.yaml with its own PV prefix, the shipped store, no recorder (nothing written)."""
+    """config/demo.yaml with its own PV prefix, a copy of the shipped store, no recorder (nothing is
+    written into the checkout)."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -81,7 +83,7 @@ def demo_like_config(tmp_path: Path, prefix: str) -> Path:
     doc["simulator"]["prefix"] = sim
     for model in doc["models"]:
         model["prefix"] = f"{prefix}{model['name'].upper()}:"
-        model["store"] = str((ROOT / "config" / model["store"]).resolve())
+        model["store"] = demo_store_copy(tmp_path)
         model.pop("record", None)
         model.pop("training", None)
         for inp in model["inputs"]:
