@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +15,9 @@ from ioc.config import load_config
 from ioc.generate.alarms import generate
 from tests.conftest import write_yaml
 from tests.support.demo import demo_inputs, demo_store_copy
+from tests.support.phoebus import ALARM_SCHEMA
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "schemas" / "phoebus-alarm-config.xsd"
 
 
 @pytest.fixture
@@ -121,7 +119,7 @@ def test_alarm_config_validates_and_names_only_served_pvs(drift_demo, ca, tmp_pa
     config = load_config(config_path)
     (path,) = generate(config, tmp_path / "alarms")
     doc = lxml.parse(str(path))
-    schema = lxml.XMLSchema(lxml.parse(str(SCHEMA)))
+    schema = lxml.XMLSchema(lxml.parse(str(ALARM_SCHEMA)))
     assert schema.validate(doc), schema.error_log
     component = doc.getroot().find("component")
     assert component.get("name") == "beam"

@@ -12,17 +12,24 @@ from ioc.config import load_config
 from ioc.generate.alarms import generate
 from ioc.layout import model_pv_names
 from tests.conftest import write_yaml
+from tests.support.phoebus import ALARM_SCHEMA, SHARED_ALARM_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "schemas" / "phoebus-alarm-config.xsd"
 etree = pytest.importorskip("lxml.etree")
 
 
 def _validate(path: Path):
     doc = etree.parse(str(path))
-    schema = etree.XMLSchema(etree.parse(str(SCHEMA)))
+    schema = etree.XMLSchema(etree.parse(str(ALARM_SCHEMA)))
     assert schema.validate(doc), schema.error_log
     return doc
+
+
+def test_alarm_schema_is_the_shared_one():
+    shared = next((p for p in SHARED_ALARM_SCHEMA if p.is_file()), None)
+    if shared is None:
+        pytest.skip("no shared/ checkout beside the repository")
+    assert ALARM_SCHEMA.read_text() == shared.read_text()
 
 
 def test_demo_config_alarms_validate_and_name_only_layout_pvs(tmp_path):

@@ -15,8 +15,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = ROOT / "tests" / "data" / "phoebus-widget-versions.txt"
-SHARED_VERSIONS = [ROOT.parent / "shared" / "schemas" / "phoebus-widget-versions.txt",
-                   ROOT / "shared" / "schemas" / "phoebus-widget-versions.txt"]
+ALARM_SCHEMA = ROOT / "tests" / "data" / "phoebus-alarm-config.xsd"
+# Both files are copies of the project's shared reference (``../shared/schemas``), vendored so that a
+# clean clone validates without it; tests compare them with the shared originals when those are present.
+SHARED_SCHEMAS = [ROOT.parent / "shared" / "schemas", ROOT / "shared" / "schemas"]
+SHARED_VERSIONS = [d / "phoebus-widget-versions.txt" for d in SHARED_SCHEMAS]
+SHARED_ALARM_SCHEMA = [d / "phoebus-alarm-config.xsd" for d in SHARED_SCHEMAS]
 GROUP_INSET_TOP, GROUP_INSET_SIDE = 16, 1  # Phoebus' group box: title above the children's area
 _MACRO = re.compile(r"\$\(([A-Za-z0-9_.\[\]]+)\)")
 
