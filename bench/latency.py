@@ -222,11 +222,12 @@ def throughput(tmp: Path, rate_hz: float, n_models: int, seconds: float) -> dict
     subs = [ctx.monitor(f"{n}OUT:y0", pva_cb(i), request="field()record[queueSize=100]")
             for i, n in enumerate(names)]
     time.sleep(2.0)  # let every monitor connect and the scan settle before the measured window
-    c0 = [pv.get(use_monitor=False) for pv in count_pvs]
+    # COUNT is posted at stats_hz stamped with the moment it was counted: rate = d(count) / d(stamp).
+    c0 = [pv.get_with_metadata(use_monitor=False, form="time") for pv in count_pvs]
     a0, p0 = list(counts_ca), list(counts_pva)
     t0 = time.monotonic()
     time.sleep(seconds)
-    c1 = [pv.get(use_monitor=False) for pv in count_pvs]
+    c1 = [pv.get_with_metadata(use_monitor=False, form="time") for pv in count_pvs]
     a1, p1 = list(counts_ca), list(counts_pva)
     dt = time.monotonic() - t0
     rss = rss_mb(ioc.proc.pid)
@@ -237,8 +238,7 @@ def throughput(tmp: Path, rate_hz: float, n_models: int, seconds: float) -> dict
         pv.clear_callbacks()
         pv.disconnect()
     ioc.stop()
-    # COUNT is published at stats_hz, so the window edges are uncertain by one stats period each.
-    cycles = [(b - a) / dt for a, b in zip(c0, c1, strict=True)]
+    cycles = [(b["value"] - a["value"]) / (b["timestamp"] - a["timestamp"]) for a, b in zip(c0, c1, strict=True)]
     ca_rate = [(b - a) / dt for a, b in zip(a0, a1, strict=True)]
     pva_rate = [(b - a) / dt for a, b in zip(p0, p1, strict=True)]
     return {"cycles": min(cycles), "ca": min(ca_rate), "pva": min(pva_rate), "rss": rss}
