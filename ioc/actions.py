@@ -376,6 +376,7 @@ class Action:
         self.last_write_t: float | None = None
         self.last_proposal: float | None = None
         self.writes = 0
+        self.decisions: dict[ActionState, int] = {}  # cycles decided, by state (Prometheus, at stats_hz)
         self._write_id = 0
         self._put_timer: asyncio.TimerHandle | None = None
         self.state: ActionState | None = ActionState.OFF
@@ -575,6 +576,7 @@ class Action:
             since_last_write_s=None if self.last_write_t is None else now - self.last_write_t,
         )
         verdict = evaluate(g, self.limits)
+        self.decisions[verdict.state] = self.decisions.get(verdict.state, 0) + 1
         self._audit_hold(verdict, value, record.version)
         if verdict.passes:
             self._act(verdict, value, record)
@@ -788,6 +790,7 @@ class ActionController:
         self.audit = AuditLog(audit_path, loop)
         self.armed = False
         self.tripped = False
+        self.trips = 0
         self.generation = 0  # bumped on every model swap, trip and disarm: queued writes of older ones drop
         self.served_version = ""
         self.drift_name = f"{runner.config.prefix}DRIFT"
@@ -884,6 +887,7 @@ class ActionController:
         now = time.time()
         self.armed = False
         self.tripped = True
+        self.trips += 1
         self.generation += 1
         self.actions_pv.post(0, now)
         self.trip_pv.post(_clip(reason), now, Severity.MAJOR, Status.STATE, reason)

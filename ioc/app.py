@@ -224,6 +224,8 @@ class Ioc:
             for runner in self.runners:
                 runner.publish_stats()
                 self.metrics.collect(runner)
+            for controller in self.actions:
+                self.metrics.collect_actions(controller)
 
     async def stop(self) -> None:
         for manager in self.managers:

@@ -20,6 +20,11 @@ Exported (labels in braces):
 - ``mlioc_input_age_seconds{model,input}``: seconds since each input's own timestamp
 - ``mlioc_drift_score{model}`` / ``mlioc_input_drift_score{model,input}``: drift, as $(P)DRIFT / DRIFT:<input>
 - ``mlioc_model_reloads_total{model,result}``: store reloads by result
+- ``mlioc_actions_armed{model}``: 1 while a model's ACTIONS switch is on (models with actions only)
+- ``mlioc_action_trips_total{model}``: trips of a model's actions
+- ``mlioc_action_writes_total{model,action}``: setpoint writes sent
+- ``mlioc_action_decisions_total{model,action,state}``: cycles decided by each action, by the state
+  it took (``dry_run``, ``writing``, ``off``, ``tripped``, ``refused`` or the guard that held: ``held_range`` ...)
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from ioc.layout import ModelStatus
 
 if TYPE_CHECKING:
+    from ioc.actions import ActionController
     from ioc.engine import LoadedModel
     from ioc.runner import ModelRunner
 
@@ -69,6 +75,16 @@ class Metrics:
         self.reloads = Counter("mlioc_model_reloads_total",
                                "Model versions loaded or rejected, by result (loaded, challenger, rejected)",
                                ["model", "result"], registry=r)
+        self.actions_armed = Gauge("mlioc_actions_armed", "1 while the model's ACTIONS switch is on",
+                                   ["model"], registry=r)
+        self.action_trips = Counter("mlioc_action_trips", "Trips of the model's closed-loop actions",
+                                    ["model"], registry=r)
+        self.action_writes = Counter("mlioc_action_writes", "Setpoint writes sent by an action",
+                                     ["model", "action"], registry=r)
+        self.action_decisions = Counter(
+            "mlioc_action_decisions", "Cycles decided by an action, by the state it took (the guard that held)",
+            ["model", "action", "state"], registry=r)
+        self._seen: dict[tuple[str, ...], int] = {}  # last totals moved into counters, by series
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self._outcomes: dict[str, dict[ModelStatus, int]] = {}
         self._overruns: dict[str, int] = {}
@@ -128,6 +144,26 @@ class Metrics:
                 self.drift.labels(model).set(value)
             else:
                 self.input_drift.labels(model, input_name).set(value)
+
+    def collect_actions(self, controller: ActionController) -> None:
+        """Move one model's action bookkeeping (plain ints kept per cycle) into the metrics."""
+        model = controller.model_name
+        self.actions_armed.labels(model).set(1 if controller.armed else 0)
+        self._advance(self.action_trips.labels(model), ("trips", model), controller.trips)
+        for action in controller.actions:
+            self._advance(self.action_writes.labels(model, action.name), ("writes", model, action.name),
+                          action.writes)
+            for state, total in list(action.decisions.items()):
+                name = state.name.lower()
+                self._advance(self.action_decisions.labels(model, action.name, name),
+                              ("decisions", model, action.name, name), total)
+
+    def _advance(self, counter, key: tuple[str, ...], total: int) -> None:
+        """Bring ``counter`` up to ``total`` (a running count kept elsewhere); creates the series at 0."""
+        delta = total - self._seen.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+            self._seen[key] = total
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port."""

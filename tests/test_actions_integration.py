@@ -26,6 +26,7 @@ import pytest
 from ioc.guards import ActionState
 from ioc.store import ModelStore
 from tests.conftest import write_yaml
+from tests.support.metrics import samples, wait_scrape
 from tests.support.models import publish_linear
 
 pytestmark = pytest.mark.integration
@@ -237,6 +238,18 @@ def test_a_trip_switches_actions_off_until_an_operator_rearms(tmp_path, prefix, 
     assert ca.get(f"{s}COR:I_SP") == pytest.approx(0.6) and state(ca, p) == "TRIPPED"
     trips = [e for e in store.events() if e["action"] == "actions-trip"]
     assert [t["reason"].split(":")[0] for t in trips] == ["y", "y", "model changed"]
+
+    # 5. Prometheus shows the same story: three trips, the writes sent, the guard that held, disarmed.
+    def story(f) -> bool:
+        return [s.value for s in samples(f, "mlioc_action_trips_total")] == [3.0]
+
+    families = wait_scrape(ioc.ports.metrics, story, timeout=5)
+    writes = {s.labels["action"]: s.value for s in samples(families, "mlioc_action_writes_total")}
+    assert writes == {"y": 2.0}  # 0.2 after re-arming, 0.6 before the stall
+    decisions = {s.labels["state"]: s.value for s in samples(families, "mlioc_action_decisions_total")
+                 if s.labels["action"] == "y"}
+    assert decisions["held_range"] >= 3 and decisions["writing"] >= 2 and decisions["tripped"] >= 1
+    assert [s.value for s in samples(families, "mlioc_actions_armed")] == [0.0]
     assert ioc.proc.poll() is None and "Traceback" not in ioc.output()
 
 

@@ -6,27 +6,16 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from ioc.config import load_config
 from ioc.generate import GenerateOptions, run
 from ioc.generate.grafana import dashboard
 from ioc.store import ModelStore
 from tests.support.generate import ROOT, linear_config
-
-
-def scrape(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
-def samples(families: dict, sample_name: str) -> list:
-    return [s for f in families.values() for s in f.samples if s.name == sample_name]
+from tests.support.metrics import parse, samples, wait_scrape
 
 
 def exported_names(families: dict) -> set[str]:
@@ -38,18 +27,6 @@ def exported_names(families: dict) -> set[str]:
                     "summary": ("_sum", "_count", "_created")}.get(f.type, ("",))
         names |= {f.name + s for s in suffixes}
     return names
-
-
-def wait_scrape(port: int, predicate, timeout: float = 20.0) -> dict:
-    """Scrape until ``predicate(families)`` holds (the IOC collects at stats_hz)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        families = scrape(port)
-        if predicate(families):
-            return families
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"metrics never satisfied the condition; last scrape: {sorted(families)}")
-        time.sleep(0.05)  # a poll interval, not a wait for an outcome
 
 
 def _ok_cycles(families) -> float:
@@ -116,14 +93,17 @@ def test_metric_names_follow_prometheus_rules(linear_ioc):
 
 
 @pytest.mark.integration
-def test_grafana_dashboard_queries_name_only_exported_metrics(linear_ioc, tmp_path):
-    config = load_config(ROOT / "config" / "demo.yaml")
+@pytest.mark.parametrize("config_name", ["demo.yaml", "demo-steering.yaml"])
+def test_grafana_dashboard_queries_name_only_exported_metrics(linear_ioc, tmp_path, config_name):
+    config = load_config(ROOT / "config" / config_name)
     written = run("grafana", config, tmp_path / "grafana", GenerateOptions())
     doc = json.loads((tmp_path / "grafana" / "mlioc-dashboard.json").read_text())
     assert doc == dashboard(config)
     exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
     exprs += [v["query"]["query"] for v in doc["templating"]["list"] if isinstance(v.get("query"), dict)]
     assert len(exprs) >= 10
+    has_actions = any(o.action is not None for m in config.models for o in m.outputs)
+    assert any("mlioc_action_decisions_total" in e for e in exprs) == has_actions == (config_name != "demo.yaml")
     exported = exported_names(wait_scrape(linear_ioc.ports.metrics, lambda f: _ok_cycles(f) >= 1))
     used = set()
     for expr in exprs:
@@ -171,7 +151,7 @@ async def test_drift_and_reload_reports_reach_the_exposition(tmp_path, prefix):
     text = generate_latest(metrics.registry).decode()
     assert "mlioc_drift_score{" not in text  # nothing is set before collect
     metrics.collect(runner, now=runner.inputs[1].timestamp + 7.0)
-    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    families = parse(generate_latest(metrics.registry).decode())
     drift = {s.labels["model"]: s.value for s in samples(families, "mlioc_drift_score")}
     assert drift == {"lin": 1.5}
     per_input = {(s.labels["model"], s.labels["input"]): s.value for s in samples(families, "mlioc_input_drift_score")}

@@ -40,6 +40,28 @@ def _panel(pid: int, kind: str, title: str, grid: tuple[int, int, int, int], tar
     return panel
 
 
+def _action_panels(y: int) -> list[dict]:
+    """Closed-loop actions (docs/actions.md): only on dashboards of configs that have them."""
+    return [
+        _panel(10, "stat", "Actions armed", (0, y, 6, 8), [_target(f"mlioc_actions_armed{SEL}", "{{model}}", "A")],
+               description="1 while $(P)ACTIONS is on; a trip or an operator switches it off.",
+               fieldConfig={"defaults": {"unit": "none", "mappings": [
+                   {"type": "value", "options": {"0": {"text": "OFF"}, "1": {"text": "ARMED", "color": "orange"}}}]},
+                   "overrides": []}),
+        _panel(11, "timeseries", "Action trips and writes", (6, y, 6, 8), [
+            _target(f"sum by (model) (increase(mlioc_action_trips_total{SEL}[$__rate_interval]))",
+                    "{{model}} trips", "A"),
+            _target(f"sum by (model, action) (increase(mlioc_action_writes_total{SEL}[$__rate_interval]))",
+                    "{{model}} {{action}} writes", "B")],
+               description="Trips (the reason is in $(P)ACTIONS:TRIP) and setpoint writes sent."),
+        _panel(12, "timeseries", "Action decisions by state", (12, y, 12, 8), [
+            _target(f"sum by (model, action, state) (rate(mlioc_action_decisions_total{SEL}[$__rate_interval]))",
+                    "{{model}} {{action}} {{state}}", "A")], unit="reqps",
+               description="Cycles per second by the state each action took: writing / dry_run, or the guard "
+                           "that held (held_range, held_step, held_drift ...)."),
+    ]
+
+
 def dashboard(config: Config) -> dict:
     name = config.path.stem
     panels = [
@@ -85,6 +107,8 @@ def dashboard(config: Config) -> dict:
                     "{{model}} {{result}}", "A")],
                description="Store reloads (new champion, rollback, promotion) and whether the version was loaded."),
     ]
+    if any(o.action is not None for m in config.models for o in m.outputs):
+        panels += _action_panels(29)
     return {
         "title": f"mlioc: {name}",
         "uid": f"mlioc-{name}"[:40],
