@@ -63,7 +63,7 @@ class Metrics:
                                 ["model", "version", "sha256", "provider"], registry=r)
         self.up = Gauge("mlioc_model_up", "1 when the model's STATUS is OK", ["model"], registry=r)
         self.missed = Counter("mlioc_missed_cycles_total",
-                              "Triggers that found the previous cycle still running, or scan ticks dropped",
+                              "Triggers dropped (coalesced into one already waiting), or scan ticks skipped",
                               ["model"], registry=r)
         self.input_age = Gauge("mlioc_input_age_seconds",
                                "Seconds since the timestamp of each input's latest value (at collection time)",

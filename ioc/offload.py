@@ -5,7 +5,7 @@ for such a model the hand-off would be the largest cost of a cycle. So with ``of
 runs inline when its measured warm-up median is below ``inline_budget_ms``, and on its own worker thread
 otherwise, so a slow model never stalls the CA/PVA servers. The decision uses the warm-up median
 (a p99 of a few hundred runs on a busy 2-core machine is mostly scheduler noise). A model that turns
-out slower live than at warm-up (three inline runs over 4x the budget) is moved to the thread for good.
+out slower live than at warm-up (three inline runs in a row over 4x the budget) is moved to the thread for good.
 """
 
 from __future__ import annotations
@@ -49,7 +49,12 @@ class Offloader:
         return model.warm_median_ms / 1e3 <= self.budget_s
 
     def note_inline_time(self, model: Any, seconds: float) -> None:
-        if self.mode != "auto" or seconds <= 4 * self.budget_s:
+        """Demote a model after SLOW_STRIKES *consecutive* slow inline runs: a lone slow run is the
+        scheduler or the GIL (another thread warming up a new version), not the model."""
+        if self.mode != "auto":
+            return
+        if seconds <= 4 * self.budget_s:
+            self._strikes = 0
             return
         self._strikes += 1
         if self._strikes >= SLOW_STRIKES:

@@ -138,7 +138,7 @@ class ModelRunner:
         self._disabled_text = "disabled"
         self.status: ModelStatus | None = None
         self.count = 0  # triggered cycles
-        self.overruns = 0  # triggers that found the previous cycle still running
+        self.overruns = 0  # triggers dropped: a cycle was running and another trigger already waited
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
         self.consecutive_faults = 0
@@ -152,7 +152,8 @@ class ModelRunner:
         self._input_problems: list[Problem | None] = [None] * len(self.inputs)
         self._has_max_age = any(i.max_age_s is not None for i in config.inputs)
         self._in_flight = False
-        self._again = False
+        self._again = False  # re-run once the cycle in flight finishes
+        self._pending_trigger = False  # ... as a counted (triggered) cycle: a trigger arrived meanwhile
         self._scheduled = False
         self._stale_handle: asyncio.TimerHandle | None = None
         self._stale_at: float | None = None
@@ -319,8 +320,12 @@ class ModelRunner:
         if self._closed:
             return
         if self._in_flight:
+            # A trigger during an off-loop cycle runs right after it (and counts); only a trigger that
+            # finds one already waiting is coalesced into it, and that is a missed cycle.
             if triggered:
-                self.overruns += 1
+                if self._pending_trigger:
+                    self.overruns += 1
+                self._pending_trigger = True
             self._again = True
             return
         now = self.clock()
@@ -406,9 +411,7 @@ class ModelRunner:
                 self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
             if self.challenger is not None:
                 self._run_challenger(snapshot, values)
-        if self._again:
-            self._again = False
-            self.loop.call_soon(self.run_cycle, False)
+        self._run_again_if_asked()
 
     def _finish_invalid(self, status: ModelStatus, message: str, now: float, snapshot: Snapshot,
                         version: str | None = None) -> None:
@@ -419,9 +422,14 @@ class ModelRunner:
             if version is None:
                 version = self.model.version if self.model is not None else ""
             self._notify(CycleRecord(snapshot.timestamp, snapshot.values, None, status, version, 0.0, message))
+        self._run_again_if_asked()
+
+    def _run_again_if_asked(self) -> None:
+        """After a cycle: run the one asked for while it was in flight (counted if a trigger asked)."""
         if self._again:
             self._again = False
-            self.loop.call_soon(self.run_cycle, False)
+            triggered, self._pending_trigger = self._pending_trigger, False
+            self.loop.call_soon(self.run_cycle, triggered)
 
     def _notify_model(self, model: LoadedModel | None) -> None:
         for listener in self.model_listeners:

@@ -226,3 +226,42 @@ async def test_slow_model_runs_off_the_loop(tmp_path):
     assert ticks > 10
     assert db["P:OUT:y1"].value == pytest.approx(1.0) and db["P:OUT:y2"].value == pytest.approx(2.0)
     runner.close()
+
+
+async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_second_one_is_missed(tmp_path):
+    store = ModelStore(tmp_path / "slow")
+    n = store.add_version(slow_model(2, 2, size=768), manifest_for(["a", "b"], ["y1", "y2"]))
+    store.write_pointer("champion", n)
+    config = _config(store.root)
+    inference = InferenceConfig(provider="cpu", offload="always")
+    loop = asyncio.get_running_loop()
+    db = PVDatabase()
+    runner = ModelRunner(config, db, inference, loop)
+    runner.start()
+    runner.set_model(load_champion(config, inference))
+    ok = []
+    first, all_done = asyncio.Event(), asyncio.Event()
+
+    def on_cycle(record):
+        if record.status is ModelStatus.OK:
+            ok.append(record)
+            (first if len(ok) == 1 else all_done if len(ok) == 3 else asyncio.Event()).set()
+
+    runner.cycle_listeners.append(on_cycle)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 2.0)  # both inputs valid: the first cycle on the worker thread
+    await asyncio.wait_for(first.wait(), 30)
+    while runner._in_flight:
+        await asyncio.sleep(0.01)
+    count0, overruns0 = runner.count, runner.overruns
+    runner.run_cycle()  # a scan tick: the model runs on the worker thread
+    assert runner._in_flight
+    runner.run_cycle()  # the next tick while it computes: waits, then runs (not missed)
+    assert runner.overruns == overruns0
+    runner.run_cycle()  # a third while one already waits: coalesced into it, one missed cycle
+    assert runner.overruns == overruns0 + 1
+    await asyncio.wait_for(all_done.wait(), 30)
+    while runner._in_flight:
+        await asyncio.sleep(0.01)
+    assert runner.count - count0 == 2 and len(ok) == 3  # two cycles ran and counted, one was missed
+    runner.close()
