@@ -200,11 +200,16 @@ async def test_model_error_at_run_time_is_a_fault_and_the_ioc_carries_on(tmp_pat
     assert runner.status is ModelStatus.OK
 
 
-async def test_slow_model_runs_off_the_loop(tmp_path):
+def _slow_config(tmp_path) -> ModelConfig:
+    """The usual two-input config, served by a model that takes milliseconds (a big matrix product)."""
     store = ModelStore(tmp_path / "slow")
     n = store.add_version(slow_model(2, 2, size=768), manifest_for(["a", "b"], ["y1", "y2"]))
     store.write_pointer("champion", n)
-    config = _config(store.root)
+    return _config(store.root)
+
+
+async def test_slow_model_runs_off_the_loop(tmp_path):
+    config = _slow_config(tmp_path)
     inference = InferenceConfig(provider="cpu", offload="auto", inline_budget_ms=0.25)
     model = load_champion(config, inference)
     assert model.warm_median_ms > 0.25  # this model is too slow to run inline
@@ -229,10 +234,7 @@ async def test_slow_model_runs_off_the_loop(tmp_path):
 
 
 async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_second_one_is_missed(tmp_path):
-    store = ModelStore(tmp_path / "slow")
-    n = store.add_version(slow_model(2, 2, size=768), manifest_for(["a", "b"], ["y1", "y2"]))
-    store.write_pointer("champion", n)
-    config = _config(store.root)
+    config = _slow_config(tmp_path)
     inference = InferenceConfig(provider="cpu", offload="always")
     loop = asyncio.get_running_loop()
     db = PVDatabase()
