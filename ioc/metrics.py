@@ -86,8 +86,6 @@ class Metrics:
             ["model", "action", "state"], registry=r)
         self._seen: dict[tuple[str, ...], int] = {}  # last totals moved into counters, by series
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
-        self._outcomes: dict[str, dict[ModelStatus, int]] = {}
-        self._overruns: dict[str, int] = {}
         self._drift: dict[tuple[str, str | None], float] = {}
         self._server = None
 
@@ -120,16 +118,12 @@ class Metrics:
         histogram = self.inference_seconds.labels(model)
         for seconds in latencies:
             histogram.observe(seconds)
-        seen = self._outcomes.setdefault(model, {})
         for status, total in runner.outcomes.items():
-            delta = total - seen.get(status, 0)
-            if delta:
-                self.cycles.labels(model, status.name.lower()).inc(delta)
-                seen[status] = total
-        missed = self.missed.labels(model)
-        delta = runner.overruns - self._overruns.get(model, 0)
-        missed.inc(max(delta, 0))  # also creates the series at 0, so "no missed cycle" is visible
-        self._overruns[model] = runner.overruns
+            if total:
+                outcome = status.name.lower()
+                self._advance(self.cycles.labels(model, outcome), ("cycles", model, outcome), total)
+        # labels() creates the series at 0, so "no missed cycle" is visible
+        self._advance(self.missed.labels(model), ("missed", model), runner.overruns)
         if runner.last_ok_timestamp:
             self.last_inference.labels(model).set(runner.last_ok_timestamp)
         self.up.labels(model).set(1 if runner.status is ModelStatus.OK else 0)
