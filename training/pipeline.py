@@ -60,6 +60,7 @@ class Options:
     seed: int | None = None
     start: float | None = None
     end: float | None = None
+    tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
 
 
 @dataclass
@@ -186,6 +187,12 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
                          "mlioc.user": registry.user(), "mlioc.warm_start": warm,
                          "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
                          "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest})
+        if options.tuning is not None:
+            t = options.tuning
+            mlflow.set_tags({"mlioc.tune.study": t["study"], "mlioc.tune.storage": t["storage"],
+                             "mlioc.tune.trial": str(t["trial"]), "mlioc.tune.trial_run_id": t["trial_run_id"],
+                             "mlioc.tune.parent_run_id": t["parent_run_id"]})
+            mlflow.log_dict(t, "tuning.json")
         params = registry.flatten({k: v for k, v in spec.to_dict().items() if k not in ("data",)})
         params |= registry.flatten({"dataset": {"digest": dataset.digest, "rows": len(dataset),
                                                 "train_rows": len(split.train), "val_rows": len(split.val),
@@ -254,6 +261,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "parent_sha256": parent_sha,
             "metrics": metrics,
         }
+        if options.tuning is not None:
+            provenance["tuning"] = options.tuning
         manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
