@@ -157,12 +157,12 @@ class RichTuneReporter:
         self.console = console
 
     def stage(self, text: str) -> None:
-        self.console.print(f"[bold]•[/bold] {text}", highlight=False)
+        self.console.print(f"[bold]•[/bold] {text}", highlight=False, soft_wrap=True)
 
     def trial_started(self, number: int, params: dict, worker: str) -> None:
         from training.tune import _fmt_params
 
-        self.console.print(f"  trial {number} started: {_fmt_params(params)}", highlight=False)
+        self.console.print(f"  trial {number} started: {_fmt_params(params)}", highlight=False, soft_wrap=True)
 
     def trial_finished(self, record, done: int, target: int, pruned: int, best) -> None:
         value = f"val loss {record.value:.5g}" if record.value is not None else "no value"
@@ -170,7 +170,7 @@ class RichTuneReporter:
             record.state, f"{record.state.lower()}")
         best_txt = f"best #{best.number} {best.value:.5g}" if best is not None else "no best yet"
         self.console.print(f"  trial {record.number} {what} ({record.seconds:.1f} s) | {done}/{target} done, "
-                           f"{pruned} pruned | {best_txt}", highlight=False)
+                           f"{pruned} pruned | {best_txt}", highlight=False, soft_wrap=True)
 
 
 def tune_command(args: argparse.Namespace) -> int:

@@ -3,9 +3,9 @@
 One **study** (Optuna) per search, in an SQL **storage**: sqlite next to MLflow's database by default
 (``optuna.db``), or any SQLAlchemy URL (``postgresql://user:pw@host/db``) that several ``mlioc tune``
 processes, on any number of hosts, share. Optuna hands each worker its own trial numbers from the
-storage, so no trial runs twice; a worker stops asking for trials once the study holds
-``--trials`` complete, pruned or running trials (two workers asking at the same instant can overshoot
-by at most one trial each).
+storage, so no trial runs twice; a worker counts the study's complete, pruned and running trials and
+asks for a new one under a lock (PostgreSQL advisory lock, sqlite file lock), so N workers together
+run exactly ``--trials`` (failed trials do not count: they are run again).
 
 Each trial trains with the same code as ``mlioc train`` (:func:`training.trainer.train`, seeded with
 ``training.seed``, from scratch, on the same time-ordered split and normalisation) for at most
@@ -539,15 +539,17 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
 
     # 1. The storage and, if the study exists, whether this search may join it: before anything is written.
     reporter.stage(f"study {name!r} in {mask_url(url)}")
+    sampler, pruner = make_sampler(search), make_pruner(search)
     with storage_lock(url):
         storage = open_storage(url, on_stale=on_stale)
-    sampler, pruner = make_sampler(search), make_pruner(search)
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    except KeyError:
-        existing = None
-    if existing is not None and ATTR_MODEL in existing.user_attrs:
-        _check_study(existing, name, model.name, digest, url)
+        try:
+            existing = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            existing = None
+        if existing is not None:
+            if not _has_lock(url) and ATTR_PARENT not in existing.user_attrs:
+                _wait_for_attrs(existing)  # another worker may be creating it right now
+            _check_study(existing, name, model.name, digest, url)
 
     # 2. The data, once per worker; every worker of a study must see the same rows.
     try:
@@ -665,33 +667,56 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
                     client.set_tag(run_id, "mlioc.tune.reason", reason[:5000])
                 client.set_terminated(run_id, status)
 
-    def after_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        with interrupts.deferred():
-            records = _records(study)
-            mine = next((r for r in records if r.number == frozen.number), None)
-            done = sum(1 for r in records if r.state in ("COMPLETE", "PRUNED"))
-            if mine is not None:
-                reporter.trial_finished(mine, done, target, sum(1 for r in records if r.state == "PRUNED"),
-                                        _best(records))
-            busy = sum(1 for r in records if r.state in ("COMPLETE", "PRUNED", "RUNNING"))
-            if busy >= target or interrupts.signum is not None:
-                study.stop()
+    def report_finished(number: int) -> None:
+        records = _records(study)
+        mine = next((r for r in records if r.number == number), None)
+        done = sum(1 for r in records if r.state in ("COMPLETE", "PRUNED"))
+        if mine is not None:
+            reporter.trial_finished(mine, done, target, sum(1 for r in records if r.state == "PRUNED"),
+                                    _best(records))
 
     status = "FAILED"
+    t_loop = time.monotonic()
     try:
         with interrupts.deferred():
-            records = _records(study)
-            busy = sum(1 for r in records if r.state in ("COMPLETE", "PRUNED", "RUNNING"))
-            remaining = target - busy
-            if remaining <= 0:
+            busy = _busy(study)
+            if busy >= target:
                 reporter.stage(f"the study already has {busy} trial(s) (target {target}): nothing to run")
             else:
-                reporter.stage(f"searching: {remaining} more trial(s) towards {target} "
+                reporter.stage(f"searching: {target - busy} more trial(s) towards {target} "
                                f"({busy} in the study; worker {worker}; MLflow parent run {parent_id})")
-        if remaining > 0:
-            interrupts.check()
-            study.optimize(objective, n_trials=remaining, timeout=options.timeout, callbacks=[after_trial],
-                           gc_after_trial=False, show_progress_bar=False)
+        while interrupts.signum is None:
+            if options.timeout is not None and time.monotonic() - t_loop >= options.timeout:
+                reporter.stage(f"--timeout {options.timeout:g} s reached: no new trial")
+                break
+            with interrupts.deferred(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental; "heartbeat is meant for optimize()"
+                optuna.storages.fail_stale_trials(study)
+                # Counting and asking under the lock: N workers never start more than --trials trials.
+                with storage_lock(url):
+                    trial = study.ask() if _busy(study) < target else None
+            if trial is None:
+                break
+            state, value, error = TrialState.FAIL, None, None
+            try:
+                with _heartbeat(storage, trial._trial_id):
+                    value = objective(trial)
+                if math.isfinite(value):
+                    state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except KeyboardInterrupt:
+                pass  # FAIL; the loop ends on interrupts.signum
+            except Exception as exc:  # a bug or a resource problem: the trial fails, the search stops
+                error = exc
+            with interrupts.deferred():
+                if state == TrialState.COMPLETE:
+                    study.tell(trial, value)
+                else:
+                    study.tell(trial, state=state)
+                report_finished(trial.number)
+            if error is not None:
+                raise error
         status = "KILLED" if interrupts.signum is not None else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -712,6 +737,41 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
     return outcome
 
 
+def _has_lock(url: str) -> bool:
+    """Whether :func:`storage_lock` really serialises workers on this storage."""
+    return _scheme(url) == "postgresql" or (_scheme(url) == "sqlite" and _sqlite_path(url) is not None)
+
+
+def _busy(study: optuna.Study) -> int:
+    """Trials that count towards --trials: complete, pruned and running (failed ones are run again)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[None]:
+    """Record the running trial's heartbeat every HEARTBEAT_S in a thread (what ``Study.optimize`` does),
+    so that if this worker dies, another one fails the trial after GRACE_S."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _find_or_create(storage, name: str, sampler, pruner, client, experiment_id: str, model: str, digest: str,
                     data_digest: str, spec: TrainSpec, search: SearchSpec, url: str, uri: str,
                     config: Config) -> tuple[optuna.Study, str]:
@@ -721,7 +781,7 @@ def _find_or_create(storage, name: str, sampler, pruner, client, experiment_id: 
     except KeyError:
         study = None
     if study is not None:
-        if ATTR_PARENT not in study.user_attrs:
+        if ATTR_PARENT not in study.user_attrs and not _has_lock(url):
             _wait_for_attrs(study)
         if ATTR_PARENT not in study.user_attrs:
             _check_study(study, name, model, digest, url)  # names what is wrong if it is not ours
