@@ -716,7 +716,7 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
                     study.tell(trial, state=state)
                 report_finished(trial.number)
             if error is not None:
-                raise error
+                raise TuneError(f"trial {trial.number} failed: {type(error).__name__}: {error}"[:1000]) from error
         status = "KILLED" if interrupts.signum is not None else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -724,15 +724,19 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
         # Whatever stopped the search, the parent gets the search so far and is ended (unless another
         # worker still has a trial running: that worker ends it).
         with interrupts.deferred():
-            outcome.trials = _records(study)
-            outcome.best = _best(outcome.trials)
-            outcome.epochs_saved = sum(max(search.epochs - r.epochs, 0) for r in outcome.trials
-                                       if r.state == "PRUNED")
             outcome.interrupted = interrupts.signum
-            _summarise(client, parent_id, outcome, search, name)
+            try:
+                outcome.trials = _records(study)
+                outcome.best = _best(outcome.trials)
+                outcome.epochs_saved = sum(max(search.epochs - r.epochs, 0) for r in outcome.trials
+                                           if r.state == "PRUNED")
+                _summarise(client, parent_id, outcome, search, name)
+            except Exception as exc:  # never hide why the search stopped; the parent is still ended below
+                log.warning("could not log the search summary on parent run %s: %s", parent_id, exc)
             if not any(r.state == "RUNNING" for r in outcome.trials):
-                client.set_terminated(parent_id, status)
-                outcome.parent_status = status
+                with contextlib.suppress(Exception):
+                    client.set_terminated(parent_id, status)
+                    outcome.parent_status = status
     outcome.seconds = time.perf_counter() - t_start
     return outcome
 
