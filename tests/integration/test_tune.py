@@ -19,6 +19,12 @@ from tests.support.procs import ServerProcess
 
 pytestmark = [pytest.mark.integration]
 
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """In-process MLflow writes run artifacts under ./mlruns of the working directory: keep them in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
 CONFIG = """\
 ioc: {{protocols: [ca], metrics_port: 0}}
 models:

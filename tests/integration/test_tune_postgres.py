@@ -17,6 +17,12 @@ from tests.support.procs import ServerProcess
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """In-process MLflow writes run artifacts under ./mlruns of the working directory: keep them in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_two_workers_share_one_study_and_one_parent_run(tmp_path, postgres_db):
     storage, tracking = postgres_db("optuna"), postgres_db("mlflow")  # one server, two databases
     config = tmp_path / "tune.yaml"
