@@ -204,7 +204,12 @@ def tune_command(args: argparse.Namespace) -> int:
     except (DatasetError, TrackingError, TuneError) as exc:
         _error(str(exc))
         return EXIT_FAIL
-    print_tune_summary(outcome)
+    nxt = f"mlioc train {args.config} --model {args.model} --params best"
+    if args.study:
+        nxt += f" --study {args.study}"
+    if args.storage:
+        nxt += " --storage " + (outcome.storage if "***" not in outcome.storage else "<the same URL>")
+    print_tune_summary(outcome, nxt)
     if outcome.interrupted is not None:
         _error(f"stopped by signal {outcome.interrupted}; run the same command again to resume study "
                f"{outcome.study!r}")
@@ -212,7 +217,7 @@ def tune_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_tune_summary(outcome) -> None:
+def print_tune_summary(outcome, next_command: str) -> None:
     out = Console(width=120)
     table = Table(title=f"mlioc tune: study {outcome.study}", show_lines=False)
     table.add_column("", style="bold")
@@ -231,7 +236,8 @@ def print_tune_summary(outcome) -> None:
     if outcome.parent_run_id:
         table.add_row("MLflow", f"parent run {outcome.parent_run_id} ({outcome.parent_status}) at "
                       f"{outcome.tracking_uri}")
-    table.add_row("next", "mlioc train CONFIG --model NAME --params best" + (f" --study {outcome.study}"))
+    if outcome.best is not None:
+        table.add_row("next", next_command)
     out.print(table)
 
 

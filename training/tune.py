@@ -868,6 +868,10 @@ def plot_history(records: list[TrialRecord], path: Path, title: str) -> None:
             best = min(best, r.value)
             xs.append(r.number)
             ys.append(best)
+        last = max(r.number for r in records)
+        if last > xs[-1]:
+            xs.append(last)
+            ys.append(best)
         ax.step(xs, ys, where="post", color="tab:red", label="best so far")
     if pruned:
         ax.scatter([r.number for r in pruned], [r.value for r in pruned], marker="x", color="grey",
