@@ -138,8 +138,6 @@ def open_storage(url: str, *, create: bool = True,
                  ) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url`` (tables created when ``create``), with heartbeats so that a trial of
     a worker that died is failed by the others; :class:`TuneError` naming the (masked) URL otherwise."""
-    import sqlalchemy.exc
-
     db = _sqlite_path(url)
     if db is not None and not create and not db.exists():
         raise TuneError(f"no study storage at {url} (run `mlioc tune` first, or pass --storage)")
@@ -151,9 +149,7 @@ def open_storage(url: str, *, create: bool = True,
             return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_table_creation=not create,
                                               heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                               heartbeat_stale_trial_callback=on_stale)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
-        raise _storage_error(url, exc) from exc
-    except Exception as exc:  # optuna's own errors (e.g. an incompatible schema version)
+    except Exception as exc:  # SQLAlchemy (unreachable, refused login), a missing driver, a bad URL, optuna's own
         raise _storage_error(url, exc) from exc
 
 
