@@ -16,22 +16,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ioc.access import build_access
-from ioc.actions import ActionController, start_actions
-from ioc.autosave import Autosave
-from ioc.ca_server import CaServer
-from ioc.config import Config, ModelConfig
-from ioc.feed import Feed
-from ioc.metrics import Metrics
-from ioc.model_manager import ModelManager
-from ioc.monitor import ModelMonitor
-from ioc.pva_server import PvaServer
-from ioc.pvmodel import PVDatabase
-from ioc.recorder import Recorder, RecorderError
-from ioc.registry_mirror import RegistryMirror
-from ioc.runner import ModelRunner
-from ioc.sources import close_clients, make_source
-from ioc.store import ModelStore
+from ioc.core.access import build_access
+from ioc.core.config import Config, ModelConfig
+from ioc.core.pvmodel import PVDatabase
+from ioc.core.store import ModelStore
+from ioc.edges.actions.controller import ActionController, start_actions
+from ioc.edges.autosave import Autosave
+from ioc.edges.clients import close_clients
+from ioc.edges.metrics import Metrics
+from ioc.edges.model_manager import ModelManager
+from ioc.edges.recorder import Recorder, RecorderError
+from ioc.edges.registry_mirror import RegistryMirror
+from ioc.edges.sources import make_source
+from ioc.protocols.ca_server import CaServer
+from ioc.protocols.pva_server import PvaServer
+from ioc.runtime.feed import Feed
+from ioc.runtime.monitor import ModelMonitor
+from ioc.runtime.runner import ModelRunner
 
 log = logging.getLogger("mlioc")
 
@@ -186,7 +187,7 @@ class Ioc:
         self.recorders.append(recorder)
 
     def _start_monitor(self, runner: ModelRunner) -> None:
-        """Drift / anomaly / ground-truth error PVs of a model (ioc/monitor.py, docs/drift.md)."""
+        """Drift / anomaly / ground-truth error PVs of a model (ioc/runtime/monitor.py, docs/drift.md)."""
         monitor = ModelMonitor(runner, self.db)
         monitor.score_listeners.append(self.metrics.set_drift)  # mlioc_drift_score, mlioc_input_drift_score
         monitor.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ioc.access import AccessError, default_access, from_mapping, parse_acf
+from ioc.core.access import AccessError, default_access, from_mapping, parse_acf
 
 
 def fake_resolver(name: str) -> list[str]:

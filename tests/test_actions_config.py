@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ioc.config import ConfigError, load_config
-from ioc.layout import model_pv_names, model_pv_specs
-from ioc.pvmodel import Kind
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_names, model_pv_specs
+from ioc.core.pvmodel import Kind
 from tests.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

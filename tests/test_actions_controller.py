@@ -8,12 +8,12 @@ import asyncio
 
 import pytest
 
-from ioc.actions import ActionController
-from ioc.config import ActionConfig, InferenceConfig, InputConfig, ModelConfig, OutputConfig, PVRef, TriggerConfig
-from ioc.engine import load_champion
-from ioc.guards import ActionState
-from ioc.pvmodel import AlarmLimits, ClientInfo, Kind, PVDatabase, PVSpec, Severity
-from ioc.runner import ModelRunner
+from ioc.core.config import ActionConfig, InferenceConfig, InputConfig, ModelConfig, OutputConfig, PVRef, TriggerConfig
+from ioc.core.engine import load_champion
+from ioc.core.guards import ActionState
+from ioc.core.pvmodel import AlarmLimits, ClientInfo, Kind, PVDatabase, PVSpec, Severity
+from ioc.edges.actions.controller import ActionController
+from ioc.runtime.runner import ModelRunner
 from tests.support.models import publish_linear
 
 OP = ClientInfo("op", "console", "ca")

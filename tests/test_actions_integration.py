@@ -23,8 +23,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ioc.guards import ActionState
-from ioc.store import ModelStore
+from ioc.core.guards import ActionState
+from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from tests.support.metrics import samples, wait_scrape
 from tests.support.models import publish_linear

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from epicsarchiver.retrieval.pb import read_pb_file
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
 from tests.conftest import write_yaml
 from training.dataset import DatasetError, build_dataset
 from training.pipeline import Options, run

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ioc.caproto_fixes import _bind_and_listen, run_inline
+from ioc.protocols.caproto_fixes import bind_and_listen, run_inline
 
 
 async def test_run_inline_completes_a_coroutine_that_does_not_wait_on_the_callers_stack():
@@ -72,13 +72,13 @@ async def test_run_inline_delivers_exceptions_and_cancellation_to_the_coroutine(
 
 
 async def test_a_taken_port_fails_at_bind_time_not_later_in_a_background_task():
-    first = await _bind_and_listen("127.0.0.1", 0)
+    first = await bind_and_listen("127.0.0.1", 0)
     port = first.getsockname()[1]
     try:
         with pytest.raises(OSError):
-            await _bind_and_listen("127.0.0.1", port)
+            await bind_and_listen("127.0.0.1", port)
     finally:
         first.close()
-    again = await _bind_and_listen("127.0.0.1", port)  # free again: reusable at once (SO_REUSEADDR)
+    again = await bind_and_listen("127.0.0.1", port)  # free again: reusable at once (SO_REUSEADDR)
     assert again.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     again.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ioc.config import load_config
-from ioc.layout import model_pv_names
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_names
 from tests.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

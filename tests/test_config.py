@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ioc.config import ConfigError, load_config
-from ioc.layout import model_pv_names
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_names
 from tests.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

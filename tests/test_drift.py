@@ -1,4 +1,4 @@
-"""Drift scores, calibrated limits and debouncing: the pure logic (ioc/drift.py, ioc/thresholds.py)."""
+"""Drift scores, calibrated limits and debouncing: the pure logic (ioc/core/drift.py, ioc/core/thresholds.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ioc.drift import (
+from ioc.core.drift import (
     METHODS,
     NoReference,
     Reference,
@@ -18,8 +18,8 @@ from ioc.drift import (
     score_chunks,
     warmup_factor,
 )
-from ioc.pvmodel import PV, AlarmLimits, Kind, PVSpec, Severity, Status
-from ioc.thresholds import Debouncer, ar1_gaussian, ar1_phi, calibrate, effective_samples, normal_cdf
+from ioc.core.pvmodel import PV, AlarmLimits, Kind, PVSpec, Severity, Status
+from ioc.core.thresholds import Debouncer, ar1_gaussian, ar1_phi, calibrate, effective_samples, normal_cdf
 
 
 def ref_entry(samples: np.ndarray) -> dict:

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
 from ioc.generate.alarms import generate
 from tests.conftest import write_yaml
 from tests.support.demo import demo_inputs, demo_store_copy

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from ioc.config import InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
-from ioc.engine import EngineError, choose_providers, load_champion, load_version
-from ioc.store import ModelStore
+from ioc.core.config import InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
+from ioc.core.engine import EngineError, choose_providers, load_champion, load_version
+from ioc.core.store import ModelStore
 from tests.support.models import linear_model, manifest_for, publish_linear
 
 W = [[2.0, 1.0], [1.0, -1.0]]
@@ -66,7 +66,7 @@ def test_rejects_file_onnx_runtime_cannot_load(tmp_path):
     def garbage(store, n):
         store.onnx_path(n).write_bytes(b"not an onnx file")
         m = json.loads(store.manifest_path(n).read_text())
-        from ioc.store import sha256_file
+        from ioc.core.store import sha256_file
         m["sha256"] = sha256_file(store.onnx_path(n))
         store.manifest_path(n).write_text(json.dumps(m))
     _expect_rejected(tmp_path, garbage, "ONNX Runtime cannot load")

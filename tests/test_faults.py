@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from ioc.store import ModelStore
+from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from tests.support.models import linear_model, manifest_for, sqrt_version
 

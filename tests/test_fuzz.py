@@ -11,12 +11,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ioc.config import ConfigError, InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig, parse_config
-from ioc.engine import load_champion
-from ioc.layout import ModelStatus
-from ioc.manifest import ManifestError, parse_manifest
-from ioc.pvmodel import ClientInfo, PutRejected, PVDatabase, Severity
-from ioc.runner import ModelRunner
+from ioc.core.config import ConfigError, InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
+from ioc.core.configfile import parse_config
+from ioc.core.engine import load_champion
+from ioc.core.layout import ModelStatus
+from ioc.core.manifest import ManifestError, parse_manifest
+from ioc.core.pvmodel import ClientInfo, PutRejected, PVDatabase, Severity
+from ioc.runtime.runner import ModelRunner
 from tests.support.models import publish_linear
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),

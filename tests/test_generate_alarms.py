@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_names
 from ioc.generate.alarms import generate
-from ioc.layout import model_pv_names
 from tests.conftest import write_yaml
 from tests.support.phoebus import ALARM_SCHEMA, SHARED_ALARM_SCHEMA
 

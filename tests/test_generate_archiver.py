@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_specs
 from ioc.generate import GenerateOptions
 from ioc.generate.archiver import archive_pv_url, entries
-from ioc.layout import model_pv_specs
 from tests.support.generate import ROOT, extended_specs, linear_config
 
 DEMO = ROOT / "config" / "demo.yaml"

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_specs
+from ioc.core.pvmodel import Kind
 from ioc.generate import GenerateOptions, run
-from ioc.layout import model_pv_specs
-from ioc.pvmodel import Kind
 from tests.support.epicsdb import base_dbd, parse_db
 from tests.support.generate import ROOT, extended_specs, linear_config
 from tests.support.procs import ServerProcess, server_env

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
+from ioc.core.layout import model_pv_names
 from ioc.generate import GenerateOptions, run
 from ioc.generate.opi import TOP, expert_file, overview_file
-from ioc.layout import model_pv_names
 from tests.support.generate import ROOT, demo_like_config, extended_specs, reduced_specs
 from tests.support.phoebus import SHARED_VERSIONS, VERSIONS_FILE, validate
 

@@ -1,4 +1,4 @@
-"""The action guards (ioc/guards.py), exhaustively: one test per guard of the guard table, then
+"""The action guards (ioc/core/guards.py), exhaustively: one test per guard of the guard table, then
 property tests that no input which should be held is ever written, whatever the other inputs are."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ioc.guards import (
+from ioc.core.guards import (
     COUNTED_HOLDS,
     ROUTINE_HOLDS,
     STATE_CHOICES,
@@ -24,7 +24,7 @@ from ioc.guards import (
     check_target_limits,
     evaluate,
 )
-from ioc.pvmodel import Severity
+from ioc.core.pvmodel import Severity
 
 LIMITS = Limits(min=-4.0, max=4.0, max_step=0.5, max_rate_hz=2.0, deadband=0.02, drift_limit=Severity.MAJOR)
 

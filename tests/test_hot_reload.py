@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ioc.store import ModelStore, sha256_file
+from ioc.core.store import ModelStore, sha256_file
 from tests.conftest import write_yaml
 from tests.support.models import publish_version as publish
 from tests.support.models import version_files

@@ -10,10 +10,10 @@ import time
 import pytest
 import yaml
 
-from ioc.config import load_config
+from ioc.core.configfile import load_config
+from ioc.core.store import ModelStore
 from ioc.generate import GenerateOptions, run
 from ioc.generate.grafana import dashboard
-from ioc.store import ModelStore
 from tests.support.generate import ROOT, linear_config
 from tests.support.metrics import parse, samples, wait_scrape
 
@@ -133,9 +133,9 @@ async def test_drift_and_reload_reports_reach_the_exposition(tmp_path, prefix):
 
     from prometheus_client import generate_latest
 
-    from ioc.metrics import Metrics
-    from ioc.pvmodel import PVDatabase
-    from ioc.runner import ModelRunner
+    from ioc.core.pvmodel import PVDatabase
+    from ioc.edges.metrics import Metrics
+    from ioc.runtime.runner import ModelRunner
 
     config = load_config(linear_config(tmp_path, prefix))
     runner = ModelRunner(config.models[0], PVDatabase(), config.ioc.inference, asyncio.get_running_loop())

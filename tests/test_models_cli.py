@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ioc.store import ModelStore
+from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from tests.support.models import version_files
 

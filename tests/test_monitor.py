@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ioc.config import ConfigError, load_config
-from ioc.engine import load_champion
-from ioc.monitor import ModelMonitor
-from ioc.pvmodel import PVDatabase, Severity
-from ioc.runner import ModelRunner
-from ioc.store import ModelStore
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
+from ioc.core.engine import load_champion
+from ioc.core.pvmodel import PVDatabase, Severity
+from ioc.core.store import ModelStore
+from ioc.runtime.monitor import ModelMonitor
+from ioc.runtime.runner import ModelRunner
 from tests.support.models import linear_model, manifest_for
 from tests.test_drift import ref_entry
 

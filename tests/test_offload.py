@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from ioc.offload import SLOW_STRIKES, Offloader
+from ioc.runtime.offload import SLOW_STRIKES, Offloader
 
 
 async def test_only_consecutive_slow_inline_runs_move_a_model_off_the_loop():

@@ -6,8 +6,8 @@ import math
 
 from p4p.client.thread import Context
 
-from ioc.pva_server import PvaServer
-from ioc.pvmodel import AlarmLimits, Kind, PVDatabase, PVSpec, Severity
+from ioc.core.pvmodel import AlarmLimits, Kind, PVDatabase, PVSpec, Severity
+from ioc.protocols.pva_server import PvaServer
 
 
 async def test_a_pv_posted_before_the_server_opened_is_served_whole():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ioc.pvmodel import (
+from ioc.core.pvmodel import (
     AccessDenied,
     AlarmLimits,
     ClientInfo,

@@ -1,4 +1,4 @@
-"""The IOC's data recorder (ioc/recorder.py): rows, rolling, flushing, the `record:` config key."""
+"""The IOC's data recorder (ioc/edges/recorder.py): rows, rolling, flushing, the `record:` config key."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ioc.config import ConfigError, load_config
-from ioc.layout import ModelStatus
-from ioc.pvmodel import Severity
-from ioc.recorder import Recorder, column_names
-from ioc.runner import CycleRecord
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
+from ioc.core.layout import ModelStatus
+from ioc.core.pvmodel import Severity
+from ioc.edges.recorder import Recorder, column_names
+from ioc.runtime.runner import CycleRecord
 from tests.conftest import write_yaml
 
 CONFIG = """\

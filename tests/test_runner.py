@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from ioc.config import AlarmConfig, InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
-from ioc.engine import load_champion
-from ioc.layout import ModelStatus
-from ioc.pvmodel import ClientInfo, PVDatabase, Severity, Status
-from ioc.runner import ModelRunner
-from ioc.store import ModelStore
+from ioc.core.config import AlarmConfig, InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
+from ioc.core.engine import load_champion
+from ioc.core.layout import ModelStatus
+from ioc.core.pvmodel import ClientInfo, PVDatabase, Severity, Status
+from ioc.core.store import ModelStore
+from ioc.runtime.runner import ModelRunner
 from tests.support.models import manifest_for, publish_linear, slow_model
 
 W = [[2.0, 1.0], [1.0, -1.0]]
@@ -223,7 +223,7 @@ async def test_slow_model_runs_off_the_loop(tmp_path):
     _put(db, "P:IN:a", 1.0)
     _put(db, "P:IN:b", 2.0)
     await asyncio.sleep(0)  # the cycle starts and hands the model run to the worker thread
-    assert runner._in_flight
+    assert runner.in_flight
     ticks = 0
     while not done.is_set():  # the loop keeps turning while the model computes
         ticks += 1
@@ -253,17 +253,17 @@ async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_secon
     _put(db, "P:IN:a", 1.0)
     _put(db, "P:IN:b", 2.0)  # both inputs valid: the first cycle on the worker thread
     await asyncio.wait_for(first.wait(), 30)
-    while runner._in_flight:
+    while runner.in_flight:
         await asyncio.sleep(0.01)
     count0, overruns0 = runner.count, runner.overruns
     runner.run_cycle()  # a scan tick: the model runs on the worker thread
-    assert runner._in_flight
+    assert runner.in_flight
     runner.run_cycle()  # the next tick while it computes: waits, then runs (not missed)
     assert runner.overruns == overruns0
     runner.run_cycle()  # a third while one already waits: coalesced into it, one missed cycle
     assert runner.overruns == overruns0 + 1
     await asyncio.wait_for(all_done.wait(), 30)
-    while runner._in_flight:
+    while runner.in_flight:
         await asyncio.sleep(0.01)
     assert runner.count - count0 == 2 and len(ok) == 3  # two cycles ran and counted, one was missed
     runner.close()

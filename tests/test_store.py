@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ioc.store import ModelStore, StoreConflict, StoreError
+from ioc.core.store import ModelStore, StoreConflict, StoreError
 from tests.support.models import linear_model, manifest_for
 
 

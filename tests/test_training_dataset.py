@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ioc.config import load_config
-from ioc.layout import ModelStatus
-from ioc.pvmodel import Severity
-from ioc.recorder import Recorder
-from ioc.runner import CycleRecord
+from ioc.core.configfile import load_config
+from ioc.core.layout import ModelStatus
+from ioc.core.pvmodel import Severity
+from ioc.edges.recorder import Recorder
+from ioc.runtime.runner import CycleRecord
 from tests.conftest import write_yaml
 from training.dataset import DatasetError, build_dataset, time_split
 from training.spec import load_spec

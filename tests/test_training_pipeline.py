@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from ioc.cli import main as mlioc
-from ioc.config import load_config
-from ioc.engine import load_champion
-from ioc.store import ModelStore
+from ioc.core.configfile import load_config
+from ioc.core.engine import load_champion
+from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from training.pipeline import Options, run
 from training.spec import load_spec

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ioc.config import ConfigError, load_config
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
 from training.dataset import DatasetError
 from training.registry import TrackingError
 from training.spec import load_spec, parse_time

@@ -3,7 +3,7 @@
 Export uses torch's dynamo exporter with the weights inside the file (``external_data=False``): the
 store's contract is one ``model.onnx`` per version. The graph works on standardised values; the
 manifest carries the normalisation and the IOC applies it around the graph, exactly as
-``ioc.engine.LoadedModel.run`` does.
+``ioc.core.engine.LoadedModel.run`` does.
 
 Parity is checked on the whole test split in normalised output units (max |ONNX - torch| <=
 ``gate.parity_atol``, default 1e-4; measured ~2e-6 for the demo MLP on CPU). A failure stops the push.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ioc.config import ModelConfig
+from ioc.core.config import ModelConfig
 from training.dataset import Normalisation, Split, reference_stats
 from training.spec import TrainSpec
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from ioc.config import Config, ConfigError, ModelConfig, _Checker, _line_index
+from ioc.core.config import Config, ConfigError, ModelConfig
+from ioc.core.yamlcheck import Checker, line_index
 
 KINDS = ("regression", "autoencoder")
 ACTIVATIONS = ("silu", "relu", "tanh", "gelu")
@@ -171,9 +172,9 @@ def parse_time(value: Any) -> float | None:
 
 
 class _SpecChecker:
-    """Typed getters over the IOC's :class:`_Checker` (which records FILE:LINE problems)."""
+    """Typed getters over the IOC's :class:`Checker` (which records FILE:LINE problems)."""
 
-    def __init__(self, c: _Checker):
+    def __init__(self, c: Checker):
         self.c = c
 
     def time(self, value: Any, path) -> float | None:
@@ -212,7 +213,7 @@ def _coerce_numbers(raw: Any) -> Any:
     return raw
 
 
-def parse_spec(model: ModelConfig, raw: Any, c: _Checker, base: Path, path: tuple) -> TrainSpec:
+def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple) -> TrainSpec:
     """Validate one model's ``training:`` mapping (``raw`` may be None: every default)."""
     raw = _coerce_numbers(raw)
     s = _SpecChecker(c)
@@ -345,7 +346,7 @@ def load_spec(config: Config, model_name: str) -> TrainSpec:
     model = config.model(model_name)  # KeyError names the models there are
     text = Path(config.path).read_text()
     node = yaml.compose(text, Loader=yaml.SafeLoader)
-    c = _Checker(Path(config.path), _line_index(node) if node is not None else {})
+    c = Checker(Path(config.path), line_index(node) if node is not None else {})
     index = [m.name for m in config.models].index(model_name)
     spec = parse_spec(model, model.training, c, Path(config.path).parent, ("models", index, "training"))
     if c.problems:

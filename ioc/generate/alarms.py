@@ -8,7 +8,7 @@ One ``<component>`` per model, with a ``<pv>`` for each PV whose severity an ope
 * the outputs' health: every ``$(P)OUT:<name>`` with alarm limits, and ``$(P)RMSE:<name>`` where the
   config names a ground truth.
 
-Every PV name comes from :func:`ioc.layout.model_pv_specs`, so the file can only name PVs the IOC
+Every PV name comes from :func:`ioc.core.layout.model_pv_specs`, so the file can only name PVs the IOC
 serves; a control PV the guidance recommends (``ROLLBACK``) is mentioned only once the layout serves
 it. Each entry says what the alarm means and exactly what to do. Delays are 0 for scores the IOC
 already debounces (a second delay would only add latency) and a few seconds for STATUS and
@@ -24,8 +24,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ioc.config import Config, ModelConfig
-from ioc.layout import ModelNames, mirrors_inputs, model_pv_specs
+from ioc.core.config import Config, ModelConfig
+from ioc.core.layout import ModelNames, mirrors_inputs, model_pv_specs
 
 ROOT_NAME = "mlioc"
 FILE_NAME = "mlioc-alarms.xml"

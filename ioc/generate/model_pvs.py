@@ -1,7 +1,7 @@
 """One model's PVs as the generators see them: the layout's specs, looked up by role.
 
-Pure logic. The specs come from :func:`ioc.layout.model_pv_specs` (via :class:`GenerateOptions`),
-never from a list of suffixes here. Roles that :class:`ioc.layout.ModelNames` names (inputs,
+Pure logic. The specs come from :func:`ioc.core.layout.model_pv_specs` (via :class:`GenerateOptions`),
+never from a list of suffixes here. Roles that :class:`ioc.core.layout.ModelNames` names (inputs,
 outputs, ENABLE, STATUS, ...) are looked up through it. The roles below it does not name (yet)
 are looked up by the suffix the DESIGN.md PV contract gives them, and a role is ``None`` until
 the layout really lists that PV: a screen shows a PROMOTE button only once the IOC serves PROMOTE.
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ioc.config import InputConfig, ModelConfig, OutputConfig
-from ioc.layout import ModelNames
-from ioc.pvmodel import PVSpec
+from ioc.core.config import InputConfig, ModelConfig, OutputConfig
+from ioc.core.layout import ModelNames
+from ioc.core.pvmodel import PVSpec
 
 # Suffixes (after the model prefix) of PVs of the DESIGN.md PV contract that ModelNames does not name.
 CHALLENGER = "CHALLENGER"  # stringin: version shadowed ("" when none)

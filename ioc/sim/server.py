@@ -24,9 +24,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from ioc.ca_server import CaServer
-from ioc.pva_server import PvaServer
-from ioc.pvmodel import PV, ClientInfo, Kind, PVDatabase, PVSpec
+from ioc.core.pvmodel import PV, ClientInfo, Kind, PVDatabase, PVSpec
+from ioc.protocols.ca_server import CaServer
+from ioc.protocols.pva_server import PvaServer
 from ioc.sim.physics import COR_LIMITS_A, KNOBS, OBSERVABLES, Machine, Steering
 
 log = logging.getLogger("mlioc.sim")

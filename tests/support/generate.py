@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ioc.config import ModelConfig
-from ioc.layout import CONTROL_ASG, model_pv_specs
-from ioc.pvmodel import AlarmLimits, Kind, PVSpec
+from ioc.core.config import ModelConfig
+from ioc.core.layout import CONTROL_ASG, model_pv_specs
+from ioc.core.pvmodel import AlarmLimits, Kind, PVSpec
 from tests.conftest import write_yaml
 from tests.support.demo import demo_store_copy
 from tests.support.models import publish_linear

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ioc.config import InputConfig
-from ioc.pvmodel import Severity, Status
+from ioc.core.config import InputConfig
+from ioc.core.pvmodel import Severity, Status
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Which PVs a model serves, with their record types and fields: the PV contract of DESIGN.md.
 
-This is the single place that turns a :class:`~ioc.config.ModelConfig` into :class:`~ioc.pvmodel.PVSpec`
+This is the single place that turns a :class:`~ioc.core.config.ModelConfig` into :class:`~ioc.core.pvmodel.PVSpec`
 objects. ``mlioc pvs``, the IOC itself and the generators (screens, archiver lists, .db files) all
 read it, so none of them can name a PV the IOC does not serve.
 """
@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ioc.config import InputConfig, LimitsConfig, ModelConfig, OutputConfig
-from ioc.guards import STATE_CHOICES as ACTION_STATE_CHOICES
-from ioc.guards import STATE_SEVERITIES as ACTION_STATE_SEVERITIES
-from ioc.pvmodel import AlarmLimits, Kind, PVSpec, Severity
+from ioc.core.config import Config, InputConfig, LimitsConfig, ModelConfig, OutputConfig
+from ioc.core.guards import STATE_CHOICES as ACTION_STATE_CHOICES
+from ioc.core.guards import STATE_SEVERITIES as ACTION_STATE_SEVERITIES
+from ioc.core.pvmodel import AlarmLimits, Kind, PVSpec, Severity
+from ioc.core.yamlcheck import MAX_PV_NAME, KeyPath
 
 CONTROL_ASG = "CONTROL"  # access security group of ENABLE / ROLLBACK / PROMOTE / RELOAD
 INPUT_ASG = "INPUTS"  # access security group of writable inputs
@@ -341,3 +342,20 @@ def action_pv_specs(model: ModelConfig) -> list[PVSpec]:
 
 def model_pv_names(model: ModelConfig) -> list[str]:
     return [s.name for s in model_pv_specs(model)]
+
+
+def pv_name_problems(config: Config) -> list[tuple[KeyPath, str]]:
+    """Every PV name must be unique across models and fit EPICS' 60-character limit.
+
+    Returned as (key path, message) for the config checker, so a clash points at the ``prefix`` line.
+    """
+    problems: list[tuple[KeyPath, str]] = []
+    owner: dict[str, str] = {}
+    for i, model in enumerate(config.models):
+        for pv in model_pv_names(model):
+            if len(pv) > MAX_PV_NAME:
+                problems.append((("models", i, "prefix"), f"PV name {pv!r} is longer than {MAX_PV_NAME} characters"))
+            if pv in owner and owner[pv] != model.name:
+                problems.append((("models", i, "prefix"), f"PV {pv!r} is also served by model {owner[pv]!r}"))
+            owner[pv] = model.name
+    return problems

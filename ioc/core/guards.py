@@ -1,6 +1,6 @@
 """The guards between a model's output and a machine setpoint: pure logic, no I/O, no clock.
 
-A closed-loop action (:mod:`ioc.actions`) gathers, once per model cycle, everything the decision
+A closed-loop action (:mod:`ioc.edges.actions`) gathers, once per model cycle, everything the decision
 depends on into a :class:`GuardInput` and asks :func:`evaluate` for a :class:`Verdict`: write the
 value (``WRITING``, or ``DRY_RUN`` when the action only proposes), or hold it and say which guard
 held it. Keeping the decision here, apart from the CA/PVA edge, is what lets every guard be tested
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ioc.pvmodel import Severity
+from ioc.core.pvmodel import Severity
 
 
 class ActionState(IntEnum):
@@ -69,7 +69,7 @@ DRIFT_LIMITS = {"MINOR": Severity.MINOR, "MAJOR": Severity.MAJOR}
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """An action's configured envelope (``action:`` of an output, see :mod:`ioc.config`)."""
+    """An action's configured envelope (``action:`` of an output, see :mod:`ioc.core.config`)."""
 
     min: float
     max: float

@@ -1,4 +1,4 @@
-"""PV Access adapter: serves a :class:`~ioc.pvmodel.PVDatabase` with p4p (pvxs).
+"""PV Access adapter: serves a :class:`~ioc.core.pvmodel.PVDatabase` with p4p (pvxs).
 
 Numeric PVs are NTScalar with ``alarm``, ``timeStamp``, ``display`` (with ``form``), ``control`` and
 ``valueAlarm``; bo/mbbi are NTEnum; stringin is an NTScalar string. p4p neither evaluates
@@ -21,7 +21,7 @@ from p4p.server import Server, StaticProvider
 from p4p.server.asyncio import SharedPV
 from p4p.server.raw import SharedPV as RawSharedPV
 
-from ioc.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Status
+from ioc.core.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Status
 
 log = logging.getLogger("mlioc.pva")
 

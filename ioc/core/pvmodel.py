@@ -6,7 +6,7 @@ severity, status, timestamp, message). Alarm severities are computed *here*, onc
 Phoebus alarm server trusts the severity the IOC serves and neither caproto (shared alarm groups,
 a 0 default lower limit) nor p4p (ignores ``valueAlarm``) computes it correctly on its own.
 
-The protocol adapters (:mod:`ioc.ca_server`, :mod:`ioc.pva_server`) subscribe to PVs and translate
+The protocol adapters (:mod:`ioc.protocols.ca_server`, :mod:`ioc.protocols.pva_server`) subscribe to PVs and translate
 readings to wire formats; client writes come back through :meth:`PVDatabase.put`, which checks the
 access policy, coerces the value, calls the PV's put handler and audits the action.
 """
@@ -21,6 +21,13 @@ from enum import IntEnum, IntFlag, StrEnum
 from typing import Any, NamedTuple, Protocol
 
 audit_log = logging.getLogger("mlioc.audit")
+
+MESSAGE_LEN = 39  # a CA DBR_STRING holds 39 characters + NUL; both protocols serve the same text
+
+
+def clip_message(text: str) -> str:
+    """A message as a string PV can serve it: at most MESSAGE_LEN characters, ``~`` marking a cut."""
+    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
 
 
 class Severity(IntEnum):
@@ -319,7 +326,7 @@ class PV:
         self._mdel_last: Any = spec.initial
         self._adel_last: Any = spec.initial
         self._last_limit: float | None = None
-        # Optional: filters the limit alarm in time (ioc.thresholds.Debouncer), so that CA and PVA
+        # Optional: filters the limit alarm in time (ioc.core.thresholds.Debouncer), so that CA and PVA
         # serve the same debounced severity. Not applied to the caller's severity or to INVALID.
         self.alarm_filter: AlarmFilter | None = None
         self._cache_spec()

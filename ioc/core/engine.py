@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ioc.config import InferenceConfig, ModelConfig
-from ioc.manifest import Manifest, ManifestError, read_manifest
-from ioc.store import ModelStore, StoreError, sha256_file
+from ioc.core.config import InferenceConfig, ModelConfig
+from ioc.core.manifest import Manifest, ManifestError, read_manifest
+from ioc.core.store import ModelStore, StoreError, sha256_file
 
 log = logging.getLogger("mlioc.engine")
 

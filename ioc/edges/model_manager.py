@@ -3,7 +3,7 @@ PROMOTE / ROLLBACK / RELOAD from the control room.
 
 The store is polled (``ioc.store_poll_s``, 0.5 s by default: it works on NFS, where inotify does
 not) or rescanned at once on a write to ``$(P)RELOAD``. A new version is loaded, validated and
-warmed up on a worker thread (:func:`ioc.engine.load_version`) and swapped in on the loop between
+warmed up on a worker thread (:func:`ioc.core.engine.load_version`) and swapped in on the loop between
 two cycles (:meth:`ModelRunner.set_model`), so no cycle is missed and none mixes two models.
 A version that fails any check is rejected — the reason goes to ``$(P)MESSAGE``, the log,
 ``events.jsonl`` and a metric — and the model in memory keeps serving. A rejected version is not
@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ioc.config import InferenceConfig
-from ioc.engine import EngineError, LoadedModel, load_version
-from ioc.pvmodel import PV, ClientInfo, PutRejected
-from ioc.runner import ModelRunner
-from ioc.store import ModelStore, StoreConflict, StoreError
+from ioc.core.config import InferenceConfig
+from ioc.core.engine import EngineError, LoadedModel, load_version
+from ioc.core.pvmodel import PV, ClientInfo, PutRejected
+from ioc.core.store import ModelStore, StoreConflict, StoreError
+from ioc.runtime.runner import ModelRunner
 
 log = logging.getLogger("mlioc.models")
 

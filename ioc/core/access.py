@@ -43,7 +43,7 @@ class Rule:
 
 @dataclass
 class AccessList:
-    """The access policy of one IOC (implements :class:`ioc.pvmodel.AccessPolicy`)."""
+    """The access policy of one IOC (implements :class:`ioc.core.pvmodel.AccessPolicy`)."""
 
     uag: dict[str, frozenset[str]] = field(default_factory=dict)
     hag: dict[str, frozenset[str]] = field(default_factory=dict)  # resolved: addresses (and names, lower case)
@@ -134,7 +134,7 @@ def default_access(control_users: Iterable[str] = (), control_hosts: Iterable[st
 
 
 def from_mapping(raw: dict, where: str, resolver: Resolver = resolve) -> AccessList:
-    """The config's ``access:`` section (already type-checked by ioc.config)::
+    """The config's ``access:`` section (already type-checked by ioc.core.config)::
 
         access:
           control: {users: [alice, bob], hosts: [console1]}   # shorthand for the default layout
@@ -287,7 +287,7 @@ def parse_acf(text: str, path: str = "<acf>", resolver: Resolver = resolve) -> A
 
 
 def build_access(settings) -> AccessList:
-    """The access list a config asks for (``ioc.config.AccessSettings``); AccessError if unusable."""
+    """The access list a config asks for (``ioc.core.config.AccessSettings``); AccessError if unusable."""
     if settings.acf:
         try:
             text = open(settings.acf).read()  # noqa: SIM115 - small file, read once

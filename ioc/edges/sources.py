@@ -3,7 +3,7 @@
 CA uses pyepics' bundled libca (the C client, preemptive callbacks): it is the same client code a
 control room's ``camonitor`` uses, and its callback path is far cheaper than a pure-Python client.
 PVA uses the p4p (pvxs) client. Both call ``deliver(value, severity, timestamp, connected)`` on
-their own threads; the caller hands that to the event loop (see :mod:`ioc.feed`), so model state is
+their own threads; the caller hands that to the event loop (see :mod:`ioc.runtime.feed`), so model state is
 only ever touched on the loop. A disconnect is delivered as ``connected=False``; pvxs reconnects by
 itself, CA channels are renewed until they do (see :class:`_CaChannel`).
 """
@@ -17,41 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ioc.config import PVRef
-from ioc.pvmodel import Severity
+from ioc.core.config import PVRef
+from ioc.core.pvmodel import Severity
+from ioc.edges.clients import CA_LOCK, ca_client, ca_module, pva_client
 
 log = logging.getLogger("mlioc.sources")
 
 Deliver = Callable[[Any, Severity, float, bool], None]  # called on the client library's thread
-
-_ca_lock = threading.RLock()
-_ca_module = None
-_pva_context = None
-
-
-def _ca():
-    """pyepics' ``epics.ca``, initialised once for the process."""
-    global _ca_module
-    with _ca_lock:
-        if _ca_module is None:
-            from epics import ca
-
-            ca.PREEMPTIVE_CALLBACK = True
-            ca.initialize_libca()
-            _ca_module = ca
-        else:
-            _ca_module.use_initial_context()
-    return _ca_module
-
-
-def _pva():
-    global _pva_context
-    if _pva_context is None:
-        from p4p.client.thread import Context
-
-        _pva_context = Context("pva", nt=False)
-    return _pva_context
-
 
 class _CaChannel:
     """One libca channel per PV name, shared by every source on that PV.
@@ -67,7 +39,7 @@ class _CaChannel:
     """
 
     RENEW_S = 1.0
-    _all: dict[str, _CaChannel] = {}
+    channels: dict[str, _CaChannel] = {}
 
     def __init__(self, name: str):
         self.name = name
@@ -79,26 +51,26 @@ class _CaChannel:
 
     @classmethod
     def attach(cls, source: CaSource) -> _CaChannel:
-        with _ca_lock:
-            channel = cls._all.get(source.ref.name)
+        with CA_LOCK:
+            channel = cls.channels.get(source.ref.name)
             new = channel is None
             if new:
-                channel = cls._all[source.ref.name] = cls(source.ref.name)
+                channel = cls.channels[source.ref.name] = cls(source.ref.name)
             channel.users.append(source)
             connected = channel.connected
         if new:
             channel._create()
         elif connected:
-            source._connected(channel.chid)
+            source.on_connected(channel.chid)
         return channel
 
     def detach(self, source: CaSource) -> None:
-        with _ca_lock:
+        with CA_LOCK:
             if source in self.users:
                 self.users.remove(source)
             last = not self.users
             if last:
-                self._all.pop(self.name, None)
+                self.channels.pop(self.name, None)
                 timer, self.timer = self.timer, None
         if last:
             if timer is not None:
@@ -107,14 +79,14 @@ class _CaChannel:
             self._clear()
 
     def _create(self) -> None:
-        ca = _ca()
+        ca = ca_client()
         self.generation += 1
         generation = self.generation
         self.chid = ca.create_channel(self.name, connect=False, auto_cb=False,
                                       callback=lambda **kw: self._on_connection(generation, **kw))
 
     def _clear(self) -> None:
-        ca = _ca_module
+        ca = ca_module()
         if ca is None or self.chid is None:
             return
         try:
@@ -126,7 +98,7 @@ class _CaChannel:
     def _on_connection(self, generation, pvname=None, chid=None, conn=False, **_):
         if generation != self.generation:
             return  # a channel we have already replaced
-        with _ca_lock:
+        with CA_LOCK:
             was, self.connected = self.connected, bool(conn)
             users = list(self.users)
             if conn and self.timer is not None:
@@ -134,27 +106,27 @@ class _CaChannel:
                 self.timer = None
         for source in users:
             if conn:
-                source._connected(chid)
+                source.on_connected(chid)
             elif was or not source.reported_down:
-                source._disconnected()
+                source.on_disconnected()
         if not conn:
             self._schedule_renew()
 
     def _schedule_renew(self) -> None:
-        with _ca_lock:
+        with CA_LOCK:
             if self.timer is None and self.users:
                 self.timer = threading.Timer(self.RENEW_S, self._renew)
                 self.timer.daemon = True
                 self.timer.start()
 
     def _renew(self) -> None:
-        with _ca_lock:
+        with CA_LOCK:
             self.timer = None
             if self.connected or not self.users:
                 return
             users = list(self.users)
         for source in users:
-            source._drop_subscription()
+            source.drop_subscription()
         self._clear()
         self._create()
         self._schedule_renew()  # until it connects (the connection callback cancels it)
@@ -163,8 +135,8 @@ class _CaChannel:
 def ca_channel_is_current(name: str, chid) -> bool:
     """Whether ``chid`` is still the live channel for ``name`` (renewal clears channels, and with
     them every subscription on them: a subscription on a replaced channel must not be cleared again)."""
-    with _ca_lock:
-        channel = _CaChannel._all.get(name)
+    with CA_LOCK:
+        channel = _CaChannel.channels.get(name)
         current = channel.chid if channel is not None else None
     return current is not None and chid is not None and getattr(current, "value", current) == getattr(
         chid, "value", chid)
@@ -192,10 +164,10 @@ class CaSource:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        _ca()
+        ca_client()
         self._channel = _CaChannel.attach(self)
 
-    def _connected(self, chid) -> None:
+    def on_connected(self, chid) -> None:
         log.info("source %s connected", self.ref)
         self.connected = True
         self.reported_down = False
@@ -206,7 +178,7 @@ class CaSource:
             if self._sub is not None:
                 return
             self._got_value = False
-            self._sub = _ca_module.create_subscription(chid, use_time=True, callback=self._on_value)
+            self._sub = ca_module().create_subscription(chid, use_time=True, callback=self._on_value)
             self._check = threading.Timer(self.FIRST_VALUE_S, self._check_first_value, args=(chid,))
             self._check.daemon = True
             self._check.start()
@@ -215,11 +187,11 @@ class CaSource:
         if self._got_value or not self.connected:
             return
         log.warning("source %s: no value %.0f s after connecting; subscribing again", self.ref, self.FIRST_VALUE_S)
-        self._drop_subscription()
-        _ca()
+        self.drop_subscription()
+        ca_client()
         self._subscribe(chid)
 
-    def _drop_subscription(self) -> None:
+    def drop_subscription(self) -> None:
         with self._lock:
             sub, self._sub = self._sub, None
             check, self._check = self._check, None
@@ -227,11 +199,11 @@ class CaSource:
             check.cancel()
         if sub is not None:
             try:
-                _ca_module.clear_subscription(sub[2])
+                ca_module().clear_subscription(sub[2])
             except Exception:
                 pass
 
-    def _disconnected(self) -> None:
+    def on_disconnected(self) -> None:
         if self.connected:
             log.warning("source %s disconnected", self.ref)
         self.connected = False
@@ -249,7 +221,7 @@ class CaSource:
         self.deliver(value, sev, float(timestamp), True)
 
     def stop(self) -> None:
-        self._drop_subscription()
+        self.drop_subscription()
         if self._channel is not None:
             self._channel.detach(self)
             self._channel = None
@@ -265,7 +237,7 @@ class PvaSource:
         self._sub = None
 
     def start(self) -> None:
-        self._sub = _pva().monitor(self.ref.name, self._on_update, notify_disconnect=True)
+        self._sub = pva_client().monitor(self.ref.name, self._on_update, notify_disconnect=True)
 
     def _on_update(self, value) -> None:
         from p4p.client.thread import Disconnected
@@ -308,11 +280,3 @@ class PvaSource:
 
 def make_source(ref: PVRef, deliver: Deliver) -> CaSource | PvaSource:
     return CaSource(ref, deliver) if ref.protocol == "ca" else PvaSource(ref, deliver)
-
-
-def close_clients() -> None:
-    """Tear down the process-wide client contexts (at shutdown)."""
-    global _pva_context
-    if _pva_context is not None:
-        _pva_context.close()
-        _pva_context = None

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ioc.layout import ModelStatus
+from ioc.core.layout import ModelStatus
 
 if TYPE_CHECKING:
-    from ioc.actions import ActionController
-    from ioc.engine import LoadedModel
-    from ioc.runner import ModelRunner
+    from ioc.core.engine import LoadedModel
+    from ioc.edges.actions.controller import ActionController
+    from ioc.runtime.runner import ModelRunner
 
 log = logging.getLogger("mlioc.metrics")
 

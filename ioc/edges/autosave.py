@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ioc.store import atomic_write_text
+from ioc.core.store import atomic_write_text
 
 log = logging.getLogger("mlioc.autosave")
 

@@ -21,7 +21,7 @@ Methods (``drift.method``), each comparing the window with the reference of the 
   the symmetrised Kullback-Leibler divergence that credit-risk and MLOps tools report.
 * ``ks`` — the Kolmogorov-Smirnov statistic sup |F_window - F_ref| evaluated at the bin edges:
   the statistic of the two-sample test, whose significance is calibrated by
-  :mod:`ioc.thresholds` for autocorrelated live data (the textbook p-value assumes independent
+  :mod:`ioc.core.thresholds` for autocorrelated live data (the textbook p-value assumes independent
   samples, which 10 Hz machine readbacks are not).
 
 Samples outside the reference range fall in two extra open bins below ``min`` and above ``max``.
@@ -312,7 +312,7 @@ class WindowScorer:
 def score_chunks(binning: Binning, x: np.ndarray, method: str) -> np.ndarray:
     """Scores of whole windows at once: x (m, w, d) -> (m, d). Same arithmetic as :class:`WindowScorer`.
 
-    Used to calibrate limits on simulated reference windows (:mod:`ioc.thresholds`).
+    Used to calibrate limits on simulated reference windows (:mod:`ioc.core.thresholds`).
     """
     m, w, d = x.shape
     slots = binning.slots

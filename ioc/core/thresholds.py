@@ -14,7 +14,7 @@ So each chunk is a window of live-like data: an AR(1) Gaussian series with the c
 correlation time (phi = exp(-1 / (rate * correlation_s))), mapped through the normal CDF and the
 reference's quantile function (a Gaussian copula: exactly the reference marginal, the live
 autocorrelation). Every chunk is scored with the very arithmetic the live monitor uses
-(:func:`ioc.drift.score_chunks`); the overall score of a chunk is the maximum over the signals
+(:func:`ioc.core.drift.score_chunks`); the overall score of a chunk is the maximum over the signals
 (``$(P)DRIFT`` is the worst input), and the limits are
 
     HIGH = mean + k_minor * std,   HIHI = mean + k_major * std      (of that maximum)
@@ -25,7 +25,7 @@ false-alarm budget of a day at 10 Hz (docs/drift.md).
 Debouncing. The alarm server trusts the severity the IOC serves, and caproto has no HYST, so both
 are done here, for both protocols: :class:`Debouncer` raises a severity only after the limit check
 has asked for it continuously for ``raise_s`` and lowers it only after ``clear_s`` below it; the
-limit check itself applies ``HYST`` (:class:`ioc.pvmodel.AlarmLimits`).
+limit check itself applies ``HYST`` (:class:`ioc.core.pvmodel.AlarmLimits`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ioc.drift import Binning, Reference, score_chunks
+from ioc.core.drift import Binning, Reference, score_chunks
 
 CALIBRATION_CHUNKS = 400
 CALIBRATION_SEED = 20261124

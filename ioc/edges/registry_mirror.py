@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ioc.store import ModelStore, StoreError, sha256_file
+from ioc.core.store import ModelStore, StoreError, sha256_file
 
 log = logging.getLogger("mlioc.registry")
 

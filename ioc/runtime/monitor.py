@@ -1,11 +1,11 @@
 """A model's drift, anomaly and ground-truth error scores, served on its PVs (docs/drift.md).
 
-This is the edge between the runner and the pure scoring code (:mod:`ioc.drift`,
-:mod:`ioc.thresholds`). Per cycle it only keeps references to the cycle's input and output arrays
+This is the edge between the runner and the pure scoring code (:mod:`ioc.core.drift`,
+:mod:`ioc.core.thresholds`). Per cycle it only keeps references to the cycle's input and output arrays
 (the runner never mutates them): the cycle is the latency-critical path. Every ``update_s`` the
 batch is pushed into the sliding windows, the scores are computed and posted. Severities are
 computed by the PV model from the served limits (HIGH -> MINOR, HIHI -> MAJOR, with HYST) and then
-debounced (:class:`ioc.thresholds.Debouncer`, installed as the PVs' ``alarm_filter``), so CA and
+debounced (:class:`ioc.core.thresholds.Debouncer`, installed as the PVs' ``alarm_filter``), so CA and
 PVA clients and the alarm server all see the same debounced severity.
 
 When a new model version is served (``runner.model_listeners``), the windows restart against its
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from ioc.config import DriftConfig, LimitsConfig
-from ioc.drift import NoReference, Reference, SlidingMoments, WindowScorer, pair_nearest, parse_references
-from ioc.engine import LoadedModel
-from ioc.layout import ModelNames, mirrors_inputs
-from ioc.pvmodel import PV, AlarmLimits, PVDatabase, Severity, Status
-from ioc.runner import MESSAGE_LEN, CycleRecord, ModelRunner
-from ioc.thresholds import Calibration, Debouncer, ar1_phi, calibrate
+from ioc.core.config import DriftConfig, LimitsConfig
+from ioc.core.drift import NoReference, Reference, SlidingMoments, WindowScorer, pair_nearest, parse_references
+from ioc.core.engine import LoadedModel
+from ioc.core.layout import ModelNames, mirrors_inputs
+from ioc.core.pvmodel import PV, AlarmLimits, PVDatabase, Severity, Status, clip_message
+from ioc.core.thresholds import Calibration, Debouncer, ar1_phi, calibrate
+from ioc.runtime.runner import CycleRecord, ModelRunner
 
 log = logging.getLogger("mlioc.monitor")
 
@@ -74,9 +74,6 @@ class TruthBuffer:
         self.read = start + len(rows)
         return rows
 
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
 
 
 def _limits(config: LimitsConfig | None, cal: Calibration) -> AlarmLimits:
@@ -251,7 +248,7 @@ class ModelMonitor:
             cal_in, cal_out = future.result()
         except Exception as exc:  # never let a calibration failure stop inference
             log.exception("%s %s: calibrating drift limits failed", self.config.name, version)
-            self._invalidate(self._drift_pvs(), _clip(f"{version}: calibration failed: {exc}"), now)
+            self._invalidate(self._drift_pvs(), clip_message(f"{version}: calibration failed: {exc}"), now)
             self.scorer = None
             return
         s = self.settings
@@ -284,7 +281,7 @@ class ModelMonitor:
             if isinstance(rmse, bool) or not isinstance(rmse, (int, float)) or not math.isfinite(rmse) or rmse <= 0:
                 log.error("%s %s: ANOMALY not scored: no test_rmse_%s in the manifest", self.config.name,
                           version, name)
-                self._invalidate([self.anomaly_pv], _clip(f"{version}: no test_rmse_{name}"), now)
+                self._invalidate([self.anomaly_pv], clip_message(f"{version}: no test_rmse_{name}"), now)
                 return
             scale.append(1.0 / rmse)
         self._anomaly_scale = np.array(scale)
@@ -380,7 +377,7 @@ class ModelMonitor:
         else:
             text = "drift cleared" if after == 0 else f"drift down to MINOR: {name} {value:.3g}"
             log.warning("%s: input drift now %s (%s %.3g)", self.config.name, Severity(after).name, name, value)
-        text = _clip(text)
+        text = clip_message(text)
         if self.runner.message_pv.value != text:
             self.runner.message_pv.post(text, self.clock())
 
@@ -415,9 +412,9 @@ class ModelMonitor:
             truth = self.config.outputs[self.truth_index[k]].truth
             pvs = [self.mae_pvs[k], self.rmse_pvs[k]]
             if not self.truth[k].connected:  # never connected, or disconnected
-                self._invalidate(pvs, _clip(f"no truth from {truth.name}"), now)
+                self._invalidate(pvs, clip_message(f"no truth from {truth.name}"), now)
             elif now - self._last_pair[k] > stale_after or not math.isfinite(mae[k]):
-                self._invalidate(pvs, _clip(f"no truth paired from {truth.name}"), now)
+                self._invalidate(pvs, clip_message(f"no truth paired from {truth.name}"), now)
             else:
                 self.mae_pvs[k].post(float(mae[k]), now)
                 self.rmse_pvs[k].post(float(rmse[k]), now)

@@ -1,4 +1,4 @@
-"""Channel Access adapter: serves a :class:`~ioc.pvmodel.PVDatabase` with caproto.
+"""Channel Access adapter: serves a :class:`~ioc.core.pvmodel.PVDatabase` with caproto.
 
 Thin by design. Each PV becomes one caproto ``ChannelData`` whose value, severity, status and
 timestamp are copied from the PV model on every post; the record fields EPICS tools read
@@ -40,8 +40,7 @@ from caproto import (
 from caproto._data import SubscriptionUpdate
 from caproto._dbr import TimeStamp, _channel_type_by_name, native_type
 
-from ioc.caproto_fixes import FastContext, fan_out, install_log_filters, register_context, unregister_context
-from ioc.pvmodel import (
+from ioc.core.pvmodel import (
     PV,
     ClientInfo,
     Event,
@@ -53,6 +52,7 @@ from ioc.pvmodel import (
     Severity,
     Status,
 )
+from ioc.protocols.caproto_fixes import FastContext, fan_out, install_log_filters, register_context, unregister_context
 
 log = logging.getLogger("mlioc.ca")
 

@@ -9,7 +9,6 @@ model ends up fed values it was never trained on.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -19,36 +18,23 @@ from typing import Any
 
 import yaml
 
-# EPICS record names: letters, digits and _ - + : [ ] < > ; . (no spaces); PVNAME_STRINGSZ is 61.
-_PV_CHARS = re.compile(r"^[A-Za-z0-9_\-+:\[\]<>;.]*$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_PV_NAME = 60
+from ioc.core.yamlcheck import (
+    NAME_PATTERN,
+    PROTOCOLS,
+    PV_CHARS,
+    Checker,
+    ConfigError,
+    KeyPath,
+    PVRef,
+    line_index,
+    typename,
+)
+
 MAX_DESC = 40  # DESC is a 41-byte field
 MAX_EGU = 15  # EGU is a 16-byte field
-PROTOCOLS = ("ca", "pva")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be served; ``problems`` lists every finding."""
-
-    def __init__(self, path: Path | str, problems: list[str]):
-        self.path = str(path)
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 # ----------------------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True, slots=True)
-class PVRef:
-    """A PV on another IOC: ``ca://NAME`` or ``pva://NAME`` (a bare name means CA)."""
-
-    protocol: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.protocol}://{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +62,7 @@ class InputConfig:
 
 @dataclass(frozen=True, slots=True)
 class ActionConfig:
-    """An output that drives a machine setpoint (:mod:`ioc.actions`, docs/actions.md).
+    """An output that drives a machine setpoint (:mod:`ioc.edges.actions`, docs/actions.md).
 
     Defaults are the safe ones: ``dry_run`` (publish the proposal, never write) and trip after
     ``max_held`` consecutive cycles held by a safety guard.
@@ -110,7 +96,7 @@ class OutputConfig:
     alarm: AlarmConfig | None = None
     mdel: float = 0.0
     adel: float = 0.0
-    truth: PVRef | None = None  # measured ground truth: rolling MAE/RMSE PVs (ioc.monitor)
+    truth: PVRef | None = None  # measured ground truth: rolling MAE/RMSE PVs (ioc.runtime.monitor)
     action: ActionConfig | None = None  # closed loop: write this output to a machine setpoint
 
 
@@ -125,7 +111,7 @@ class TriggerConfig:
 
 @dataclass(frozen=True, slots=True)
 class RecordConfig:
-    """Where and how the IOC records each cycle of a model (:mod:`ioc.recorder`).
+    """Where and how the IOC records each cycle of a model (:mod:`ioc.edges.recorder`).
 
     ``targets`` are the measured ground truth of outputs (output name -> PV), recorded beside each
     cycle: a surrogate cannot be retrained on its own predictions.
@@ -155,7 +141,7 @@ class DriftConfig:
     into cycles. ``correlation_s`` is the autocorrelation time of the live inputs, which the
     calibration of the limits must know (0: cycles are independent). Default limits are
     ``null mean + sigmas * null std`` of the score on simulated reference windows
-    (:mod:`ioc.thresholds`); ``limits`` / ``output_limits`` replace them.
+    (:mod:`ioc.core.thresholds`); ``limits`` / ``output_limits`` replace them.
     """
 
     method: str = "wasserstein"
@@ -202,7 +188,7 @@ class ModelConfig:
 
     @property
     def monitored(self) -> bool:
-        """Drift is scored, or some output has a ground truth to compare with (ioc.monitor)."""
+        """Drift is scored, or some output has a ground truth to compare with (ioc.runtime.monitor)."""
         return self.drift is not None or any(o.truth is not None for o in self.outputs)
 
     @property
@@ -256,7 +242,7 @@ class SimulatorConfig:
 @dataclass(frozen=True, slots=True)
 class AccessSettings:
     """The ``access:`` section: an EPICS ACF file, the shorthand ``control: {users, hosts}``, or full
-    ``users`` / ``hosts`` / ``groups``. Turned into an :class:`ioc.access.AccessList` at start-up."""
+    ``users`` / ``hosts`` / ``groups``. Turned into an :class:`ioc.core.access.AccessList` at start-up."""
 
     acf: str | None = None
     mapping: dict[str, Any] | None = None
@@ -275,142 +261,6 @@ class Config:
             if m.name == name:
                 return m
         raise KeyError(f"no model named {name!r} in {self.path} (have: {[m.name for m in self.models]})")
-
-
-# ----------------------------------------------------------------------------- parsing helpers
-
-Path_ = tuple[str | int, ...]
-
-
-def _fmt_path(path: Path_) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-def _line_index(node: yaml.Node, path: Path_ = (), index: dict | None = None) -> dict[Path_, int]:
-    """Map every key path of a composed YAML document to its 1-based line number."""
-    if index is None:
-        index = {}
-    index[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            index[(*path, key)] = key_node.start_mark.line + 1
-            _line_index(value_node, (*path, key), index)
-            index[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*path, i), index)
-    return index
-
-
-class _Checker:
-    """Collects problems with their locations instead of stopping at the first."""
-
-    def __init__(self, file: Path, lines: dict[Path_, int]):
-        self.file = file
-        self.lines = lines
-        self.problems: list[str] = []
-
-    def error(self, path: Path_, message: str) -> None:
-        line = None
-        for n in range(len(path), -1, -1):
-            line = self.lines.get(path[:n])
-            if line is not None:
-                break
-        where = f"{self.file}:{line}" if line is not None else str(self.file)
-        self.problems.append(f"{where}: {_fmt_path(path)}: {message}")
-
-    def mapping(self, value: Any, path: Path_, allowed: Iterable[str], required: Iterable[str] = ()) -> dict:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_typename(value)}")
-            return {}
-        allowed = list(allowed)
-        for key in value:
-            if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(allowed)})"
-                self.error((*path, key), f"unknown key{extra}")
-        for key in required:
-            if key not in value:
-                self.error(path, f"missing required key {key!r}")
-        return value
-
-    def number(self, value: Any, path: Path_, *, positive: bool = False, nonneg: bool = False,
-               integer: bool = False, default: Any = None) -> Any:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.error(path, f"expected a number, got {_typename(value)} {value!r}")
-            return default
-        if not math.isfinite(value):
-            self.error(path, f"must be finite, got {value}")
-            return default
-        if integer and int(value) != value:
-            self.error(path, f"expected an integer, got {value}")
-            return default
-        if positive and value <= 0:
-            self.error(path, f"must be > 0, got {value}")
-            return default
-        if nonneg and value < 0:
-            self.error(path, f"must be >= 0, got {value}")
-            return default
-        return int(value) if integer else float(value)
-
-    def string(self, value: Any, path: Path_, *, max_len: int | None = None, default: str = "",
-               pattern: re.Pattern | None = None, what: str = "") -> str:
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.error(path, f"expected a string, got {_typename(value)} {value!r}")
-            return default
-        if max_len is not None and len(value) > max_len:
-            self.error(path, f"at most {max_len} characters (EPICS field size), got {len(value)}: {value!r}")
-        if pattern is not None and not pattern.match(value):
-            self.error(path, f"{value!r} is not a valid {what}")
-        return value
-
-    def pair(self, value: Any, path: Path_, what: str) -> tuple[float, float] | None:
-        if value is None:
-            return None
-        if (not isinstance(value, (list, tuple)) or len(value) != 2
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
-            self.error(path, f"expected [low, high] ({what}), got {value!r}")
-            return None
-        lo, hi = float(value[0]), float(value[1])
-        if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
-            self.error(path, f"expected [low, high] with low < high ({what}), got {value!r}")
-            return None
-        return lo, hi
-
-    def pvref(self, value: Any, path: Path_) -> PVRef | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            self.error(path, f"expected 'ca://NAME' or 'pva://NAME', got {value!r}")
-            return None
-        protocol, sep, name = value.partition("://")
-        if not sep:
-            protocol, name = "ca", value
-        if protocol not in PROTOCOLS:
-            self.error(path, f"unknown protocol {protocol!r} (use ca:// or pva://)")
-            return None
-        if not name or not _PV_CHARS.match(name) or len(name) > MAX_PV_NAME:
-            self.error(path, f"{name!r} is not a valid PV name")
-            return None
-        return PVRef(protocol, name)
-
-
-def _typename(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "nothing"}.get(type(value), type(value).__name__)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -435,7 +285,7 @@ _ALARM = ("lolo", "low", "high", "hihi", "hyst")
 _TRIGGER = ("scan_hz", "on_change", "pv")
 
 
-def _port(c: _Checker, value: Any, path: Path_) -> int | None:
+def _port(c: Checker, value: Any, path: KeyPath) -> int | None:
     port = c.number(value, path, integer=True)
     if port is not None and not 0 < port < 65536:
         c.error(path, f"port must be 1..65535, got {port}")
@@ -443,8 +293,8 @@ def _port(c: _Checker, value: Any, path: Path_) -> int | None:
     return port
 
 
-def _parse_ioc(c: _Checker, raw: Any, base: Path) -> IocConfig:
-    path: Path_ = ("ioc",)
+def _parse_ioc(c: Checker, raw: Any, base: Path) -> IocConfig:
+    path: KeyPath = ("ioc",)
     d = c.mapping(raw, path, _IOC)
     protocols = d.get("protocols", list(PROTOCOLS))
     if isinstance(protocols, str):
@@ -497,13 +347,13 @@ def _parse_ioc(c: _Checker, raw: Any, base: Path) -> IocConfig:
     )
 
 
-def _parse_sim(c: _Checker, raw: Any) -> SimulatorConfig | None:
+def _parse_sim(c: Checker, raw: Any) -> SimulatorConfig | None:
     if raw is None:
         return None
-    path: Path_ = ("simulator",)
+    path: KeyPath = ("simulator",)
     d = c.mapping(raw, path, _SIM)
     return SimulatorConfig(
-        prefix=c.string(d.get("prefix"), (*path, "prefix"), default="SIM:", pattern=_PV_CHARS,
+        prefix=c.string(d.get("prefix"), (*path, "prefix"), default="SIM:", pattern=PV_CHARS,
                         what="PV prefix"),
         rate_hz=c.number(d.get("rate_hz"), (*path, "rate_hz"), positive=True, default=10.0),
         seed=c.number(d.get("seed"), (*path, "seed"), integer=True, nonneg=True, default=0),
@@ -512,7 +362,7 @@ def _parse_sim(c: _Checker, raw: Any) -> SimulatorConfig | None:
     )
 
 
-def _parse_alarm(c: _Checker, raw: Any, path: Path_) -> AlarmConfig | None:
+def _parse_alarm(c: Checker, raw: Any, path: KeyPath) -> AlarmConfig | None:
     if raw is None:
         return None
     d = c.mapping(raw, path, _ALARM)
@@ -527,17 +377,17 @@ def _parse_alarm(c: _Checker, raw: Any, path: Path_) -> AlarmConfig | None:
     return AlarmConfig(hyst=hyst, **vals)
 
 
-def _names(c: _Checker, value: Any, path: Path_) -> list[str]:
+def _names(c: Checker, value: Any, path: KeyPath) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         c.error(path, f"expected a list of names, got {value!r}")
         return []
     return list(value)
 
 
-def _parse_access(c: _Checker, raw: Any, base: Path) -> AccessSettings:
+def _parse_access(c: Checker, raw: Any, base: Path) -> AccessSettings:
     if raw is None:
         return AccessSettings()
-    path: Path_ = ("access",)
+    path: KeyPath = ("access",)
     d = c.mapping(raw, path, _ACCESS)
     if "acf" in d:
         if len(d) > 1:
@@ -576,7 +426,7 @@ def _parse_access(c: _Checker, raw: Any, base: Path) -> AccessSettings:
     return AccessSettings(mapping=mapping)
 
 
-def _parse_named_list(c: _Checker, raw: Any, path: Path_, parse: Callable[[dict, Path_], Any]) -> list:
+def _parse_named_list(c: Checker, raw: Any, path: KeyPath, parse: Callable[[dict, KeyPath], Any]) -> list:
     if raw is None:
         c.error(path, "missing (a list is required)")
         return []
@@ -595,9 +445,9 @@ def _parse_named_list(c: _Checker, raw: Any, path: Path_, parse: Callable[[dict,
     return out
 
 
-def _parse_input(c: _Checker, raw: Any, path: Path_) -> InputConfig | None:
+def _parse_input(c: Checker, raw: Any, path: KeyPath) -> InputConfig | None:
     d = c.mapping(raw, path, _INPUT, required=("name",))
-    name = c.string(d.get("name"), (*path, "name"), pattern=_NAME, what="input name (letters, digits, _)")
+    name = c.string(d.get("name"), (*path, "name"), pattern=NAME_PATTERN, what="input name (letters, digits, _)")
     if not name:
         return None
     rng = c.pair(d.get("range"), (*path, "range"), "valid range")
@@ -619,9 +469,9 @@ def _parse_input(c: _Checker, raw: Any, path: Path_) -> InputConfig | None:
     )
 
 
-def _parse_output(c: _Checker, raw: Any, path: Path_) -> OutputConfig | None:
+def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
     d = c.mapping(raw, path, _OUTPUT, required=("name",))
-    name = c.string(d.get("name"), (*path, "name"), pattern=_NAME, what="output name (letters, digits, _)")
+    name = c.string(d.get("name"), (*path, "name"), pattern=NAME_PATTERN, what="output name (letters, digits, _)")
     if not name:
         return None
     prec = c.number(d.get("prec"), (*path, "prec"), integer=True, nonneg=True, default=3)
@@ -641,7 +491,7 @@ def _parse_output(c: _Checker, raw: Any, path: Path_) -> OutputConfig | None:
     )
 
 
-def _parse_action(c: _Checker, raw: Any, path: Path_) -> ActionConfig | None:
+def _parse_action(c: Checker, raw: Any, path: KeyPath) -> ActionConfig | None:
     """``action:`` of an output: where to write it and the envelope the guards enforce."""
     if raw is None:
         return None
@@ -682,7 +532,7 @@ def _parse_action(c: _Checker, raw: Any, path: Path_) -> ActionConfig | None:
     )
 
 
-def _check_action_targets(c: _Checker, config: Config) -> None:
+def _check_action_targets(c: Checker, config: Config) -> None:
     """No two actions may drive the same setpoint (they would fight, and each would trip the other)."""
     owner: dict[str, str] = {}
     for i, model in enumerate(config.models):
@@ -696,7 +546,7 @@ def _check_action_targets(c: _Checker, config: Config) -> None:
             owner[key] = f"{model.name}.{out.name}"
 
 
-def _parse_trigger(c: _Checker, raw: Any, path: Path_) -> TriggerConfig:
+def _parse_trigger(c: Checker, raw: Any, path: KeyPath) -> TriggerConfig:
     if raw is None:
         return TriggerConfig(kind="on_change")
     d = c.mapping(raw, path, _TRIGGER)
@@ -717,12 +567,12 @@ def _parse_trigger(c: _Checker, raw: Any, path: Path_) -> TriggerConfig:
     return TriggerConfig(kind="pv", pv=c.pvref(d["pv"], (*path, "pv")))
 
 
-def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig | None:
+def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig | None:
     d = c.mapping(raw, path, _MODEL, required=("name", "prefix", "store", "inputs", "outputs"))
     if not d:
         return None
-    name = c.string(d.get("name"), (*path, "name"), pattern=_NAME, what="model name (letters, digits, _)")
-    prefix = c.string(d.get("prefix"), (*path, "prefix"), pattern=_PV_CHARS, what="PV prefix")
+    name = c.string(d.get("name"), (*path, "name"), pattern=NAME_PATTERN, what="model name (letters, digits, _)")
+    prefix = c.string(d.get("prefix"), (*path, "prefix"), pattern=PV_CHARS, what="PV prefix")
     store = c.string(d.get("store"), (*path, "store"))
     if store and not store.startswith("models:/"):
         store = str((base / os.path.expanduser(store)).resolve())
@@ -734,7 +584,7 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
     record = _parse_record(c, d.get("record"), (*path, "record"), base, [o.name for o in outputs])
     training = d.get("training")
     if training is not None and not isinstance(training, dict):
-        c.error((*path, "training"), f"expected a mapping, got {_typename(training)}")
+        c.error((*path, "training"), f"expected a mapping, got {typename(training)}")
         training = None
     drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
     if not name or prefix is None:
@@ -755,7 +605,7 @@ def _parse_model(c: _Checker, raw: Any, path: Path_, base: Path) -> ModelConfig 
     )
 
 
-def _parse_record(c: _Checker, raw: Any, path: Path_, base: Path, outputs: list[str]) -> RecordConfig | None:
+def _parse_record(c: Checker, raw: Any, path: KeyPath, base: Path, outputs: list[str]) -> RecordConfig | None:
     if raw is None:
         return None
     d = c.mapping(raw, path, _RECORD, required=("dir",))
@@ -766,7 +616,7 @@ def _parse_record(c: _Checker, raw: Any, path: Path_, base: Path, outputs: list[
     targets = []
     raw_targets = d.get("targets")
     if raw_targets is not None and not isinstance(raw_targets, dict):
-        c.error((*path, "targets"), f"expected a mapping output name -> PV, got {_typename(raw_targets)}")
+        c.error((*path, "targets"), f"expected a mapping output name -> PV, got {typename(raw_targets)}")
         raw_targets = None
     for key, value in (raw_targets or {}).items():
         if key not in outputs:
@@ -797,7 +647,7 @@ _ERROR = ("window_s", "high", "hihi", "tolerance_s")
 MIN_DRIFT_WINDOW = 10  # cycles: fewer cannot tell a distribution from noise
 
 
-def _parse_limits(c: _Checker, raw: Any, path: Path_) -> LimitsConfig | None:
+def _parse_limits(c: Checker, raw: Any, path: KeyPath) -> LimitsConfig | None:
     if raw is None:
         return None
     d = c.mapping(raw, path, _LIMITS, required=("high", "hihi"))
@@ -811,10 +661,10 @@ def _parse_limits(c: _Checker, raw: Any, path: Path_) -> LimitsConfig | None:
     return LimitsConfig(high=high, hihi=hihi, hyst=hyst)
 
 
-def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inputs: list, outputs: list
+def _parse_drift(c: Checker, raw: Any, path: KeyPath, trigger: TriggerConfig, inputs: list, outputs: list
                  ) -> DriftConfig | None:
     """The ``drift:`` section of a model (docs/drift.md); absent or ``enabled: false``: no drift PVs."""
-    from ioc.drift import BIN_CHOICES, METHODS  # pure numpy module: no import cycle
+    from ioc.core.drift import BIN_CHOICES, METHODS  # pure numpy module: no import cycle
 
     if raw is None:
         return None
@@ -883,9 +733,14 @@ def _parse_drift(c: _Checker, raw: Any, path: Path_, trigger: TriggerConfig, inp
     )
 
 
-def parse_config(raw: Any, file: Path, lines: dict[Path_, int] | None = None) -> Config:
-    """Validate an already-loaded YAML document; raise :class:`ConfigError` listing every problem."""
-    c = _Checker(file, lines or {})
+def parse_config(raw: Any, file: Path, lines: dict[KeyPath, int] | None = None,
+                 extra_checks: Callable[[Config], Iterable[tuple[KeyPath, str]]] | None = None) -> Config:
+    """Validate an already-loaded YAML document; raise :class:`ConfigError` listing every problem.
+
+    ``extra_checks`` are whole-config checks of the layers above (the PV layout's unique names):
+    :func:`ioc.core.configfile.load_config` passes them, so this module never imports them.
+    """
+    c = Checker(file, lines or {})
     top = c.mapping(raw, (), _TOP, required=("models",))
     ioc = _parse_ioc(c, top.get("ioc"), file.parent)
     sim = _parse_sim(c, top.get("simulator"))
@@ -894,28 +749,16 @@ def parse_config(raw: Any, file: Path, lines: dict[Path_, int] | None = None) ->
     access = _parse_access(c, top.get("access"), file.parent)
     config = Config(path=file, ioc=ioc, models=tuple(models), simulator=sim, access=access)
     if not c.problems:
-        _check_pv_names(c, config)
         _check_action_targets(c, config)
+        for path, message in (extra_checks(config) if extra_checks is not None else ()):
+            c.error(path, message)
     if c.problems:
         raise ConfigError(file, c.problems)
     return config
 
 
-def _check_pv_names(c: _Checker, config: Config) -> None:
-    """Every PV name must be unique across models and fit EPICS' 60-character limit."""
-    from ioc.layout import model_pv_names  # local: layout depends on this module's dataclasses
-
-    owner: dict[str, str] = {}
-    for i, model in enumerate(config.models):
-        for pv in model_pv_names(model):
-            if len(pv) > MAX_PV_NAME:
-                c.error(("models", i, "prefix"), f"PV name {pv!r} is longer than {MAX_PV_NAME} characters")
-            if pv in owner and owner[pv] != model.name:
-                c.error(("models", i, "prefix"), f"PV {pv!r} is also served by model {owner[pv]!r}")
-            owner[pv] = model.name
-
-
-def load_config(path: str | os.PathLike) -> Config:
+def read_config(path: str | os.PathLike,
+                extra_checks: Callable[[Config], Iterable[tuple[KeyPath, str]]] | None = None) -> Config:
     """Read and validate a YAML config file; raise :class:`ConfigError` on any problem."""
     file = Path(path)
     try:
@@ -930,8 +773,8 @@ def load_config(path: str | os.PathLike) -> Config:
         where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(file, [f"{where}: not valid YAML: {problem}"]) from exc
-    lines = _line_index(node) if node is not None else {}
-    return parse_config(raw, file, lines)
+    lines = line_index(node) if node is not None else {}
+    return parse_config(raw, file, lines, extra_checks)
 
 
 def default_config_path() -> Path:

@@ -2,7 +2,7 @@
 
 Everything here runs on the event loop thread (sources hand their updates over with
 ``call_soon_threadsafe``), so the runner's state needs no locks. The only work that may leave the
-loop is the ONNX Runtime call itself (see :mod:`ioc.offload`); it captures the model and the input
+loop is the ONNX Runtime call itself (see :mod:`ioc.runtime.offload`); it captures the model and the input
 snapshot when it starts, so a cycle never mixes two models or two moments, and a model swap
 (:meth:`ModelRunner.set_model`) takes effect between two cycles.
 
@@ -23,17 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ioc.config import InferenceConfig, ModelConfig
-from ioc.engine import LoadedModel
-from ioc.feed import Feed
-from ioc.inputs import InputState, Problem, Snapshot
-from ioc.layout import ModelNames, ModelStatus, model_pv_specs
-from ioc.offload import Offloader
-from ioc.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status
+from ioc.core.config import InferenceConfig, ModelConfig
+from ioc.core.engine import LoadedModel
+from ioc.core.inputs import InputState, Problem, Snapshot
+from ioc.core.layout import ModelNames, ModelStatus, model_pv_specs
+from ioc.core.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status, clip_message
+from ioc.runtime.feed import Feed
+from ioc.runtime.offload import Offloader
 
 log = logging.getLogger("mlioc.runner")
 
-MESSAGE_LEN = 39  # a CA DBR_STRING holds 39 characters + NUL; both protocols serve the same text
 _SEVERITY_OF = {ModelStatus.DISABLED: Status.DISABLE, ModelStatus.NO_MODEL: Status.UDF,
                 ModelStatus.INPUT_INVALID: Status.LINK, ModelStatus.FAULT: Status.CALC}
 
@@ -87,9 +86,6 @@ class _RollingMean:
         n = len(self._rows)
         return [s / n for s in self._sums] if n else [math.nan] * self.width
 
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
 
 
 class ModelRunner:
@@ -151,7 +147,7 @@ class ModelRunner:
         self.feed = Feed(loop, self._apply_source_update, self._after_source_updates)
         self._input_problems: list[Problem | None] = [None] * len(self.inputs)
         self._has_max_age = any(i.max_age_s is not None for i in config.inputs)
-        self._in_flight = False
+        self.in_flight = False
         self._again = False  # re-run once the cycle in flight finishes
         self._pending_trigger = False  # ... as a counted (triggered) cycle: a trigger arrived meanwhile
         self._scheduled = False
@@ -319,7 +315,7 @@ class ModelRunner:
         """
         if self._closed:
             return
-        if self._in_flight:
+        if self.in_flight:
             # A trigger during an off-loop cycle runs right after it (and counts); only a trigger that
             # finds one already waiting is coalesced into it, and that is a missed cycle.
             if triggered:
@@ -349,7 +345,7 @@ class ModelRunner:
             self.offloader.note_inline_time(model, elapsed)
             self._finish(model, snapshot, result, error, elapsed)
         else:
-            self._in_flight = True
+            self.in_flight = True
             values = snapshot.values
             self.offloader.submit(lambda: model.run(values),
                                   lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
@@ -376,7 +372,7 @@ class ModelRunner:
 
     def _finish(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
                 error: BaseException | None, elapsed: float) -> None:
-        self._in_flight = False
+        self.in_flight = False
         values = None
         if error is None and result is not None:
             values = result.tolist()
@@ -454,7 +450,7 @@ class ModelRunner:
     def _invalidate(pvs: list[PV], status: Status, message: str, now: float) -> None:
         for pv in pvs:
             reading = pv.reading
-            pv.post(reading.value, now, Severity.INVALID, status, _clip(message), tag=reading.tag)
+            pv.post(reading.value, now, Severity.INVALID, status, clip_message(message), tag=reading.tag)
 
     # ------------------------------------------------------------------ challenger (shadow)
 
@@ -503,7 +499,7 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
-        text = _clip(text)
+        text = clip_message(text)
         if self.message_pv.value != text:
             self.message_pv.post(text, now)
 

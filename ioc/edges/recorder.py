@@ -38,11 +38,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ioc.config import ModelConfig, RecordConfig
-from ioc.pvmodel import Severity
+from ioc.core.config import ModelConfig, RecordConfig
+from ioc.core.pvmodel import Severity
 
 if TYPE_CHECKING:
-    from ioc.runner import CycleRecord
+    from ioc.runtime.runner import CycleRecord
 
 log = logging.getLogger("mlioc.recorder")
 

@@ -1,28 +1,4 @@
-"""Closed-loop actions: a model output written to a machine setpoint, under guards (docs/actions.md).
-
-This is the edge around :mod:`ioc.guards` (the pure decision). Per model with ``action:`` outputs, an
-:class:`ActionController` owns the ``$(P)ACTIONS`` switch and ``$(P)ACTIONS:TRIP``; per output an
-:class:`Action` owns ``ACTION:<name>:STATE / SETPOINT / MESSAGE``, a monitor on its target (the
-setpoint's current value and its connection) and one on its readback (:mod:`ioc.sources`), and a
-writer thread of its own.
-
-Threads: everything with state runs on the event loop. The decision is taken just after each cycle
-(the runner's cycle listener schedules it with ``call_soon``, so the cycle's predictions go out
-first; a few microseconds of pure Python). A CA write is sent from the loop with libca's
-put-with-callback, which only queues the request: the loop never waits for it, and the server's
-completion status comes back on libca's thread (pyepics' own put callback ignores that status, so a
-refused put would look like a success). The blocking client calls — a PVA put, and the probe of a
-target (access rights, control limits) — run on the action's own single worker thread. Each PVA
-write carries the *generation* it was decided in; a model swap, a trip or disarming bumps the
-generation, and the writer drops a write whose generation is no longer current, so a value computed
-by one model is never written after another model (or no model) took over. (A CA write is sent in
-the same loop callback as its decision, so nothing can come between.)
-
-Audit (logger ``mlioc.actions`` and ``<state_dir>/actions/<model>.jsonl``): every write and dry-run
-proposal (time, target, old -> new, model version), every hold episode of a safety guard (start, and
-end with the number of cycles held), every trip and arm/disarm. Trips and arm/disarm also go to the
-model store's ``events.jsonl`` next to reloads and rollbacks; writes do not (at up to ``max_rate_hz``
-they would bury the model's lifecycle in machine operations).
+"""One output driving one setpoint: its PVs, target/readback monitors, writer and per-cycle decision.
 """
 
 from __future__ import annotations
@@ -30,22 +6,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
-import json
 import logging
 import math
-import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ioc.config import ActionConfig, OutputConfig, PVRef
-from ioc.engine import LoadedModel
-from ioc.feed import Feed
-from ioc.guards import (
+from ioc.core.config import ActionConfig, OutputConfig
+from ioc.core.guards import (
     DRIFT_LIMITS,
     ROUTINE_HOLDS,
     ActionState,
@@ -58,270 +26,25 @@ from ioc.guards import (
     check_target_limits,
     evaluate,
 )
-from ioc.layout import ActionNames, ModelStatus
-from ioc.pvmodel import PV, ClientInfo, PutRejected, Severity, Status
-from ioc.runner import MESSAGE_LEN, CycleRecord, ModelRunner
-from ioc.sources import make_source
-from ioc.store import ModelStore
+from ioc.core.layout import ModelStatus
+from ioc.core.pvmodel import PV, Severity, Status, clip_message
+from ioc.edges.actions.targets import (
+    FIRST_CHECK_S,
+    PROBE_TIMEOUT_S,
+    CaTarget,
+    Probe,
+    TargetError,
+    as_float,
+    make_target,
+)
+from ioc.edges.sources import make_source
+from ioc.runtime.feed import Feed
+from ioc.runtime.runner import CycleRecord
+
+if TYPE_CHECKING:
+    from ioc.edges.actions.controller import ActionController
 
 log = logging.getLogger("mlioc.actions")
-
-PROBE_TIMEOUT_S = 3.0
-FIRST_CHECK_S = PROBE_TIMEOUT_S + 0.5  # a target not checked by then is REFUSED (e.g. not connected)
-PUT_TIMEOUT_S = 5.0  # the p4p client's own limit; the action's settle_s timer trips earlier
-
-
-class TargetError(Exception):
-    """A target cannot be used or a write to it failed; the message says why."""
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
-
-
-# ----------------------------------------------------------------------------- targets (blocking; worker thread)
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """What a target says about itself."""
-
-    writable: bool | None  # None: the protocol cannot tell without writing (PVA)
-    low: float | None
-    high: float | None
-    value: float | None
-
-
-class _CaPut:
-    """One put-with-callback in flight: libca calls back with the server's status."""
-
-    pending: set[_CaPut] = set()  # keep the Python object alive while libca holds a pointer to it
-
-    def __init__(self, on_complete: Callable[[int], None]):
-        self.on_complete = on_complete
-
-    def complete(self, status: int) -> None:
-        _CaPut.pending.discard(self)
-        self.on_complete(status)
-
-
-_ca_put_callback = None
-
-
-def _ca_put_callback_fn():
-    """libca's put-completion callback; pyepics' own ignores the server's status, so a refused put
-    would look like a success. This one hands the status to the waiting writer."""
-    global _ca_put_callback
-    if _ca_put_callback is None:
-        from epics import dbr
-
-        def on_put(args):
-            args.usr.complete(int(args.status))
-
-        _ca_put_callback = dbr.make_callback(on_put, dbr.event_handler_args)
-    return _ca_put_callback
-
-
-class CaTarget:
-    """A setpoint over Channel Access (pyepics' libca)."""
-
-    def __init__(self, ref: PVRef):
-        self.ref = ref
-        self._probe_sub = None
-        self._probe_chid = None
-
-    def start_probe(self, done: Callable[[Probe | str], None]) -> None:
-        """Ask the target about itself without blocking (called on the loop): access rights and the
-        native type are local to libca; the control limits come with the first event of a DBR_CTRL
-        subscription, on libca's thread. (Blocking pyepics gets from a worker thread could hang
-        against the connection callbacks of the same channel.)"""
-        from epics import dbr
-
-        from ioc.sources import _ca
-
-        ca = _ca()
-        chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False)  # the monitor's cached channel
-        if ca.state(chid) != dbr.CS_CONN:
-            done(f"{self.ref.name} not connected")
-            return
-        ftype = ca.field_type(chid)
-        if ftype not in (dbr.DOUBLE, dbr.FLOAT, dbr.LONG, dbr.INT, dbr.SHORT):
-            done(f"{self.ref.name} is not numeric (DBR type {ftype})")
-            return
-        writable = bool(ca.write_access(chid))
-        answered = threading.Event()
-
-        def on_event(value=None, lower_ctrl_limit=None, upper_ctrl_limit=None, **_):  # libca's thread
-            if not answered.is_set():
-                answered.set()
-                done(Probe(writable, _num(lower_ctrl_limit), _num(upper_ctrl_limit), _num(value)))
-
-        self._probe_sub = ca.create_subscription(chid, use_ctrl=True, callback=on_event)
-        self._probe_chid = chid
-
-    def end_probe(self) -> None:
-        """Drop the DBR_CTRL subscription of the last probe (on the loop)."""
-        sub, self._probe_sub = self._probe_sub, None
-        if sub is not None:
-            from ioc.sources import _ca, ca_channel_is_current
-
-            # A channel renewed meanwhile took its subscriptions with it: clearing one again would
-            # free it twice.
-            if ca_channel_is_current(self.ref.name, self._probe_chid):
-                with contextlib.suppress(Exception):
-                    _ca().clear_subscription(sub[2])
-
-    def start_put(self, value: float, done: Callable[[str | None], None], generation_ok: Callable[[], bool],
-                  pool: concurrent.futures.Executor) -> None:
-        """Send a put with completion callback and return at once (called on the loop: libca only
-        queues the request). ``done(error or None)`` is called later on libca's thread."""
-        from epics import dbr
-
-        from ioc.sources import _ca
-
-        ca = _ca()
-        chid = ca.create_channel(self.ref.name, connect=False, auto_cb=False)  # the monitor's cached channel
-        if ca.state(chid) != dbr.CS_CONN:
-            raise TargetError(f"{self.ref.name} not connected")
-        ftype = ca.field_type(chid)
-        data = (1 * dbr.Map[ftype])()
-        data[0] = value if ftype in (dbr.DOUBLE, dbr.FLOAT) else round(value)
-        name = self.ref.name
-
-        def complete(status: int) -> None:
-            done(None if status == dbr.ECA_NORMAL else f"put to {name} refused: {ca.message(status)}")
-
-        op = _CaPut(complete)
-        _CaPut.pending.add(op)
-        ret = ca.libca.ca_array_put_callback(ftype, 1, chid, data, _ca_put_callback_fn(), ctypes.py_object(op))
-        if ret != dbr.ECA_NORMAL:
-            _CaPut.pending.discard(op)
-            raise TargetError(f"put to {name} not sent: {ca.message(ret)}")
-        ca.flush_io()
-
-
-class PvaTarget:
-    """A setpoint over PV Access (p4p client). PVA tells a client nothing about its write rights
-    before it writes, so writability shows at the first write (a refused put trips)."""
-
-    def __init__(self, ref: PVRef):
-        self.ref = ref
-
-    def probe(self, timeout: float = PROBE_TIMEOUT_S) -> Probe:
-        from ioc.sources import _pva
-
-        try:
-            v = _pva().get(self.ref.name, timeout=timeout)
-        except Exception as exc:
-            raise TargetError(f"{self.ref.name} not connected ({type(exc).__name__})") from exc
-        try:
-            low, high = _num(v["control.limitLow"]), _num(v["control.limitHigh"])
-        except (KeyError, TypeError):
-            low = high = None
-        try:
-            value = _num(v["value"])
-        except (KeyError, TypeError, ValueError):
-            raise TargetError(f"{self.ref.name} has no numeric value") from None
-        if value is None:
-            raise TargetError(f"{self.ref.name} has no numeric value")
-        return Probe(None, low, high, value)
-
-    def start_put(self, value: float, done: Callable[[str | None], None], generation_ok: Callable[[], bool],
-                  pool: concurrent.futures.Executor) -> None:
-        """The p4p client's put blocks: it runs on the action's writer thread."""
-        from ioc.sources import _pva
-
-        name = self.ref.name
-
-        def job() -> None:
-            if not generation_ok():  # a swap, trip or disarm since the decision: drop it
-                done("superseded")
-                return
-            try:
-                _pva().put(name, value, timeout=PUT_TIMEOUT_S, wait=True)
-            except TimeoutError:
-                done(f"put to {name} not confirmed within {PUT_TIMEOUT_S:g} s")
-            except Exception as exc:
-                done(f"put to {name} refused: {exc}")
-            else:
-                done(None)
-
-        try:
-            pool.submit(job)
-        except RuntimeError as exc:
-            raise TargetError("shutting down") from exc
-
-
-def _num(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number
-
-
-def make_target(ref: PVRef) -> CaTarget | PvaTarget:
-    return CaTarget(ref) if ref.protocol == "ca" else PvaTarget(ref)
-
-
-# ----------------------------------------------------------------------------- audit
-
-
-class AuditLog:
-    """``<state_dir>/actions/<model>.jsonl``: one JSON line per write, proposal, hold episode, trip.
-
-    Lines are collected on the loop and appended in batches, in order, on a thread of their own every
-    ``FLUSH_S`` (a slow disk must not stall a cycle, and one thread wake-up per batch keeps the GIL
-    with the loop).
-    """
-
-    FLUSH_S = 0.2
-
-    def __init__(self, path: Path | None, loop: asyncio.AbstractEventLoop | None = None):
-        self.path = path
-        self.loop = loop
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="actions-audit")
-        self._lines: list[bytes] = []
-        self._handle: asyncio.TimerHandle | None = None
-        self._warned = False
-        self._closed = False
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None or self._closed:
-            return
-        self._lines.append((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
-        if self.loop is None:
-            self.flush()
-        elif self._handle is None:
-            self._handle = self.loop.call_later(self.FLUSH_S, self.flush)
-
-    def flush(self) -> None:
-        self._handle = None
-        lines, self._lines = self._lines, []
-        if lines:
-            with contextlib.suppress(RuntimeError):  # shut down
-                self._pool.submit(self._append, b"".join(lines))
-
-    def _append(self, data: bytes) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                log.error("cannot write the actions audit log %s: %s", self.path, exc)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self.flush()
-        self._closed = True
-        self._pool.shutdown(wait=True)
-
 
 # ----------------------------------------------------------------------------- one action
 
@@ -709,7 +432,7 @@ class Action:
         self._message(detail)  # STATE names the guard; MESSAGE says why
 
     def _message(self, text: str) -> None:
-        text = _clip(text)
+        text = clip_message(text)
         if self.message_pv.value != text:
             self.message_pv.post(text, time.time())
 
@@ -763,164 +486,10 @@ class Action:
 
 
 def _finite_or_none(value: Any) -> float | None:
-    number = _num(value)
+    number = as_float(value)
     return number if number is not None and math.isfinite(number) else None
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
-
-
-# ----------------------------------------------------------------------------- one model's actions
-
-
-class ActionController:
-    """The actions of one model: the ACTIONS switch, trips, and the per-cycle fan-out."""
-
-    def __init__(self, runner: ModelRunner, loop: asyncio.AbstractEventLoop, *, store: ModelStore | None = None,
-                 audit_path: Path | None = None):
-        self.runner = runner
-        self.loop = loop
-        self.store = store
-        self.names = ActionNames(runner.config.prefix)
-        db = runner.db
-        self.actions_pv: PV = db[self.names.actions]
-        self.trip_pv: PV = db[self.names.trip]
-        self.actions_pv.put_handler = self._put_actions
-        self.audit = AuditLog(audit_path, loop)
-        self.armed = False
-        self.tripped = False
-        self.trips = 0
-        self.generation = 0  # bumped on every model swap, trip and disarm: queued writes of older ones drop
-        self.served_version = ""
-        self.drift_name = f"{runner.config.prefix}DRIFT"
-        self.actions = [Action(self, i, o) for i, o in enumerate(runner.config.outputs) if o.action is not None]
-        runner.cycle_listeners.append(self.on_cycle)
-        runner.model_listeners.append(self.on_model)
-        now = time.time()
-        self.actions_pv.post(0, now)  # never persisted: every start begins disarmed
-        self.trip_pv.post("", now)
-        for action in self.actions:
-            action.post_initial(now)
-
-    @property
-    def model_name(self) -> str:
-        return self.runner.config.name
-
-    def start(self) -> None:
-        for action in self.actions:
-            action.start()
-        modes = ", ".join(f"{a.name} -> {a.config.target} ({a.config.mode})" for a in self.actions)
-        log.info("%s: actions %s; ACTIONS is off until an operator arms it", self.model_name, modes)
-
-    def stop(self) -> None:
-        self.generation += 1
-        for action in self.actions:
-            action.stop()
-        self.audit.close()
-
-    # ------------------------------------------------------------------ listeners (on the loop)
-
-    def on_cycle(self, record: CycleRecord) -> None:
-        """The runner's cycle listener: decide just after the cycle, so its predictions go out first
-        (the decision needs the model served *then*: a swap in between is seen and held)."""
-        self.loop.call_soon(self.decide, record)
-
-    def decide(self, record: CycleRecord) -> None:
-        db = self.runner.db
-        drift = None
-        if self.drift_name in db:  # the drift monitor's PV, where the model has one (docs/actions.md)
-            drift = int(db[self.drift_name].reading.severity)
-        model = self.runner.model
-        served = model.version if model is not None else ""
-        for action in self.actions:
-            action.on_cycle(record, served, drift)
-
-    def on_model(self, model: LoadedModel | None) -> None:
-        """A new model (reload, rollback, promote) or none: queued writes drop; armed actions trip."""
-        old = self.served_version
-        self.served_version = model.version if model is not None else ""
-        self.generation += 1
-        if self.armed:
-            new = f"v{self.served_version}" if model is not None else "no model"
-            self.trip(f"model changed: v{old or '-'} -> {new}")
-
-    # ------------------------------------------------------------------ arm / disarm / trip
-
-    def _put_actions(self, pv: PV, value: int, client: ClientInfo) -> None:
-        now = time.time()
-        if value:
-            refused = [f"{a.name}: {a.target_text}" for a in self.actions if not a.target_ok]
-            if refused:
-                raise PutRejected(f"cannot arm: {'; '.join(refused)}"[:200])
-            was_tripped = self.tripped
-            self.armed = True
-            self.tripped = False
-            self.generation += 1
-            for action in self.actions:
-                action.counter.reset()
-                action.state = None  # the next cycle posts the state afresh
-            pv.post(1, now)
-            self.trip_pv.post("", now)
-            text = f"actions armed by {client.user}@{client.host}"
-            log.warning("%s: %s%s", self.model_name, text, " (re-armed after a trip)" if was_tripped else "")
-            self._event("actions-arm", client=client, reason="ACTIONS=1 written")
-            self.runner.note(text)
-            self.runner.run_cycle(triggered=False)
-        else:
-            was_armed = self.armed
-            self.armed = False
-            self.generation += 1
-            pv.post(0, now)
-            for action in self.actions:
-                action.disarmed()
-            if was_armed:
-                text = f"actions off by {client.user}@{client.host}"
-                log.warning("%s: %s", self.model_name, text)
-                self._event("actions-disarm", client=client, reason="ACTIONS=0 written")
-                self.runner.note(text)
-
-    def trip(self, reason: str) -> None:
-        """Switch actions off (ACTIONS -> 0), latch the reason in ACTIONS:TRIP (MAJOR) until re-armed."""
-        if not self.armed:
-            return
-        now = time.time()
-        self.armed = False
-        self.tripped = True
-        self.trips += 1
-        self.generation += 1
-        self.actions_pv.post(0, now)
-        self.trip_pv.post(_clip(reason), now, Severity.MAJOR, Status.STATE, reason)
-        for action in self.actions:
-            action.disarmed()
-        log.error("%s: actions TRIPPED: %s (ACTIONS -> 0; an operator must re-arm)", self.model_name, reason,
-                  extra={"trip": reason})
-        self._event("actions-trip", reason=reason, version=self.served_version)
-        self.runner.note(f"actions tripped: {reason}")
-
-    def _event(self, action: str, *, client: ClientInfo | None = None, **fields: Any) -> None:
-        """Arm / disarm / trip beside reloads and rollbacks in the store's events.jsonl (rare events)."""
-        if client is not None:
-            fields.update(user=client.user, host=client.host, protocol=client.protocol)
-        self.audit.write({"time": time.time(), "event": action, **fields})
-        if self.store is None:
-            return
-        store = self.store
-
-        def append():
-            try:
-                store.append_event(action, model=self.model_name, **fields)
-            except OSError as exc:
-                log.error("%s: cannot write %s: %s", self.model_name, store.events_path, exc)
-
-        self.loop.run_in_executor(None, append)
-
-
-def start_actions(runner: ModelRunner, loop: asyncio.AbstractEventLoop, store: ModelStore | None,
-                  state_dir: str | os.PathLike) -> ActionController | None:
-    """The action controller of a model with ``action:`` outputs (None for a model without)."""
-    if not any(o.action is not None for o in runner.config.outputs):
-        return None
-    path = Path(state_dir) / "actions" / f"{runner.config.name}.jsonl"
-    return ActionController(runner, loop, store=store, audit_path=path)
 

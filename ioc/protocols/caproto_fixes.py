@@ -107,7 +107,7 @@ class RefusedWriteFilter(logging.Filter):
     """Drop caproto's traceback for writes our PV database refused (they are logged there)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from ioc.pvmodel import PutRejected
+        from ioc.core.pvmodel import PutRejected
 
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, PutRejected)
@@ -172,7 +172,7 @@ class FastCircuit(VirtualCircuit):
             return None
 
 
-async def _bind_and_listen(addr: str, port: int) -> socket.socket:
+async def bind_and_listen(addr: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -204,7 +204,7 @@ class FastContext(Context):
         await asyncio.start_server(_new_client, sock=sock)
 
     async def _bind_tcp_sockets_with_consistent_port_number(self, make_socket):
-        return await super()._bind_tcp_sockets_with_consistent_port_number(_bind_and_listen)
+        return await super()._bind_tcp_sockets_with_consistent_port_number(bind_and_listen)
 
     async def _subscription_queue_iteration(self, sub_specs, metadata, values, flags, sub):
         if sub is None:
