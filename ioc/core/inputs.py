@@ -87,14 +87,3 @@ class Snapshot:
     values: np.ndarray
     timestamp: float  # of the newest input: the prediction is "as of" this time
     problem: Problem | None
-
-
-def take_snapshot(states: list[InputState], now: float) -> Snapshot:
-    values = np.fromiter((s.value for s in states), dtype=np.float64, count=len(states))
-    problem = None
-    for s in states:
-        problem = s.problem(now)
-        if problem is not None:
-            break
-    timestamp = max((s.timestamp for s in states if s.defined), default=now)
-    return Snapshot(values, timestamp, problem)

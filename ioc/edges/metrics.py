@@ -40,7 +40,7 @@ from ioc.core.layout import ModelStatus
 if TYPE_CHECKING:
     from ioc.core.engine import LoadedModel
     from ioc.edges.actions.controller import ActionController
-    from ioc.runtime.runner import ModelRunner
+    from ioc.runtime.runner import CycleStats, ModelRunner
 
 log = logging.getLogger("mlioc.metrics")
 
@@ -111,22 +111,21 @@ class Metrics:
 
     # ------------------------------------------------------------------ at stats_hz
 
-    def collect(self, runner: ModelRunner, now: float | None = None) -> None:
-        """Move one runner's per-cycle bookkeeping into the metrics (called at stats_hz, not per cycle)."""
+    def collect(self, runner: ModelRunner, stats: CycleStats, now: float | None = None) -> None:
+        """Move one runner's statistics (:meth:`ModelRunner.take_stats`) into the metrics, at stats_hz."""
         model = runner.config.name
-        latencies, runner.latencies = runner.latencies, []
         histogram = self.inference_seconds.labels(model)
-        for seconds in latencies:
+        for seconds in stats.latencies:
             histogram.observe(seconds)
-        for status, total in runner.outcomes.items():
+        for status, total in stats.outcomes.items():
             if total:
                 outcome = status.name.lower()
                 self._advance(self.cycles.labels(model, outcome), ("cycles", model, outcome), total)
         # labels() creates the series at 0, so "no missed cycle" is visible
-        self._advance(self.missed.labels(model), ("missed", model), runner.overruns)
-        if runner.last_ok_timestamp:
-            self.last_inference.labels(model).set(runner.last_ok_timestamp)
-        self.up.labels(model).set(1 if runner.status is ModelStatus.OK else 0)
+        self._advance(self.missed.labels(model), ("missed", model), stats.overruns)
+        if stats.last_ok_timestamp:
+            self.last_inference.labels(model).set(stats.last_ok_timestamp)
+        self.up.labels(model).set(1 if stats.status is ModelStatus.OK else 0)
         now = time.time() if now is None else now
         for state in runner.inputs:
             if state.defined:

@@ -70,7 +70,6 @@ class ModelManager:
         self._wake = asyncio.Event()
         self._store_error: str | None = None
         self._task: asyncio.Task | None = None
-        runner.on_fault_streak = self._fault_streak
         names = runner.names
         self._action_pvs: dict[str, PV] = {}
         for attr, handler in (("rollback", self.put_rollback), ("promote", self.put_promote),
@@ -311,7 +310,7 @@ class ModelManager:
             log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, old, new, client)
             self._event("rollback", from_version=old, to_version=new, client=client, reason=reason)
 
-    def _fault_streak(self, faults: int, error: str) -> None:
+    def fault_streak(self, faults: int, error: str) -> None:
         """``rollback_after_faults`` consecutive failures: roll back without waiting for an operator."""
         self.loop.create_task(self._auto_rollback(faults, error), name=f"auto-rollback-{self.name}")
 

@@ -69,7 +69,7 @@ def _actions(model: ModelConfig, served: set[str]) -> str:
     n = ModelNames(model.prefix)
     lines = [f"- Stop using the predictions: caput {n.enable} 0 (outputs go INVALID; caput {n.enable} 1 "
              "re-enables). Who did it is logged."]
-    rollback = f"{model.prefix}ROLLBACK"
+    rollback = n.rollback
     if rollback in served:
         lines.append(f"- If this started after a new version was loaded ({n.champion} changed), roll back to "
                      f"the previous champion: caput {rollback} 1.")

@@ -146,8 +146,6 @@ class ModelMonitor:
         self._anomaly_scale: np.ndarray | None = None
         self._announced = 0
         self.calibrated = asyncio.Event()
-        runner.cycle_listeners.append(self.on_cycle)
-        runner.model_listeners.append(self.on_model)
 
     # ------------------------------------------------------------------ start-up and model changes
 

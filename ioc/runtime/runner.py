@@ -50,6 +50,18 @@ class CycleRecord:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class CycleStats:
+    """A runner's statistics as :meth:`ModelRunner.take_stats` hands them to LATENCY/RATE/COUNT and Prometheus."""
+
+    latencies: list[float]  # seconds of each successful inference since the last take_stats()
+    outcomes: dict[ModelStatus, int]  # cycles ended in each state, since start
+    count: int  # triggered cycles since start
+    overruns: int  # missed cycles since start
+    last_ok_timestamp: float
+    status: ModelStatus | None
+
+
 CycleListener = Callable[[CycleRecord], None]
 ModelListener = Callable[["LoadedModel | None"], None]  # the model served from the next cycle on
 
@@ -135,6 +147,7 @@ class ModelRunner:
         self.status: ModelStatus | None = None
         self.count = 0  # triggered cycles
         self.overruns = 0  # triggers dropped: a cycle was running and another trigger already waited
+        self.run_on_input_change = False  # set by the model's trigger (ioc.runtime.triggers): on_change
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
         self.consecutive_faults = 0
@@ -258,7 +271,7 @@ class ModelRunner:
         self._after_update(lost)
 
     def _after_update(self, lost: bool) -> None:
-        if self.config.trigger.kind == "on_change":
+        if self.run_on_input_change:
             self.run_cycle()
         elif lost:
             # Do not wait for the next trigger to tell the world the outputs are no longer valid.
@@ -531,7 +544,14 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ statistics
 
-    def publish_stats(self) -> None:
+    def take_stats(self) -> CycleStats:
+        """What happened since the last call (latencies) and in total (outcomes, cycles, overruns):
+        the one place statistics leave the runner, at stats_hz, off the latency-critical path."""
+        latencies, self.latencies = self.latencies, []
+        return CycleStats(latencies=latencies, outcomes=dict(self.outcomes), count=self.count,
+                          overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status)
+
+    def publish_stats(self, stats: CycleStats) -> None:
         """Post LATENCY (mean ms over the window), RATE (cycles/s) and COUNT; called at stats_hz."""
         now = self.clock()
         dt = now - self._stats_t
@@ -539,10 +559,10 @@ class ModelRunner:
             return
         rate = (self.count - self._stats_count) / dt
         self._stats_t, self._stats_count = now, self.count
-        if self.latencies:  # since the last stats tick (Metrics.collect drains the list right after)
-            self.latency_pv.post(sum(self.latencies) / len(self.latencies) * 1e3, now)
+        if stats.latencies:  # since the last stats tick
+            self.latency_pv.post(sum(stats.latencies) / len(stats.latencies) * 1e3, now)
         self.rate_pv.post(rate, now)
-        self.count_pv.post(self.count, now)
+        self.count_pv.post(stats.count, now)
         if self.challenger is not None and self._mad.n:
             for pv, mad in zip(self.challenger_mad_pvs, self._mad.means(), strict=True):
                 pv.post(mad, now)

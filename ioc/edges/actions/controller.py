@@ -43,10 +43,8 @@ class ActionController:
         self.trips = 0
         self.generation = 0  # bumped on every model swap, trip and disarm: queued writes of older ones drop
         self.served_version = ""
-        self.drift_name = f"{runner.config.prefix}DRIFT"
+        self.drift_name = runner.names.drift
         self.actions = [Action(self, i, o) for i, o in enumerate(runner.config.outputs) if o.action is not None]
-        runner.cycle_listeners.append(self.on_cycle)
-        runner.model_listeners.append(self.on_model)
         now = time.time()
         self.actions_pv.post(0, now)  # never persisted: every start begins disarmed
         self.trip_pv.post("", now)

@@ -22,7 +22,7 @@ from ioc.core.store import ModelStore
 from ioc.runtime.monitor import ModelMonitor
 from ioc.runtime.runner import ModelRunner
 from tests.support.models import linear_model, manifest_for
-from tests.test_drift import ref_entry
+from tests.unit.test_drift import ref_entry
 
 
 class Clock:
@@ -78,6 +78,9 @@ class Rig:
         self.runner = ModelRunner(self.model_config, self.db, config.ioc.inference, asyncio.get_running_loop(),
                                   clock=self.clock)
         self.monitor = ModelMonitor(self.runner, self.db, clock=self.clock)
+        self.runner.cycle_listeners.append(self.monitor.on_cycle)  # as ioc.app wires it
+        self.runner.model_listeners.append(self.monitor.on_model)
+        self.runner.run_on_input_change = self.model_config.trigger.kind == "on_change"
         self.monitor.start()
         self.runner.start()
         self.model = load_champion(self.model_config, config.ioc.inference)

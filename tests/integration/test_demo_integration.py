@@ -11,7 +11,7 @@ from tests.conftest import write_yaml
 from tests.support.demo import demo_inputs, demo_store_copy
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

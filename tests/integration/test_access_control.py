@@ -16,7 +16,7 @@ from tests.conftest import write_yaml
 from tests.support.models import publish_linear
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ME = __import__("getpass").getuser()
 
 

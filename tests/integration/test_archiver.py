@@ -24,7 +24,7 @@ from training.dataset import DatasetError, build_dataset
 from training.pipeline import Options, run
 from training.spec import load_spec
 
-DATA = Path(__file__).parent / "data" / "archiver"
+DATA = Path(__file__).resolve().parents[1] / "data" / "archiver"
 START = dt.datetime(2025, 12, 31, 23, 59, 45, tzinfo=dt.UTC)
 PVS = {"q1": "SIM:Q1:I", "q2": "SIM:Q2:I", "rf_phase": "SIM:RF:PHASE", "charge": "SIM:GUN:CHARGE",
        "sigma_x": "SIM:SIGMA:X", "sigma_y": "SIM:SIGMA:Y", "loss": "SIM:LOSS"}

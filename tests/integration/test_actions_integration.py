@@ -28,9 +28,10 @@ from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from tests.support.metrics import samples, wait_scrape
 from tests.support.models import publish_linear
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ACTION = ("min: -4, max: 4, max_step: 0.5, max_rate_hz: 0.5, deadband: 0.05, tolerance: 0.05, settle_s: 1.5, "
           "mode: write")
@@ -72,14 +73,8 @@ def audit(tmp_path: Path, model: str = "lin") -> list[dict]:
 
 def wait_audit(tmp_path: Path, predicate, timeout: float = 5.0, model: str = "lin") -> dict:
     """The audit file is written on its own thread: wait for the line."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in audit(tmp_path, model):
-            if predicate(record):
-                return record
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no matching audit line; have {audit(tmp_path, model)[-5:]}")
-        time.sleep(0.05)
+    return wait_until(lambda: next((r for r in audit(tmp_path, model) if predicate(r)), None), timeout,
+                      what="matching audit line", describe=lambda: str(audit(tmp_path, model)[-5:]))
 
 
 def propose_until(ca, p: str, st, value: float, wanted: str, limit_s: float) -> None:

@@ -13,7 +13,7 @@ from ioc.core.layout import model_pv_names, model_pv_specs
 from ioc.core.pvmodel import Kind
 from tests.conftest import write_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(tmp_path, action: str, extra_output: str = "") -> Path:

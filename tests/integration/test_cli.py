@@ -13,7 +13,7 @@ from ioc.core.configfile import load_config
 from ioc.core.layout import model_pv_names
 from tests.conftest import write_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "demo.yaml"
 
 

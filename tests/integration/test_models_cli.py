@@ -12,7 +12,7 @@ from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from tests.support.models import version_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def mlioc(*args) -> subprocess.CompletedProcess:

@@ -76,6 +76,7 @@ def test_the_input_path_never_crashes_and_never_serves_ok_from_bad_inputs(tmp_pa
     async def run():
         db = PVDatabase()
         runner = ModelRunner(config, db, InferenceConfig(provider="cpu"), asyncio.get_running_loop())
+        runner.run_on_input_change = True  # trigger: {on_change: true}
         runner.start()
         runner.set_model(load_champion(config, InferenceConfig(provider="cpu")))
         who = ClientInfo("fuzz", "h", "ca")

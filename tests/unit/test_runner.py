@@ -36,6 +36,7 @@ def _runner(tmp_path, inference=None, **input_kw):
     loop = asyncio.get_running_loop()
     db = PVDatabase()
     runner = ModelRunner(config, db, inference or InferenceConfig(provider="cpu"), loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}, as the app wires it
     runner.start()
     runner.set_model(load_champion(config, inference or InferenceConfig(provider="cpu")))
     return runner, db
@@ -216,6 +217,7 @@ async def test_slow_model_runs_off_the_loop(tmp_path):
     loop = asyncio.get_running_loop()
     db = PVDatabase()
     runner = ModelRunner(config, db, inference, loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}
     runner.start()
     runner.set_model(model)
     done = asyncio.Event()
@@ -239,6 +241,7 @@ async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_secon
     loop = asyncio.get_running_loop()
     db = PVDatabase()
     runner = ModelRunner(config, db, inference, loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}
     runner.start()
     runner.set_model(load_champion(config, inference))
     ok = []

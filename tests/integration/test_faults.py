@@ -11,7 +11,9 @@ import pytest
 
 from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
+from tests.support.configs import model, write_config
 from tests.support.models import linear_model, manifest_for, sqrt_version
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,25 +29,17 @@ def _linear(store: ModelStore, scale: float, pointer: str | None = None) -> int:
     return n
 
 
-def _config(tmp_path, prefix, extra_model: str = "", trigger: str = "{on_change: true}"):
-    return write_yaml(tmp_path / "ioc.yaml", f"""
-        ioc: {{protocols: [ca, pva], store_poll_s: 0.2}}
-        models:
-          - name: m
-            prefix: "{prefix}"
-            store: store
-            trigger: {trigger}
-            {extra_model}
-            inputs: [{{name: a, initial: 4.0}}]
-            outputs: [{{name: y}}]
-        """)
+def _config(tmp_path, prefix, trigger: dict | None = None, **keys):
+    return write_config(tmp_path / "ioc.yaml",
+                        model(prefix, trigger=trigger, inputs=[{"name": "a", "initial": 4.0}], outputs=["y"], **keys),
+                        ioc={"store_poll_s": 0.2})
 
 
 def test_a_model_failing_at_run_time_is_a_fault_and_is_rolled_back_automatically(tmp_path, launch, ca, prefix):
     store = ModelStore(tmp_path / "store")
     _linear(store, 3.0, "champion")
     bad = sqrt_version(store, "champion")  # history: [1]
-    ioc = launch.ioc(_config(tmp_path, prefix, "rollback_after_faults: 3"))
+    ioc = launch.ioc(_config(tmp_path, prefix, rollback_after_faults=3))
     out = ca.monitor(f"{prefix}OUT:y")
     out.wait_for(lambda u: u.value == pytest.approx(2.0) and u.severity == 0)  # sqrt(4)
     mark = out.mark()
@@ -178,17 +172,11 @@ def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix)
 
 
 def _recording_config(tmp_path, prefix):
-    return write_yaml(tmp_path / "rec.yaml", f"""
-        ioc: {{protocols: [ca], stats_hz: 5}}
-        models:
-          - name: m
-            prefix: "{prefix}"
-            store: store
-            trigger: {{scan_hz: 50}}
-            inputs: [{{name: a, initial: 4.0}}]
-            outputs: [{{name: y, mdel: -1}}]
-            record: {{dir: rec, roll: size, flush_s: 0.2}}
-        """)
+    return write_config(tmp_path / "rec.yaml",
+                        model(prefix, trigger={"scan_hz": 50}, inputs=[{"name": "a", "initial": 4.0}],
+                              outputs=[{"name": "y", "mdel": -1}],
+                              record={"dir": "rec", "roll": "size", "flush_s": 0.2}),
+                        ioc={"stats_hz": 5}, protocols=("ca",))
 
 
 def test_recorder_disk_full_alarms_and_serving_continues(tmp_path, launch, ca, prefix):
@@ -224,7 +212,6 @@ def test_recorder_disk_full_alarms_and_serving_continues(tmp_path, launch, ca, p
 
 
 def test_recorder_directory_gone_unwritable_alarms_then_recovers(tmp_path, launch, ca, prefix):
-    import time
 
     store = ModelStore(tmp_path / "store")
     _linear(store, 3.0, "champion")
@@ -232,10 +219,7 @@ def test_recorder_directory_gone_unwritable_alarms_then_recovers(tmp_path, launc
     recorder = ca.monitor(f"{prefix}RECORDER")
     recorder.wait_for(lambda u: u.value == 0)
     rec = tmp_path / "rec"
-    deadline = time.monotonic() + 30
-    while not list(rec.glob(".*.inprogress")):  # until the recorder has a file open in there
-        assert time.monotonic() < deadline, "the recorder never opened a file"
-        time.sleep(0.05)
+    wait_until(lambda: list(rec.glob(".*.inprogress")), 30, what="the recorder has a file open")
     shutil.move(rec, tmp_path / "rec-moved")  # the directory is gone; a file is in its place
     rec.write_text("not a directory any more")
     fault = recorder.wait_for(lambda u: u.value == 1, timeout=30)

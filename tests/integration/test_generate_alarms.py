@@ -14,7 +14,7 @@ from ioc.generate.alarms import generate
 from tests.conftest import write_yaml
 from tests.support.phoebus import ALARM_SCHEMA, SHARED_ALARM_SCHEMA
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 etree = pytest.importorskip("lxml.etree")
 
 

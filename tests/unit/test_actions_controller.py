@@ -35,8 +35,11 @@ def _setup(tmp_path, drift_limit="MAJOR"):
     if "P:DRIFT" not in db:  # what the drift monitor serves: overall score, HIGH MINOR / HIHI MAJOR
         db.add(PVSpec(name="P:DRIFT", kind=Kind.AI, alarm=AlarmLimits(high=1.0, hihi=2.0)))
     runner = ModelRunner(config, db, InferenceConfig(provider="cpu"), loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}, as ioc.app wires it
     runner.start()
     controller = ActionController(runner, loop)
+    runner.cycle_listeners.append(controller.on_cycle)
+    runner.model_listeners.append(controller.on_model)
     (act,) = controller.actions
     # The target check is the edge's job (tests/test_actions_integration.py); here it has passed.
     act.checking, act.target_ok, act.target_connected = False, True, True

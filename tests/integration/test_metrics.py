@@ -150,7 +150,7 @@ async def test_drift_and_reload_reports_reach_the_exposition(tmp_path, prefix):
     metrics.reload_result("lin", "rejected")
     text = generate_latest(metrics.registry).decode()
     assert "mlioc_drift_score{" not in text  # nothing is set before collect
-    metrics.collect(runner, now=runner.inputs[1].timestamp + 7.0)
+    metrics.collect(runner, runner.take_stats(), now=runner.inputs[1].timestamp + 7.0)
     families = parse(generate_latest(metrics.registry).decode())
     drift = {s.labels["model"]: s.value for s in samples(families, "mlioc_drift_score")}
     assert drift == {"lin": 1.5}

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from ioc.core.store import ModelStore, sha256_file
-from tests.conftest import write_yaml
+from tests.support.configs import model, write_config
 from tests.support.models import publish_version as publish
 from tests.support.models import version_files
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def mlioc(*args) -> subprocess.CompletedProcess:
@@ -35,21 +35,12 @@ def setup(tmp_path, prefix):
     store = ModelStore(tmp_path / "store")
     publish(store, tmp_path, 1.0, "champion")
 
-    def config(scan: str = "{on_change: true}", mdel: float = 0.0, extra_ioc: str = "") -> Path:
-        return write_yaml(tmp_path / "ioc.yaml", f"""
-            ioc: {{protocols: [ca, pva], store_poll_s: 0.2, stats_hz: 5 {extra_ioc}}}
-            models:
-              - name: lin
-                prefix: "{prefix}"
-                store: store
-                trigger: {scan}
-                inputs:
-                  - {{name: a, initial: 1.0}}
-                  - {{name: b, initial: 0.0}}
-                outputs:
-                  - {{name: y0, mdel: {mdel}}}
-                  - {{name: y1, mdel: {mdel}}}
-            """)
+    def config(trigger: dict | None = None, mdel: float = 0.0, **ioc) -> Path:
+        return write_config(tmp_path / "ioc.yaml",
+                            model(prefix, name="lin", trigger=trigger,
+                                  inputs=[{"name": "a", "initial": 1.0}, {"name": "b", "initial": 0.0}],
+                                  outputs=[{"name": "y0", "mdel": mdel}, {"name": "y1", "mdel": mdel}]),
+                            ioc={"store_poll_s": 0.2, "stats_hz": 5, **ioc})
 
     return store, config, prefix
 
@@ -216,7 +207,7 @@ def test_actions_that_cannot_be_done_are_refused_with_a_reason(setup, launch, ca
 def test_reload_pv_rescans_now_and_retries_a_rejected_version(setup, tmp_path, launch, ca):
     store, config, p = setup
     # A slow poll: only RELOAD can make the IOC look before a minute has passed.
-    ioc = launch.ioc(config(extra_ioc=", store_poll_s: 60"))
+    ioc = launch.ioc(config(store_poll_s=60))
     champion = ca.monitor(f"{p}CHAMPION")
     champion.wait_for(lambda u: u.value == "1")
     n = publish(store, tmp_path, 5.0, "champion")
@@ -243,7 +234,7 @@ def test_startup_with_a_broken_champion_falls_back_to_the_previous_one(setup, tm
 def test_100hz_across_50_reloads_misses_no_cycle_and_never_mixes_models(setup, tmp_path, launch, ca, pva):
     store, config, p = setup
     n2 = publish(store, tmp_path, 2.0)
-    ioc = launch.ioc(config(scan="{scan_hz: 100}", mdel=-1))
+    ioc = launch.ioc(config(trigger={"scan_hz": 100}, mdel=-1))
     client = pva(ioc)
     champion = ca.monitor(f"{p}CHAMPION")
     champion.wait_for(lambda u: u.value == "1")

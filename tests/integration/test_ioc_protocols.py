@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from tests.conftest import write_yaml
+from tests.support.configs import model, write_config
 from tests.support.models import publish_linear
 
 pytestmark = pytest.mark.integration
@@ -22,21 +22,13 @@ B = [0.0, 1.0]
 @pytest.fixture
 def linear_ioc(tmp_path, launch, prefix):
     publish_linear(tmp_path / "store", ["a", "b"], ["y1", "y2"], W, B, units_in=["A", "mm"])
-    config = write_yaml(tmp_path / "ioc.yaml", f"""
-        ioc: {{protocols: [ca, pva]}}
-        models:
-          - name: lin
-            prefix: "{prefix}"
-            store: store
-            trigger: {{on_change: true}}
-            inputs:
-              - {{name: a, units: A, range: [0, 10], description: "input a"}}
-              - {{name: b, units: mm, initial: 0}}
-            outputs:
-              - {{name: y1, units: mm, prec: 4, description: "two a plus b", display: [0, 30],
-                 alarm: {{high: 8, hihi: 12}}}}
-              - {{name: y2, units: mm, prec: 2, alarm: {{lolo: -5, low: -2}}}}
-        """)
+    config = write_config(tmp_path / "ioc.yaml", model(
+        prefix, name="lin",
+        inputs=[{"name": "a", "units": "A", "range": [0, 10], "description": "input a"},
+                {"name": "b", "units": "mm", "initial": 0}],
+        outputs=[{"name": "y1", "units": "mm", "prec": 4, "description": "two a plus b", "display": [0, 30],
+                  "alarm": {"high": 8, "hihi": 12}},
+                 {"name": "y2", "units": "mm", "prec": 2, "alarm": {"lolo": -5, "low": -2}}]))
     proc = launch.ioc(config)
     proc.prefix = prefix
     return proc
