@@ -150,7 +150,7 @@ class Ioc:
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 
     def _make_actions(self) -> None:
-        """Closed-loop actions (docs/actions.md): created before the servers listen, so ACTIONS reads 0
+        """Closed-loop actions (docs/how-to/actions.md): created before the servers listen, so ACTIONS reads 0
         from the first client connection on; their monitors start with the sources."""
         loop = asyncio.get_running_loop()
         for runner, manager in zip(self.runners, self.managers, strict=True):
@@ -192,7 +192,7 @@ class Ioc:
         self.recorders.append(recorder)
 
     def _start_monitor(self, runner: ModelRunner) -> None:
-        """Drift / anomaly / ground-truth error PVs of a model (ioc/runtime/monitor.py, docs/drift.md)."""
+        """Drift / anomaly / ground-truth error PVs of a model (ioc/runtime/monitor.py, docs/how-to/drift.md)."""
         monitor = ModelMonitor(runner, self.db)
         runner.cycle_listeners.append(monitor.on_cycle)
         runner.model_listeners.append(monitor.on_model)

@@ -1,4 +1,4 @@
-"""``mlioc``: the command line (DESIGN.md, "CLI contract").
+"""``mlioc``: the command line (docs/reference/cli.md).
 
 Exit status: 0 success, 1 a check failed / the config or a model is bad, 2 usage errors.
 Ports and interfaces follow EPICS conventions: ``--ca-port`` > config ``ioc.ca_port`` >
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (default: demo)")
     p.set_defaults(func=cmd_pvs)
 
-    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push (docs/training.md)")
+    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push")
     p.add_argument("config", help="YAML config")
     p.add_argument("--model", required=True, help="model name in the config")
     p.add_argument("--data", help="a CSV/Parquet file or recording directory, 'recorded', 'simulator', or an "

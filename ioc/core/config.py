@@ -1,7 +1,7 @@
 """The YAML configuration: parsed into frozen dataclasses, validated in full before anything starts.
 
 A bad config is refused with every problem listed as ``FILE:LINE: key.path: what is wrong`` so an
-engineer can fix them all in one pass. The schema is documented in ``docs/config.md``; unknown keys
+engineer can fix them all in one pass. The schema is documented in ``docs/reference/config.md``; unknown keys
 are errors (with a "did you mean" hint), because a typo such as ``rnage`` silently ignored is how a
 model ends up fed values it was never trained on.
 """
@@ -62,7 +62,7 @@ class InputConfig:
 
 @dataclass(frozen=True, slots=True)
 class ActionConfig:
-    """An output that drives a machine setpoint (:mod:`ioc.edges.actions`, docs/actions.md).
+    """An output that drives a machine setpoint (:mod:`ioc.edges.actions`, docs/how-to/actions.md).
 
     Defaults are the safe ones: ``dry_run`` (publish the proposal, never write) and trip after
     ``max_held`` consecutive cycles held by a safety guard.
@@ -135,7 +135,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class DriftConfig:
-    """How a model's inputs and outputs are watched for drift (``drift:``, docs/drift.md).
+    """How a model's inputs and outputs are watched for drift (``drift:``, docs/how-to/drift.md).
 
     Times are seconds; ``rate_hz`` (the model's cycle rate, the scan rate by default) turns them
     into cycles. ``correlation_s`` is the autocorrelation time of the live inputs, which the
@@ -663,7 +663,7 @@ def _parse_limits(c: Checker, raw: Any, path: KeyPath) -> LimitsConfig | None:
 
 def _parse_drift(c: Checker, raw: Any, path: KeyPath, trigger: TriggerConfig, inputs: list, outputs: list
                  ) -> DriftConfig | None:
-    """The ``drift:`` section of a model (docs/drift.md); absent or ``enabled: false``: no drift PVs."""
+    """The ``drift:`` section of a model (docs/how-to/drift.md); absent or ``enabled: false``: no drift PVs."""
     from ioc.core.drift import BIN_CHOICES, METHODS  # pure numpy module: no import cycle
 
     if raw is None:

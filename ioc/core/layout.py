@@ -1,4 +1,4 @@
-"""Which PVs a model serves, with their record types and fields: the PV contract of DESIGN.md.
+"""Which PVs a model serves, with their record types and fields: the PV contract of docs/reference/pvs.md.
 
 This is the single place that turns a :class:`~ioc.core.config.ModelConfig` into :class:`~ioc.core.pvmodel.PVSpec`
 objects. ``mlioc pvs``, the IOC itself and the generators (screens, archiver lists, .db files) all
@@ -106,7 +106,7 @@ class ModelNames:
     def count(self) -> str:
         return f"{self.prefix}COUNT"
 
-    # Monitoring (docs/drift.md): served only when the model's config enables drift / names a truth.
+    # Monitoring (docs/how-to/drift.md): served only when the model's config enables drift / names a truth.
     @property
     def drift(self) -> str:
         return f"{self.prefix}DRIFT"
@@ -285,7 +285,7 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
 
 @dataclass(frozen=True, slots=True)
 class ActionNames:
-    """PV names of a model's closed-loop actions (docs/actions.md)."""
+    """PV names of a model's closed-loop actions (docs/how-to/actions.md)."""
 
     prefix: str
 

@@ -77,7 +77,7 @@ class ActionController:
     def decide(self, record: CycleRecord) -> None:
         db = self.runner.db
         drift = None
-        if self.drift_name in db:  # the drift monitor's PV, where the model has one (docs/actions.md)
+        if self.drift_name in db:  # the drift monitor's PV, where the model has one (docs/how-to/actions.md)
             drift = int(db[self.drift_name].reading.severity)
         model = self.runner.model
         served = model.version if model is not None else ""
