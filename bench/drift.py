@@ -4,7 +4,7 @@
 
 Replays the simulator's physics (ioc.sim.physics.Machine stepping at 10 Hz, the knobs wandering as
 an Ornstein-Uhlenbeck process with a 1 s correlation time) through the demo model (ONNX Runtime)
-and the IOC's own monitor (ioc.monitor.ModelMonitor on an in-process PV database, the served
+and the IOC's own monitor (ioc.runtime.monitor.ModelMonitor on an in-process PV database, the served
 severity computed by the PV model with the debouncer), on a simulated clock: no network, no sleeps.
 
 1. False alarms: ``--days`` simulated days of in-distribution data (864,000 cycles each); every
@@ -36,14 +36,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ioc.config import load_config  # noqa: E402
-from ioc.engine import load_champion  # noqa: E402
-from ioc.layout import ModelStatus  # noqa: E402
-from ioc.monitor import ModelMonitor  # noqa: E402
-from ioc.pvmodel import PVDatabase  # noqa: E402
-from ioc.runner import CycleRecord, ModelRunner  # noqa: E402
+from ioc.core.configfile import load_config  # noqa: E402
+from ioc.core.engine import load_champion  # noqa: E402
+from ioc.core.layout import ModelStatus  # noqa: E402
+from ioc.core.pvmodel import PVDatabase  # noqa: E402
+from ioc.core.thresholds import ar1_phi  # noqa: E402
+from ioc.runtime.monitor import ModelMonitor  # noqa: E402
+from ioc.runtime.runner import CycleRecord, ModelRunner  # noqa: E402
 from ioc.sim.physics import KNOBS, READBACK_NOISE, Machine  # noqa: E402
-from ioc.thresholds import ar1_phi  # noqa: E402
 
 RATE_HZ = 10.0
 DAY = 86_400

@@ -169,8 +169,8 @@ def linear_store(tmp: Path, n_inputs: int) -> tuple[Path, np.ndarray, np.ndarray
 # --------------------------------------------------------------------------------------------- measurements
 
 def bench_ort(samples: int) -> tuple[list[float], list[float]]:
-    from ioc.config import load_config
-    from ioc.engine import load_champion
+    from ioc.core.configfile import load_config
+    from ioc.core.engine import load_champion
 
     cfg = load_config(ROOT / "config" / "demo.yaml")
     model = load_champion(cfg.models[0], cfg.ioc.inference)

@@ -29,7 +29,7 @@ os.environ.update(EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=POOL.ca_addr_
 
 import numpy as np  # noqa: E402
 
-from ioc.store import ModelStore  # noqa: E402
+from ioc.core.store import ModelStore  # noqa: E402
 from tests.support.models import publish_version as publish  # noqa: E402
 from tests.support.procs import ServerProcess, server_env  # noqa: E402
 

@@ -35,7 +35,7 @@ from tests.support.ports import PortPool  # noqa: E402
 POOL = PortPool(n_ca=3)
 os.environ.update(EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=POOL.ca_addr_list, EPICS_PVA_AUTO_ADDR_LIST="NO")
 
-from ioc.store import ModelStore  # noqa: E402
+from ioc.core.store import ModelStore  # noqa: E402
 from tests.support.demo import demo_inputs  # noqa: E402
 from tests.support.procs import ServerProcess, server_env  # noqa: E402
 

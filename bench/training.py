@@ -78,7 +78,7 @@ def throughput(kind: str, x: np.ndarray, y: np.ndarray, batch: int, epochs: int,
 
 
 def nightly_cycle() -> tuple[float, dict[str, float], str]:
-    from ioc.config import load_config
+    from ioc.core.configfile import load_config
     from training.pipeline import Options, run
     from training.spec import load_spec
 

@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
-from ioc.config import load_config  # noqa: E402
+from ioc.core.configfile import load_config  # noqa: E402
 from training.spec import load_search  # noqa: E402
-from training.tune import TrialRecord, _best, _records  # noqa: E402
+from training.tune import TrialRecord, best_record, trial_records  # noqa: E402
 
 
 def _busy_cpu_s() -> float:
@@ -90,7 +90,7 @@ def _stats(records: list[TrialRecord], cap: int) -> dict:
     pruned = [r for r in records if r.state == "PRUNED"]
     skipped = sum(cap - r.epochs for r in pruned)
     saved = sum((cap - r.epochs) * (r.seconds / r.epochs) for r in pruned if r.epochs > 0)
-    best = _best(records)
+    best = best_record(records)
     return {"n": len(records), "complete": len(complete), "pruned": len(pruned), "failed": len(records) -
             len(complete) - len(pruned), "epochs": sum(r.epochs for r in records), "skipped": skipped,
             "saved_s": saved, "train_s": sum(r.seconds for r in records), "best": best}
@@ -98,7 +98,7 @@ def _stats(records: list[TrialRecord], cap: int) -> dict:
 
 def _study_stats(url: str, study: str, cap: int) -> dict:
     s = optuna.load_study(study_name=study, storage=url)
-    st = _stats(_records(s), cap)
+    st = _stats(trial_records(s), cap)
     st["overrides"] = s.best_trial.user_attrs["mlioc.overrides"] if st["best"] is not None else {}
     return st
 
@@ -111,7 +111,7 @@ def _reference_val_loss(config_path: Path, model: str, runs: list[tuple[str, dic
 
     from training.dataset import Normalisation, build_dataset, time_split
     from training.models import build_model
-    from training.pipeline import _normalise
+    from training.pipeline import normalise_split
     from training.spec import load_spec
     from training.trainer import seed_everything, train
     from training.tune import apply_overrides
@@ -120,7 +120,7 @@ def _reference_val_loss(config_path: Path, model: str, runs: list[tuple[str, dic
     spec = load_spec(config, model)
     ds = build_dataset(config.model(model), spec, None)
     split = time_split(ds, spec.split)
-    arrays = _normalise(split, Normalisation.fit(split.train))
+    arrays = normalise_split(split, Normalisation.fit(split.train))
     out = []
     for label, ov in runs:
         s = apply_overrides(spec, ov)

@@ -16,22 +16,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ioc.access import build_access
-from ioc.actions import ActionController, start_actions
-from ioc.autosave import Autosave
-from ioc.ca_server import CaServer
-from ioc.config import Config, ModelConfig
-from ioc.feed import Feed
-from ioc.metrics import Metrics
-from ioc.model_manager import ModelManager
-from ioc.monitor import ModelMonitor
-from ioc.pva_server import PvaServer
-from ioc.pvmodel import PVDatabase
-from ioc.recorder import Recorder, RecorderError
-from ioc.registry_mirror import RegistryMirror
-from ioc.runner import ModelRunner
-from ioc.sources import close_clients, make_source
-from ioc.store import ModelStore
+from ioc.core.access import build_access
+from ioc.core.config import Config, ModelConfig
+from ioc.core.pvmodel import PVDatabase
+from ioc.core.store import ModelStore
+from ioc.edges.actions.controller import ActionController, start_actions
+from ioc.edges.autosave import Autosave
+from ioc.edges.clients import close_clients
+from ioc.edges.metrics import Metrics
+from ioc.edges.model_manager import ModelManager
+from ioc.edges.recorder import Recorder, RecorderError
+from ioc.edges.registry_mirror import RegistryMirror
+from ioc.edges.sources import make_source
+from ioc.protocols.ca_server import CaServer
+from ioc.protocols.pva_server import PvaServer
+from ioc.runtime.monitor import ModelMonitor
+from ioc.runtime.runner import ModelRunner
+from ioc.runtime.triggers import Trigger, make_trigger
 
 log = logging.getLogger("mlioc")
 
@@ -64,6 +65,7 @@ class Ioc:
     managers: list[ModelManager] = field(default_factory=list)
     monitors: list[ModelMonitor] = field(default_factory=list)
     actions: list[ActionController] = field(default_factory=list)
+    triggers: list[Trigger] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -89,6 +91,8 @@ class Ioc:
                 self._start_monitor(runner)
         # Models load (validated, warmed up, off the loop) while the servers come up.
         self.managers = [self._manager(r) for r in self.runners]
+        for runner, manager in zip(self.runners, self.managers, strict=True):
+            runner.on_fault_streak = manager.fault_streak  # automatic rollback (rollback_after_faults)
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
         self._make_actions()
 
@@ -146,12 +150,14 @@ class Ioc:
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 
     def _make_actions(self) -> None:
-        """Closed-loop actions (docs/actions.md): created before the servers listen, so ACTIONS reads 0
+        """Closed-loop actions (docs/how-to/actions.md): created before the servers listen, so ACTIONS reads 0
         from the first client connection on; their monitors start with the sources."""
         loop = asyncio.get_running_loop()
         for runner, manager in zip(self.runners, self.managers, strict=True):
             controller = start_actions(runner, loop, manager.store, self.config.ioc.state_dir)
             if controller is not None:
+                runner.cycle_listeners.append(controller.on_cycle)
+                runner.model_listeners.append(controller.on_model)
                 self.actions.append(controller)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
@@ -186,8 +192,10 @@ class Ioc:
         self.recorders.append(recorder)
 
     def _start_monitor(self, runner: ModelRunner) -> None:
-        """Drift / anomaly / ground-truth error PVs of a model (ioc/monitor.py, docs/drift.md)."""
+        """Drift / anomaly / ground-truth error PVs of a model (ioc/runtime/monitor.py, docs/how-to/drift.md)."""
         monitor = ModelMonitor(runner, self.db)
+        runner.cycle_listeners.append(monitor.on_cycle)
+        runner.model_listeners.append(monitor.on_model)
         monitor.score_listeners.append(self.metrics.set_drift)  # mlioc_drift_score, mlioc_input_drift_score
         monitor.start()
         for index, j in enumerate(monitor.truth_index):
@@ -197,39 +205,33 @@ class Ioc:
         self.monitors.append(monitor)
 
     def _start_feeds(self, runner: ModelRunner) -> None:
-        loop = asyncio.get_running_loop()
         model: ModelConfig = runner.config
         for index, inp in enumerate(model.inputs):
             if inp.source is not None:
                 source = make_source(inp.source, functools.partial(runner.feed.push, index))
                 source.start()
                 self._sources.append(source)
-        trigger = model.trigger
-        if trigger.kind == "scan":
-            self._tasks.append(loop.create_task(_scan(runner, trigger.scan_hz), name=f"scan-{model.name}"))
-        elif trigger.kind == "pv":
-            def on_trigger(value, severity, timestamp, connected):
-                if connected:
-                    trigger_feed.push()
-
-            trigger_feed = Feed(loop, lambda: None, runner.run_cycle)
-            source = make_source(trigger.pv, on_trigger)
-            source.start()
-            self._sources.append(source)
+        trigger = make_trigger(runner, model.trigger, make_source)
+        runner.run_on_input_change = trigger.on_input_change
+        trigger.start()
+        self.triggers.append(trigger)
 
     async def _stats_loop(self) -> None:
         period = 1.0 / self.config.ioc.stats_hz
         while True:
             await asyncio.sleep(period)
             for runner in self.runners:
-                runner.publish_stats()
-                self.metrics.collect(runner)
+                stats = runner.take_stats()
+                runner.publish_stats(stats)
+                self.metrics.collect(runner, stats)
             for controller in self.actions:
                 self.metrics.collect_actions(controller)
 
     async def stop(self) -> None:
         for manager in self.managers:
             await manager.stop()
+        for trigger in self.triggers:
+            await trigger.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -252,34 +254,6 @@ class Ioc:
             await self.pva.stop()
         self.metrics.close()
         close_clients()
-
-
-MAX_BURST = 16  # cycles run back to back when late, before the loop is given back for I/O
-MAX_LAG_S = 1.0  # further behind than this, ticks are dropped (and counted as overruns)
-
-
-async def _scan(runner: ModelRunner, hz: float) -> None:
-    """Periodic trigger on a drift-free schedule.
-
-    The loop timer has ~1 ms resolution, so at high rates several ticks fall due per wake-up: they
-    run back to back (their monitor updates then leave in one send). A scheduler that has fallen
-    more than MAX_LAG_S behind drops the missed ticks and counts them as overruns.
-    """
-    loop = asyncio.get_running_loop()
-    period = 1.0 / hz
-    next_t = loop.time()
-    while True:
-        now = loop.time()
-        if now - next_t > MAX_LAG_S:
-            missed = int((now - next_t) / period)
-            runner.overruns += missed
-            next_t += missed * period
-        burst = 0
-        while next_t <= now and burst < MAX_BURST:
-            runner.run_cycle()
-            next_t += period
-            burst += 1
-        await asyncio.sleep(max(next_t - loop.time(), 0.0))
 
 
 async def serve(config: Config, options: ServeOptions | None = None, stop: asyncio.Event | None = None) -> None:

@@ -1,4 +1,4 @@
-"""``mlioc``: the command line (DESIGN.md, "CLI contract").
+"""``mlioc``: the command line (docs/reference/cli.md).
 
 Exit status: 0 success, 1 a check failed / the config or a model is bad, 2 usage errors.
 Ports and interfaces follow EPICS conventions: ``--ca-port`` > config ``ioc.ca_port`` >
@@ -14,8 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-from ioc.access import AccessError
-from ioc.config import Config, ConfigError, default_config_path, load_config
+from ioc.core.access import AccessError
+from ioc.core.config import Config, ConfigError, default_config_path
+from ioc.core.configfile import load_config
 
 log = logging.getLogger("mlioc")
 
@@ -80,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from ioc.config import SimulatorConfig
+    from ioc.core.config import SimulatorConfig
     from ioc.sim.server import serve_simulator
 
     config = _load(args.config)
@@ -99,10 +100,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ioc.engine import EngineError, load_champion
+    from ioc.core.engine import EngineError, load_champion
 
     config = _load(args.config)
-    from ioc.access import build_access
+    from ioc.core.access import build_access
 
     access = build_access(config.access)
     print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
@@ -122,12 +123,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_pvs(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.sim:
-        from ioc.config import SimulatorConfig
+        from ioc.core.config import SimulatorConfig
         from ioc.sim.server import sim_pv_names
 
         names = sim_pv_names((config.simulator or SimulatorConfig()).prefix)
     else:
-        from ioc.layout import model_pv_names
+        from ioc.core.layout import model_pv_names
 
         names = [name for model in config.models for name in model_pv_names(model)]
     sys.stdout.write("".join(f"{n}\n" for n in names))
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (default: demo)")
     p.set_defaults(func=cmd_pvs)
 
-    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push (docs/training.md)")
+    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push")
     p.add_argument("config", help="YAML config")
     p.add_argument("--model", required=True, help="model name in the config")
     p.add_argument("--data", help="a CSV/Parquet file or recording directory, 'recorded', 'simulator', or an "
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "MLflow's database]")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="hyperparameter search (Optuna) as nested MLflow runs (docs/training.md)")
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) as nested MLflow runs (docs/how-to/training.md)")
     p.add_argument("config", help="YAML config")
     p.add_argument("--model", required=True, help="model name in the config (its training.search is searched)")
     p.add_argument("--trials", type=int, help="stop when the study has this many trials [training.search.trials]")

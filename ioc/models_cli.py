@@ -17,10 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ioc.config import InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig, load_config
-from ioc.engine import EngineError, build_model
-from ioc.manifest import Manifest, ManifestError, parse_manifest, read_manifest
-from ioc.store import ModelStore, StoreError
+from ioc.core.config import InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
+from ioc.core.configfile import load_config
+from ioc.core.engine import EngineError, build_model
+from ioc.core.manifest import Manifest, ManifestError, parse_manifest, read_manifest
+from ioc.core.store import ModelStore, StoreError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

@@ -110,3 +110,11 @@ def prefix() -> str:
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration/ is marked ``integration`` (`-m "not integration"` runs the
+    unit tests alone in about a minute)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)

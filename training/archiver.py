@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ioc.config import ModelConfig
-from ioc.pvmodel import Severity
+from ioc.core.config import ModelConfig
+from ioc.core.pvmodel import Severity
 from training.dataset import Dataset, DatasetError, _names
 from training.spec import ArchiverSpec, TrainSpec, parse_time
 

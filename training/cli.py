@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ioc.config import ConfigError, load_config
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
 from training.dataset import DatasetError
 from training.registry import TrackingError
 from training.spec import load_spec_and_search, parse_time
@@ -160,9 +161,9 @@ class RichTuneReporter:
         self.console.print(f"[bold]•[/bold] {text}", highlight=False, soft_wrap=True)
 
     def trial_started(self, number: int, params: dict, worker: str) -> None:
-        from training.tune import _fmt_params
+        from training.tune import format_params
 
-        self.console.print(f"  trial {number} started: {_fmt_params(params)}", highlight=False, soft_wrap=True)
+        self.console.print(f"  trial {number} started: {format_params(params)}", highlight=False, soft_wrap=True)
 
     def trial_finished(self, record, done: int, target: int, pruned: int, best) -> None:
         value = f"val loss {record.value:.5g}" if record.value is not None else "no value"
@@ -229,10 +230,10 @@ def print_tune_summary(outcome, next_command: str) -> None:
     if outcome.epochs_saved:
         table.add_row("pruning", f"{outcome.epochs_saved} epochs not trained by pruned trials")
     if outcome.best is not None:
-        from training.tune import _fmt_params
+        from training.tune import format_params
 
         b = outcome.best
-        table.add_row("best", f"trial {b.number}: val loss {b.value:.5g} ({_fmt_params(b.params)}), run {b.run_id}")
+        table.add_row("best", f"trial {b.number}: val loss {b.value:.5g} ({format_params(b.params)}), run {b.run_id}")
     if outcome.parent_run_id:
         table.add_row("MLflow", f"parent run {outcome.parent_run_id} ({outcome.parent_status}) at "
                       f"{outcome.tracking_uri}")

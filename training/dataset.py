@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ioc.config import ModelConfig
-from ioc.pvmodel import Severity
-from ioc.recorder import INPROGRESS, SUFFIX
+from ioc.core.config import ModelConfig
+from ioc.core.pvmodel import Severity
+from ioc.edges.recorder import INPROGRESS, SUFFIX
 from training.spec import SEVERITIES, DataSpec, FilterSpec, SplitSpec, TrainSpec
 
 log = logging.getLogger("mlioc.training.dataset")
@@ -127,7 +127,7 @@ def recorded_files(directory: Path) -> list[Path]:
 
 
 def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
-    """The IOC's own recordings (``ioc/recorder.py`` columns); rows with no fresh target are dropped."""
+    """The IOC's own recordings (``ioc/edges/recorder.py`` columns); rows with no fresh target are dropped."""
     import pandas as pd
 
     files = recorded_files(directory)

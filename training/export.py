@@ -1,9 +1,9 @@
-"""ONNX export, the torch-vs-ONNX parity check, and the version manifest (DESIGN.md "Model store").
+"""ONNX export, the torch-vs-ONNX parity check, and the version manifest (docs/how-to/model-store.md, "Format").
 
 Export uses torch's dynamo exporter with the weights inside the file (``external_data=False``): the
 store's contract is one ``model.onnx`` per version. The graph works on standardised values; the
 manifest carries the normalisation and the IOC applies it around the graph, exactly as
-``ioc.engine.LoadedModel.run`` does.
+``ioc.core.engine.LoadedModel.run`` does.
 
 Parity is checked on the whole test split in normalised output units (max |ONNX - torch| <=
 ``gate.parity_atol``, default 1e-4; measured ~2e-6 for the demo MLP on CPU). A failure stops the push.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ioc.config import ModelConfig
+from ioc.core.config import ModelConfig
 from training.dataset import Normalisation, Split, reference_stats
 from training.spec import TrainSpec
 
@@ -75,7 +75,7 @@ def check_parity(onnx_bytes: bytes, torch_pred_norm: np.ndarray, x_norm: np.ndar
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, split: Split, onnx_bytes: bytes,
                    provenance: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of DESIGN.md; ``sha256`` and ``version`` are filled in by ``ModelStore.add_version``."""
+    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``."""
     units_in = {i.name: i.units for i in model.inputs}
     units_out = {o.name: o.units for o in model.outputs} | ({} if spec.kind == "regression" else units_in)
     names_in, names_out = split.train.input_names, split.train.output_names

@@ -1,6 +1,6 @@
 """Challenger vs champion on the same held-out data, and the promotion policy from the config.
 
-Both models are run through the IOC's own engine (:mod:`ioc.engine`: checksum, signature vs config,
+Both models are run through the IOC's own engine (:mod:`ioc.core.engine`: checksum, signature vs config,
 test vectors, finite outputs, the normalisation around the graph), so the comparison is of what the
 IOC would actually serve, and a challenger the IOC would reject is rejected here first.
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ioc.config import InferenceConfig, ModelConfig
-from ioc.engine import EngineError, LoadedModel, load_version
-from ioc.store import ModelStore
+from ioc.core.config import InferenceConfig, ModelConfig
+from ioc.core.engine import EngineError, LoadedModel, load_version
+from ioc.core.store import ModelStore
 from training.dataset import Dataset
 from training.spec import GateSpec
 

@@ -8,7 +8,7 @@ One run, in this order, every step logged to MLflow:
    against ONNX Runtime before training; training with per-epoch metrics;
 3. ONNX export and parity against torch on the test split (failure: not pushed);
 4. manifest (reference distributions, test vectors, provenance), then the IOC's own validation of the
-   exported version (:func:`ioc.engine.build_model`) — training can never push what the IOC would refuse;
+   exported version (:func:`ioc.core.engine.build_model`) — training can never push what the IOC would refuse;
 5. challenger vs champion on the test split through the engine (:mod:`training.gate`);
 6. with ``--push``: a winner is published into the store and pointed at by ``champion`` or
    ``challenger``, registered in MLflow with that alias; a loser or a failed check is not published,
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ioc.config import Config, ModelConfig
-from ioc.engine import EngineError, build_model
-from ioc.manifest import ManifestError, parse_manifest
-from ioc.store import ModelStore, StoreError, sha256_file
+from ioc.core.config import Config, ModelConfig
+from ioc.core.engine import EngineError, build_model
+from ioc.core.manifest import ManifestError, parse_manifest
+from ioc.core.store import ModelStore, StoreError, sha256_file
 from training import registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
@@ -101,7 +101,7 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
         why = "no champion"
     else:
         try:
-            from ioc.manifest import read_manifest
+            from ioc.core.manifest import read_manifest
 
             man = read_manifest(store.manifest_path(number))
         except ManifestError as exc:
@@ -131,7 +131,8 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
     return f"scratch ({why})", None, None, None
 
 
-def _normalise(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+def normalise_split(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+    """x/y of each part of the split in normalised units, float32 (what training and the gate use)."""
     out = {}
     for name in ("train", "val", "test"):
         part = getattr(split, name)
@@ -176,7 +177,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     net = build_net(spec, n_in, n_out)
     warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
     norm = champ_norm or Normalisation.fit(split.train)
-    arrays = _normalise(split, norm)
+    arrays = normalise_split(split, norm)
     code = registry.code_version()
     env = registry.environment()
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from ioc.config import Config, ConfigError, ModelConfig, _Checker, _line_index
+from ioc.core.config import Config, ConfigError, ModelConfig
+from ioc.core.yamlcheck import Checker, line_index
 
 KINDS = ("regression", "autoencoder")
 ACTIVATIONS = ("silu", "relu", "tanh", "gelu")
@@ -172,9 +173,9 @@ def parse_time(value: Any) -> float | None:
 
 
 class _SpecChecker:
-    """Typed getters over the IOC's :class:`_Checker` (which records FILE:LINE problems)."""
+    """Typed getters over the IOC's :class:`Checker` (which records FILE:LINE problems)."""
 
-    def __init__(self, c: _Checker):
+    def __init__(self, c: Checker):
         self.c = c
 
     def time(self, value: Any, path) -> float | None:
@@ -213,7 +214,7 @@ def _coerce_numbers(raw: Any) -> Any:
     return raw
 
 
-def parse_spec(model: ModelConfig, raw: Any, c: _Checker, base: Path, path: tuple) -> TrainSpec:
+def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple) -> TrainSpec:
     """Validate one model's ``training:`` mapping (``raw`` may be None: every default)."""
     raw = _coerce_numbers(raw)
     s = _SpecChecker(c)
@@ -381,7 +382,7 @@ class Param:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """``training.search``: what ``mlioc tune`` searches and how (docs/training.md)."""
+    """``training.search``: what ``mlioc tune`` searches and how (docs/how-to/training.md)."""
 
     trials: int = 20  # the study stops at this many complete or pruned trials
     study: str = ""  # Optuna study name (default mlioc-<model>)
@@ -412,7 +413,7 @@ def _is_array_model(model: ModelConfig) -> bool:
                for i in model.inputs)
 
 
-def _space_value(c: _Checker, key: str, value: Any, path) -> Any:
+def _space_value(c: Checker, key: str, value: Any, path) -> Any:
     """One value of a space key (a fixed value or one choice), validated; None when invalid."""
     vtype, rule = _SPACE[key]
     if vtype == "activation":
@@ -431,7 +432,7 @@ def _space_value(c: _Checker, key: str, value: Any, path) -> Any:
     return v if len(c.problems) == before else None
 
 
-def _space_param(c: _Checker, key: str, value: Any, path) -> Param | None:
+def _space_param(c: Checker, key: str, value: Any, path) -> Param | None:
     vtype, rule = _SPACE[key]
     if isinstance(value, dict):
         if vtype in ("activation", "channels"):
@@ -494,7 +495,7 @@ def _space_param(c: _Checker, key: str, value: Any, path) -> Param | None:
     return None if v is None else Param("fixed", value=v)
 
 
-def parse_search(raw: Any, spec: TrainSpec, model: ModelConfig, c: _Checker, path: tuple) -> SearchSpec:
+def parse_search(raw: Any, spec: TrainSpec, model: ModelConfig, c: Checker, path: tuple) -> SearchSpec:
     """Validate ``training.search`` (``raw`` is the mapping under that key; numbers already coerced)."""
     d = c.mapping(raw, path, _SEARCH)
     epochs = c.number(d.get("epochs"), (*path, "epochs"), integer=True, positive=True, default=spec.epochs)
@@ -569,11 +570,11 @@ def parse_search(raw: Any, spec: TrainSpec, model: ModelConfig, c: _Checker, pat
                       reduction_factor=factor, space=space)
 
 
-def _load(config: Config, model_name: str) -> tuple[TrainSpec, SearchSpec | None, _Checker, tuple]:
+def _load(config: Config, model_name: str) -> tuple[TrainSpec, SearchSpec | None, Checker, tuple]:
     model = config.model(model_name)  # KeyError names the models there are
     text = Path(config.path).read_text()
     node = yaml.compose(text, Loader=yaml.SafeLoader)
-    c = _Checker(Path(config.path), _line_index(node) if node is not None else {})
+    c = Checker(Path(config.path), line_index(node) if node is not None else {})
     index = [m.name for m in config.models].index(model_name)
     path = ("models", index, "training")
     spec = parse_spec(model, model.training, c, Path(config.path).parent, path)
@@ -605,7 +606,7 @@ def load_search(config: Config, model_name: str) -> tuple[TrainSpec, SearchSpec]
     """The model's :class:`TrainSpec` and its ``training.search`` (required here); :class:`ConfigError` else."""
     spec, search, c, path = _load(config, model_name)
     if search is None and not c.problems:
-        c.error((*path, "search"), "missing: `mlioc tune` needs a search section (docs/training.md, "
+        c.error((*path, "search"), "missing: `mlioc tune` needs a search section (docs/how-to/training.md, "
                 "\"Hyperparameter search\")")
     if c.problems:
         raise ConfigError(config.path, c.problems)

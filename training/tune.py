@@ -53,11 +53,11 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ioc.config import Config
+from ioc.core.config import Config
 from training import registry
 from training.dataset import Normalisation, build_dataset, time_split
 from training.models import build_model as build_net
-from training.pipeline import _normalise
+from training.pipeline import normalise_split
 from training.spec import Param, SearchSpec, TrainSpec
 from training.trainer import EpochStats, seed_everything, train
 
@@ -179,10 +179,9 @@ def storage_lock(url: str) -> Iterator[None]:
                 conn.commit()
             conn.close()
             engine.dispose()
-    elif scheme == "sqlite" and _sqlite_path(url) is not None:
+    elif scheme == "sqlite" and (path := _sqlite_path(url)) is not None:
         import fcntl
 
-        path = _sqlite_path(url)
         if not path.parent.is_dir():
             raise TuneError(f"cannot use the study storage {url}: directory {path.parent} does not exist")
         with open(str(path) + ".lock", "a") as fh:
@@ -205,8 +204,10 @@ def suggest(trial: optuna.Trial, search: SearchSpec) -> dict[str, Any]:
         if p.kind == "fixed":
             values[key] = p.value
         elif p.kind == "float":
+            assert p.low is not None and p.high is not None
             values[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
         elif p.kind == "int":
+            assert p.low is not None and p.high is not None
             values[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
         else:
             labels = [",".join(map(str, c)) if isinstance(c, tuple) else c for c in p.choices]
@@ -237,7 +238,7 @@ def apply_overrides(spec: TrainSpec, ov: dict[str, Any]) -> TrainSpec:
     unknown = sorted(set(ov) - known)
     if unknown:
         raise TuneError(f"the trial sets {unknown}, which this version of the trainer does not know")
-    changes = {k: (tuple(v) if k == "hidden" else v) for k, v in ov.items()}
+    changes: dict[str, Any] = {k: (tuple(v) if k == "hidden" else v) for k, v in ov.items()}
     return dataclasses.replace(spec, **changes)
 
 
@@ -446,7 +447,7 @@ class TuneReporter:
         log.info("trial %d %s", record.number, record.state)
 
 
-def _records(study: optuna.Study) -> list[TrialRecord]:
+def trial_records(study: optuna.Study) -> list[TrialRecord]:
     out = []
     for t in study.get_trials(deepcopy=False):
         value = t.value if t.state == TrialState.COMPLETE else (
@@ -459,7 +460,7 @@ def _records(study: optuna.Study) -> list[TrialRecord]:
     return out
 
 
-def _best(records: list[TrialRecord]) -> TrialRecord | None:
+def best_record(records: list[TrialRecord]) -> TrialRecord | None:
     done = [r for r in records if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
     return min(done, key=lambda r: (r.value, r.number)) if done else None
 
@@ -561,7 +562,7 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
                         f"worker loaded {dataset.digest[:16]}: every worker (and a resumed search) must train on "
                         "the same data; pass --study NEW for new data")
     norm = Normalisation.fit(split.train)
-    arrays = _normalise(split, norm)
+    arrays = normalise_split(split, norm)
     n_in, n_out = len(dataset.input_names), len(dataset.output_names)
 
     # 3. MLflow and the study with its parent run, found or created under the storage lock.
@@ -586,6 +587,7 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
     client.update_run(parent_id, status="RUNNING")
     client.set_tag(parent_id, "mlioc.tune.trials_target", str(target))
 
+    study_id = storage.get_study_id_from_name(name)
     outcome = TuneOutcome(name, mask_url(url), mask_url(uri), parent_id, target=target)
     flush: list = []
 
@@ -664,12 +666,12 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
                 client.set_terminated(run_id, status)
 
     def report_finished(number: int) -> None:
-        records = _records(study)
+        records = trial_records(study)
         mine = next((r for r in records if r.number == number), None)
         done = sum(1 for r in records if r.state in ("COMPLETE", "PRUNED"))
         if mine is not None:
             reporter.trial_finished(mine, done, target, sum(1 for r in records if r.state == "PRUNED"),
-                                    _best(records))
+                                    best_record(records))
 
     status = "FAILED"
     t_loop = time.monotonic()
@@ -695,7 +697,7 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
                 break
             state, value, error = TrialState.FAIL, None, None
             try:
-                with _heartbeat(storage, trial._trial_id):
+                with _heartbeat(storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)):
                     value = objective(trial)
                 if math.isfinite(value):
                     state = TrialState.COMPLETE
@@ -722,8 +724,8 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
         with interrupts.deferred():
             outcome.interrupted = interrupts.signum
             try:
-                outcome.trials = _records(study)
-                outcome.best = _best(outcome.trials)
+                outcome.trials = trial_records(study)
+                outcome.best = best_record(outcome.trials)
                 outcome.epochs_saved = sum(max(search.epochs - r.epochs, 0) for r in outcome.trials
                                            if r.state == "PRUNED")
                 _summarise(client, parent_id, outcome, search, name)
@@ -835,7 +837,7 @@ def _find_or_create(storage, name: str, sampler, pruner, client, experiment_id: 
 # ----------------------------------------------------------------------------- what the parent run shows
 
 
-def _fmt_params(params: dict[str, Any]) -> str:
+def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
 
 
@@ -844,7 +846,7 @@ def trials_markdown(records: list[TrialRecord]) -> str:
              "|---:|---|---:|---:|---:|---|---|---|"]
     for r in records:
         value = f"{r.value:.5g}" if r.value is not None else ""
-        lines.append(f"| {r.number} | {r.state} | {value} | {r.epochs} | {r.seconds:.1f} | {_fmt_params(r.params)} "
+        lines.append(f"| {r.number} | {r.state} | {value} | {r.epochs} | {r.seconds:.1f} | {format_params(r.params)} "
                      f"| {r.worker} | {r.run_id} |")
     return "\n".join(lines) + "\n"
 
@@ -855,14 +857,17 @@ def plot_history(records: list[TrialRecord], path: Path, title: str) -> None:
 
     fig = Figure(figsize=(8, 4.5), dpi=110)
     ax = fig.add_subplot()
-    done = [r for r in records if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
-    pruned = [r for r in records if r.state == "PRUNED" and r.value is not None and math.isfinite(r.value)]
+    def points(state: str) -> list[tuple[int, float]]:
+        return sorted((r.number, r.value) for r in records
+                      if r.state == state and r.value is not None and math.isfinite(r.value))
+
+    done, pruned = points("COMPLETE"), points("PRUNED")
     if done:
-        ax.scatter([r.number for r in done], [r.value for r in done], color="tab:blue", label="complete")
+        ax.scatter([n for n, _ in done], [v for _, v in done], color="tab:blue", label="complete")
         best, xs, ys = math.inf, [], []
-        for r in sorted(done, key=lambda r: r.number):
-            best = min(best, r.value)
-            xs.append(r.number)
+        for n, v in done:
+            best = min(best, v)
+            xs.append(n)
             ys.append(best)
         last = max(r.number for r in records)
         if last > xs[-1]:
@@ -870,9 +875,9 @@ def plot_history(records: list[TrialRecord], path: Path, title: str) -> None:
             ys.append(best)
         ax.step(xs, ys, where="post", color="tab:red", label="best so far")
     if pruned:
-        ax.scatter([r.number for r in pruned], [r.value for r in pruned], marker="x", color="grey",
+        ax.scatter([n for n, _ in pruned], [v for _, v in pruned], marker="x", color="grey",
                    label="pruned (last reported)")
-    values = [r.value for r in done + pruned]
+    values = [v for _, v in done + pruned]
     if values and min(values) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("trial")
@@ -898,7 +903,7 @@ def _summarise(client, parent_id: str, outcome: TuneOutcome, search: SearchSpec,
                Metric("epochs_saved_by_pruning", outcome.epochs_saved, now, done)]
     tags = {"mlioc.tune.trials": str(len(records))}
     best = outcome.best
-    if best is not None:
+    if best is not None and best.value is not None:
         metrics.append(Metric("best_val_loss", best.value, now, done))
         tags |= {"mlioc.tune.best_trial": str(best.number), "mlioc.tune.best_value": f"{best.value:.6g}",
                  "mlioc.tune.best_run_id": best.run_id, "mlioc.tune.best_params": json.dumps(best.params)[:5000]}
@@ -957,13 +962,14 @@ def best_trial(model: str, search: SearchSpec | None, *, study: str | None, stor
         owner = attrs.get(ATTR_MODEL)
         raise TuneError(f"study {name!r} in {mask_url(url)} " + (f"belongs to model {owner!r}, not {model!r}" if owner
                         else "was not created by `mlioc tune`") + ": pass another --study")
-    records = _records(s)
-    best = _best(records)
+    records = trial_records(s)
+    best = best_record(records)
     if best is None:
         raise TuneError(f"study {name!r} in {mask_url(url)} has no complete trial yet")
     frozen = next(t for t in s.get_trials(deepcopy=False) if t.number == best.number)
     ov = frozen.user_attrs.get(TRIAL_OVERRIDES)
     if not isinstance(ov, dict):
         raise TuneError(f"trial {best.number} of study {name!r} has no {TRIAL_OVERRIDES} attribute")
+    assert best.value is not None
     return BestTrial(name, mask_url(url), best.number, float(best.value), ov, best.run_id,
                      str(attrs.get(ATTR_PARENT, "")))

@@ -1,6 +1,6 @@
 """``mlioc generate``: control-room artefacts (screens, archiver list, .db files, dashboards) from a config.
 
-Every generator reads PV names and metadata only from :func:`ioc.layout.model_pv_specs` (through
+Every generator reads PV names and metadata only from :func:`ioc.core.layout.model_pv_specs` (through
 :class:`ioc.generate.model_pvs.ModelPVs`), so an artefact can never name a PV the IOC does not serve,
 and PVs added to the layout later appear in the artefacts without touching the generators.
 
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ioc.config import Config, ModelConfig
-    from ioc.pvmodel import PVSpec
+    from ioc.core.config import Config, ModelConfig
+    from ioc.core.pvmodel import PVSpec
 
 
 def _layout_specs(model: ModelConfig) -> list[PVSpec]:
-    from ioc.layout import model_pv_specs
+    from ioc.core.layout import model_pv_specs
 
     return model_pv_specs(model)
 

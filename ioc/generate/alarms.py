@@ -8,7 +8,7 @@ One ``<component>`` per model, with a ``<pv>`` for each PV whose severity an ope
 * the outputs' health: every ``$(P)OUT:<name>`` with alarm limits, and ``$(P)RMSE:<name>`` where the
   config names a ground truth.
 
-Every PV name comes from :func:`ioc.layout.model_pv_specs`, so the file can only name PVs the IOC
+Every PV name comes from :func:`ioc.core.layout.model_pv_specs`, so the file can only name PVs the IOC
 serves; a control PV the guidance recommends (``ROLLBACK``) is mentioned only once the layout serves
 it. Each entry says what the alarm means and exactly what to do. Delays are 0 for scores the IOC
 already debounces (a second delay would only add latency) and a few seconds for STATUS and
@@ -24,8 +24,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ioc.config import Config, ModelConfig
-from ioc.layout import ModelNames, mirrors_inputs, model_pv_specs
+from ioc.core.config import Config, ModelConfig
+from ioc.core.layout import ModelNames, mirrors_inputs, model_pv_specs
 
 ROOT_NAME = "mlioc"
 FILE_NAME = "mlioc-alarms.xml"
@@ -69,7 +69,7 @@ def _actions(model: ModelConfig, served: set[str]) -> str:
     n = ModelNames(model.prefix)
     lines = [f"- Stop using the predictions: caput {n.enable} 0 (outputs go INVALID; caput {n.enable} 1 "
              "re-enables). Who did it is logged."]
-    rollback = f"{model.prefix}ROLLBACK"
+    rollback = n.rollback
     if rollback in served:
         lines.append(f"- If this started after a new version was loaded ({n.champion} changed), roll back to "
                      f"the previous champion: caput {rollback} 1.")

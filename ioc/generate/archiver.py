@@ -21,10 +21,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ioc.config import Config
+from ioc.core.config import Config
+from ioc.core.pvmodel import Kind, PVSpec
 from ioc.generate import GenerateOptions
 from ioc.generate.model_pvs import ModelPVs
-from ioc.pvmodel import Kind, PVSpec
 
 FILE_NAME = "archive-pvs.json"
 CONTENT_TYPE = "application/json"

@@ -4,7 +4,7 @@ For each model: ``<model>.db`` (full record names), ``<model>.template`` (the sa
 ``$(P)<suffix>``), and one ``<config>.substitutions`` that expands every template with its prefix
 (``dbLoadTemplate``). They document the IOC's records in the form controls engineers read, and
 can be loaded into a C IOC or used for a gateway / alarm / archiver configuration. Field values are
-the ones :mod:`ioc.ca_server` serves for the same :class:`~ioc.pvmodel.PVSpec`; fields left at
+the ones :mod:`ioc.protocols.ca_server` serves for the same :class:`~ioc.core.pvmodel.PVSpec`; fields left at
 their EPICS default are omitted, as ``dbdExpand``/VDCT would. Inputs fed from another IOC carry
 their source in an ``info(mlioc:source, ...)`` tag: the IOC mirrors it, a C IOC would not.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ioc.config import Config
+from ioc.core.config import Config
+from ioc.core.pvmodel import Kind, PVSpec, Severity
 from ioc.generate import GenerateOptions
 from ioc.generate.model_pvs import ModelPVs
-from ioc.pvmodel import Kind, PVSpec, Severity
 
 MBBI_PREFIXES = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", "EL", "TV", "TT", "FT", "FF")
 MACRO = "$(P)"

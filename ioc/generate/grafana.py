@@ -1,7 +1,7 @@
 """``mlioc generate grafana``: a Grafana dashboard over the IOC's Prometheus metrics, its provisioning
 files, and a Prometheus scrape example.
 
-The dashboard names only metrics that :mod:`ioc.metrics` exports (a test compares every metric name in
+The dashboard names only metrics that :mod:`ioc.edges.metrics` exports (a test compares every metric name in
 its PromQL with a live scrape of the IOC). It is generic over models: a ``model`` variable lists the
 models Prometheus has seen (``label_values(mlioc_model_up, model)``) and a ``datasource`` variable
 picks the Prometheus data source, so the same file works for every IOC and site.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ioc.config import Config
+from ioc.core.config import Config
 from ioc.generate import GenerateOptions
 
 DASHBOARD = "mlioc-dashboard.json"
@@ -41,7 +41,7 @@ def _panel(pid: int, kind: str, title: str, grid: tuple[int, int, int, int], tar
 
 
 def _action_panels(y: int) -> list[dict]:
-    """Closed-loop actions (docs/actions.md): only on dashboards of configs that have them."""
+    """Closed-loop actions (docs/how-to/actions.md): only on dashboards of configs that have them."""
     return [
         _panel(10, "stat", "Actions armed", (0, y, 6, 8), [_target(f"mlioc_actions_armed{SEL}", "{{model}}", "A")],
                description="1 while $(P)ACTIONS is on; a trip or an operator switches it off.",

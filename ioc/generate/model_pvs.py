@@ -1,10 +1,9 @@
 """One model's PVs as the generators see them: the layout's specs, looked up by role.
 
-Pure logic. The specs come from :func:`ioc.layout.model_pv_specs` (via :class:`GenerateOptions`),
-never from a list of suffixes here. Roles that :class:`ioc.layout.ModelNames` names (inputs,
-outputs, ENABLE, STATUS, ...) are looked up through it. The roles below it does not name (yet)
-are looked up by the suffix the DESIGN.md PV contract gives them, and a role is ``None`` until
-the layout really lists that PV: a screen shows a PROMOTE button only once the IOC serves PROMOTE.
+Pure logic. The specs come from :func:`ioc.core.layout.model_pv_specs` (via :class:`GenerateOptions`),
+never from a list of suffixes here: every role is looked up by the name :class:`ioc.core.layout.ModelNames`
+gives it, and an optional role is ``None`` until the layout really lists that PV (a screen shows an
+ANOMALY gauge only for a model that serves ANOMALY).
 Every spec no role claims is still listed in :attr:`ModelPVs.others`, so a PV added to the layout
 later (e.g. ``ANOMALY``) appears on the expert screen, in the archiver list and in the .db at once.
 """
@@ -14,27 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ioc.config import InputConfig, ModelConfig, OutputConfig
-from ioc.layout import ModelNames
-from ioc.pvmodel import PVSpec
-
-# Suffixes (after the model prefix) of PVs of the DESIGN.md PV contract that ModelNames does not name.
-CHALLENGER = "CHALLENGER"  # stringin: version shadowed ("" when none)
-ROLLBACK = "ROLLBACK"  # bo, write 1: back to the previous champion
-PROMOTE = "PROMOTE"  # bo, write 1: challenger becomes champion
-RELOAD = "RELOAD"  # bo, write 1: rescan the store
-DRIFT = "DRIFT"  # ai: overall drift score
-ANOMALY = "ANOMALY"  # ai: anomaly score (optional)
-
-
-def drift_suffix(input_name: str) -> str:
-    """``DRIFT:<input>``: per-input drift score (ai)."""
-    return f"DRIFT:{input_name}"
-
-
-def challenger_output_suffix(output_name: str) -> str:
-    """``CHALLENGER:OUT:<output>``: the shadow model's prediction (ai)."""
-    return f"CHALLENGER:OUT:{output_name}"
+from ioc.core.config import InputConfig, ModelConfig, OutputConfig
+from ioc.core.layout import ModelNames
+from ioc.core.pvmodel import PVSpec
 
 
 @dataclass
@@ -63,9 +44,9 @@ class ModelPVs:
     def prefix(self) -> str:
         return self.model.prefix
 
-    def get(self, suffix: str) -> PVSpec | None:
-        """The spec of ``<prefix><suffix>`` if the layout lists it."""
-        return self._by_name.get(self.prefix + suffix)
+    def get(self, name: str) -> PVSpec | None:
+        """The spec of PV ``name`` (from :class:`~ioc.core.layout.ModelNames`) if the layout lists it."""
+        return self._by_name.get(name)
 
     def suffix(self, spec: PVSpec) -> str:
         """The part of the PV name after the model prefix (what a ``$(P)`` template writes)."""
@@ -112,33 +93,33 @@ class ModelPVs:
 
     @property
     def challenger(self) -> PVSpec | None:
-        return self.get(CHALLENGER)
+        return self.get(self.names.challenger)
 
     @property
     def rollback(self) -> PVSpec | None:
-        return self.get(ROLLBACK)
+        return self.get(self.names.rollback)
 
     @property
     def promote(self) -> PVSpec | None:
-        return self.get(PROMOTE)
+        return self.get(self.names.promote)
 
     @property
     def reload(self) -> PVSpec | None:
-        return self.get(RELOAD)
+        return self.get(self.names.reload)
 
     @property
     def drift(self) -> PVSpec | None:
-        return self.get(DRIFT)
+        return self.get(self.names.drift)
 
     @property
     def anomaly(self) -> PVSpec | None:
-        return self.get(ANOMALY)
+        return self.get(self.names.anomaly)
 
     def drift_of(self, input_name: str) -> PVSpec | None:
-        return self.get(drift_suffix(input_name))
+        return self.get(self.names.drift_input(input_name))
 
     def challenger_output(self, output_name: str) -> PVSpec | None:
-        return self.get(challenger_output_suffix(output_name))
+        return self.get(self.names.challenger_output(output_name))
 
     @property
     def input_drifts(self) -> list[tuple[InputConfig, PVSpec]]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ioc.config import Config, InputConfig
+from ioc.core.config import Config, InputConfig
+from ioc.core.pvmodel import PVSpec
 from ioc.generate import GenerateOptions
 from ioc.generate.bob import (
     BACKGROUND,
@@ -40,7 +41,6 @@ from ioc.generate.bob import (
     y_axes,
 )
 from ioc.generate.model_pvs import ModelPVs
-from ioc.pvmodel import PVSpec
 
 TOP = "mlioc.bob"
 WIDTH = 960

@@ -27,7 +27,7 @@ class Monitor:
         self.updates: list[Update] = []
         self._cond = threading.Condition()
 
-    def _add(self, update: Update) -> None:
+    def add(self, update: Update) -> None:
         with self._cond:
             self.updates.append(update)
             self._cond.notify_all()
@@ -101,7 +101,7 @@ class CaClient:
         mon = Monitor(name)
 
         def cb(value=None, severity=0, status=0, timestamp=0.0, **_):
-            mon._add(Update(value, severity, status, timestamp))
+            mon.add(Update(value, severity, status, timestamp))
 
         pv = self.epics.PV(name, form="time", auto_monitor=True, callback=cb)
         if not pv.wait_for_connection(timeout=10):
@@ -146,7 +146,7 @@ class PvaClient:
                 version = v["version"]
             except (KeyError, TypeError):
                 version = ""
-            mon._add(Update(value, v["alarm.severity"], v["alarm.status"], ts, v["alarm.message"], version))
+            mon.add(Update(value, v["alarm.severity"], v["alarm.status"], ts, v["alarm.message"], version))
 
         self._subs.append(self.ctx.monitor(name, cb))
         return mon

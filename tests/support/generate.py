@@ -1,7 +1,7 @@
 """Configs and PV layouts for the generator tests.
 
 ``extended_specs`` is the layout as it will be once the store (issue 3) and drift (issue 4) PVs
-exist, named by the DESIGN.md convention: the generators must place widgets for them without any
+exist, named by the PV layout (ioc/core/layout.py): the generators must place widgets for them without any
 change, and only then.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ioc.config import ModelConfig
-from ioc.layout import CONTROL_ASG, model_pv_specs
-from ioc.pvmodel import AlarmLimits, Kind, PVSpec
+from ioc.core.config import ModelConfig
+from ioc.core.layout import CONTROL_ASG, model_pv_specs
+from ioc.core.pvmodel import AlarmLimits, Kind, PVSpec
 from tests.conftest import write_yaml
 from tests.support.demo import demo_store_copy
 from tests.support.models import publish_linear

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.wait import wait_until
 
 
 def parse(text: str) -> dict:
@@ -24,11 +25,11 @@ def samples(families: dict, sample_name: str) -> list:
 
 def wait_scrape(port: int, predicate, timeout: float = 20.0) -> dict:
     """Scrape until ``predicate(families)`` holds (the IOC collects at stats_hz)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        families = scrape(port)
-        if predicate(families):
-            return families
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"metrics never satisfied the condition; last scrape: {sorted(families)}")
-        time.sleep(0.05)  # a poll interval, not a wait for an outcome
+    last: dict = {}
+
+    def ok() -> dict | None:
+        nonlocal last
+        last = scrape(port)
+        return last if predicate(last) else None
+
+    return wait_until(ok, timeout, what="metrics condition", describe=lambda: str(sorted(last)))

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ioc.store import ModelStore, sha256_file
+from ioc.core.store import ModelStore, sha256_file
 
 OPSET = 17
 

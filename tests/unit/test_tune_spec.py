@@ -9,7 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ioc.config import ConfigError, load_config
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
 from training.spec import load_search, load_spec
 from training.tune import apply_overrides, make_sampler, mask_url, objective_digest, overrides, suggest
 

@@ -1,0 +1,296 @@
+"""The model store on disk: the contract between training and the IOC (docs/how-to/model-store.md).
+
+::
+
+    <root>/versions/<N>/model.onnx      N = 1, 2, 3 ...
+    <root>/versions/<N>/manifest.json
+    <root>/champion                     text: the served version's N
+    <root>/challenger                   text: the shadow version's N (absent or empty: none)
+    <root>/events.jsonl                 promotions, rollbacks, rejections: who, when, why
+    <root>/champion.history             earlier champions, one N per line, newest last (for ROLLBACK)
+
+Writers stage a version in a hidden directory and publish it with one ``rename`` (so a reader never
+sees half a version); pointers are replaced atomically (write, fsync, rename). An advisory lock on
+``<root>/.lock`` serialises writers, so two trainings pushing at once get distinct version numbers,
+and a pointer change can be made conditional on its current value (compare-and-swap).
+Every change of the champion pointer, by whoever makes it, pushes the previous champion onto
+``champion.history``; a rollback pops it, so repeated rollbacks walk back through the champions.
+This module does file I/O only: validation of what a version contains lives in :mod:`ioc.validation`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ONNX_NAME = "model.onnx"
+MANIFEST_NAME = "manifest.json"
+POINTERS = ("champion", "challenger")
+HISTORY_NAME = "champion.history"
+_ANY = object()
+
+
+class StoreError(Exception):
+    """The store is missing, malformed, or a write to it failed."""
+
+
+class StoreConflict(StoreError):
+    """A conditional pointer change found the pointer already changed by someone else."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class ModelStore:
+    """One model's store directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._lock_file = None
+
+    def __repr__(self) -> str:
+        return f"ModelStore({str(self.root)!r})"
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    @property
+    def events_path(self) -> Path:
+        return self.root / "events.jsonl"
+
+    def exists(self) -> bool:
+        return self.versions_dir.is_dir()
+
+    def version_dir(self, n: int) -> Path:
+        return self.versions_dir / str(n)
+
+    def onnx_path(self, n: int) -> Path:
+        return self.version_dir(n) / ONNX_NAME
+
+    def manifest_path(self, n: int) -> Path:
+        return self.version_dir(n) / MANIFEST_NAME
+
+    def versions(self) -> list[int]:
+        """Published version numbers, ascending (staging directories are hidden and ignored)."""
+        try:
+            names = os.listdir(self.versions_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit() and not n.startswith("0"))
+
+    # -------------------------------------------------------------------- pointers
+
+    def read_pointer(self, name: str) -> int | None:
+        """The version a pointer names, or None when the file is absent or empty."""
+        if name not in POINTERS:
+            raise ValueError(name)
+        try:
+            text = (self.root / name).read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.root / name}: {exc.strerror or exc}") from exc
+        if not text:
+            return None
+        if not text.isdigit():
+            raise StoreError(f"{self.root / name}: expected a version number, got {text[:40]!r}")
+        return int(text)
+
+    def champion(self) -> int | None:
+        return self.read_pointer("champion")
+
+    def challenger(self) -> int | None:
+        return self.read_pointer("challenger")
+
+    def write_pointer(self, name: str, version: int | None, *, expect: object = _ANY) -> int | None:
+        """Point ``name`` at ``version`` (None clears it); returns the previous value.
+
+        With ``expect``, the change happens only if the pointer still holds that value
+        (:class:`StoreConflict` otherwise). Changing the champion records the previous one in
+        ``champion.history``.
+        """
+        if name not in POINTERS:
+            raise ValueError(name)
+        with self.locked():
+            current = self.read_pointer(name)
+            if expect is not _ANY and current != expect:
+                raise StoreConflict(f"{self.root / name} is {current}, expected {expect}")
+            if version is not None and version not in self.versions():
+                raise StoreError(f"version {version} does not exist in {self.root}")
+            if name == "champion" and current is not None and current != version:
+                self._write_history([*self.champion_history(), current])
+            atomic_write_text(self.root / name, "" if version is None else f"{version}\n")
+            return current
+
+    def champion_history(self) -> list[int]:
+        """Earlier champions, oldest first (what ROLLBACK walks back through)."""
+        try:
+            lines = (self.root / HISTORY_NAME).read_text().split()
+        except FileNotFoundError:
+            return []
+        return [int(x) for x in lines if x.isdigit()]
+
+    def _write_history(self, history: list[int]) -> None:
+        atomic_write_text(self.root / HISTORY_NAME, "".join(f"{n}\n" for n in history[-1000:]))
+
+    def promote(self, *, expect_challenger: object = _ANY) -> tuple[int | None, int]:
+        """The challenger becomes champion (and the challenger pointer is cleared); (old, new)."""
+        with self.locked():
+            challenger = self.challenger()
+            if expect_challenger is not _ANY and challenger != expect_challenger:
+                raise StoreConflict(f"challenger is {challenger}, expected {expect_challenger}")
+            if challenger is None:
+                raise StoreError(f"no challenger in {self.root} to promote")
+            old = self.write_pointer("champion", challenger)
+            self.write_pointer("challenger", None)
+            return old, challenger
+
+    def rollback_target(self) -> int | None:
+        """The champion a rollback would return to (None: no earlier champion)."""
+        current = self.champion()
+        existing = set(self.versions())
+        for n in reversed(self.champion_history()):
+            if n != current and n in existing:
+                return n
+        return None
+
+    def rollback(self, *, expect_champion: object = _ANY) -> tuple[int | None, int]:
+        """Return to the previous champion, popping it off the history; (old, new)."""
+        with self.locked():
+            current = self.champion()
+            if expect_champion is not _ANY and current != expect_champion:
+                raise StoreConflict(f"champion is {current}, expected {expect_champion}")
+            history = self.champion_history()
+            existing = set(self.versions())
+            while history and (history[-1] == current or history[-1] not in existing):
+                history.pop()
+            if not history:
+                raise StoreError(f"no earlier champion to roll back to in {self.root}")
+            target = history.pop()
+            self._write_history(history)
+            atomic_write_text(self.root / "champion", f"{target}\n")
+            return current, target
+
+    # -------------------------------------------------------------------- locking
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's writer lock (advisory, across processes; re-entrant within one)."""
+        with self._thread_lock:
+            if self._depth == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock_file = open(self.root / ".lock", "a+")  # noqa: SIM115 - held across the block
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+                    self._lock_file.close()
+                    self._lock_file = None
+
+    # -------------------------------------------------------------------- writing versions
+
+    def add_version(self, onnx: str | os.PathLike | bytes, manifest: dict[str, Any]) -> int:
+        """Publish a new version: stage model + manifest, then rename into the next number.
+
+        The manifest's ``sha256`` and ``version`` are filled in here from what was written, so the
+        checksum always describes the bytes on disk. Returns the new version number.
+        """
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.versions_dir))
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; a published version is world-readable
+        try:
+            target = stage / ONNX_NAME
+            if isinstance(onnx, bytes):
+                target.write_bytes(onnx)
+            else:
+                shutil.copyfile(onnx, target)
+            doc = dict(manifest)
+            doc["sha256"] = sha256_file(target)
+            with self.locked():
+                existing = self.versions()
+                number = (existing[-1] + 1) if existing else 1
+                doc["version"] = number
+                (stage / MANIFEST_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+                for f in (target, stage / MANIFEST_NAME):
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                os.rename(stage, self.version_dir(number))
+                _fsync_dir(self.versions_dir)
+            return number
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+    # -------------------------------------------------------------------- audit trail
+
+    def append_event(self, action: str, **fields: Any) -> dict[str, Any]:
+        """Append one line to ``events.jsonl`` (a single O_APPEND write, so lines never interleave)."""
+        event = {"time": time.time(), "action": action, **fields}
+        line = (json.dumps(event, sort_keys=True, default=str) + "\n").encode()
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return event
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.events_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out

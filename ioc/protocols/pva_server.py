@@ -1,0 +1,262 @@
+"""PV Access adapter: serves a :class:`~ioc.core.pvmodel.PVDatabase` with p4p (pvxs).
+
+Numeric PVs are NTScalar with ``alarm``, ``timeStamp``, ``display`` (with ``form``), ``control`` and
+``valueAlarm``; bo/mbbi are NTEnum; stringin is an NTScalar string. p4p neither evaluates
+``valueAlarm`` nor stamps a time, so every post carries the severity, status and timestamp the PV
+model computed. PVA's ``alarm.status`` is a coarser enum than EPICS' alarm condition; the condition
+name (``HIHI``, ``LINK``, ``DISABLE`` ...) is the first word of ``alarm.message`` so both protocols say
+the same thing (details, such as which input is stale, follow after a colon).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from p4p import Type, Value
+from p4p.nt import NTEnum, NTScalar
+from p4p.server import Server, StaticProvider
+from p4p.server.asyncio import SharedPV
+from p4p.server.raw import SharedPV as RawSharedPV
+
+from ioc.core.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Status
+
+log = logging.getLogger("mlioc.pva")
+
+# alarm_t.status: NONE, DEVICE, DRIVER, RECORD, DB, CONF, UNDEFINED, CLIENT
+_PVA_STATUS = {
+    Status.NO_ALARM: 0,
+    Status.READ: 2, Status.WRITE: 2, Status.COMM: 2, Status.TIMEOUT: 2, Status.HWLIMIT: 1,
+    Status.LINK: 4, Status.UDF: 6, Status.READ_ACCESS: 7, Status.WRITE_ACCESS: 7, Status.SIMM: 5,
+}
+_POSTED = int(Event.VALUE | Event.ALARM | Event.PROPERTY)
+FORM_CHOICES = ["Default", "String", "Binary", "Decimal", "Hex", "Exponential", "Engineering"]
+
+
+def pva_status(status: Status) -> int:
+    return _PVA_STATUS.get(status, 3)  # limit, state, calc, soft, disable ...: the record's own alarm
+
+
+_PVA_STATUS_LIST = [pva_status(Status(i)) for i in range(len(Status))]
+_raw_post = RawSharedPV.post
+
+
+def pva_message(reading: Reading) -> str:
+    if reading.status == Status.NO_ALARM:
+        return reading.message
+    name = Status(reading.status).name
+    return f"{name}: {reading.message}" if reading.message else name
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def nt_type(spec: PVSpec) -> Type:
+    if spec.kind in (Kind.AI, Kind.AO):
+        extra = [("version", "s")] if spec.version_field else []
+        return NTScalar.buildType("d", extra=extra, display=True, control=True, valueAlarm=True, form=True)
+    if spec.kind is Kind.LONGIN:
+        return NTScalar.buildType("i", display=True, control=True, valueAlarm=True, form=True)
+    if spec.kind.is_enum:
+        return NTEnum.buildType(display=True)
+    return NTScalar.buildType("s", display=True)
+
+
+def _time(ts: float) -> dict[str, int]:
+    sec = math.floor(ts)
+    return {"secondsPastEpoch": int(sec), "nanoseconds": int((ts - sec) * 1e9)}
+
+
+def _metadata(spec: PVSpec) -> dict[str, Any]:
+    if spec.kind.is_numeric:
+        lo, hi = spec.display or (0.0, 0.0)
+        clo, chi = spec.control or spec.display or (0.0, 0.0)
+        a = spec.alarm
+        md: dict[str, Any] = {
+            "display": {"limitLow": lo, "limitHigh": hi, "description": spec.desc, "units": spec.egu,
+                        "precision": spec.prec, "form": {"index": 0, "choices": FORM_CHOICES}},
+            "control": {"limitLow": clo, "limitHigh": chi, "minStep": 0.0},
+            "valueAlarm": {
+                "active": bool(a and a.active),
+                "lowAlarmLimit": _nan(a.lolo if a else None),
+                "lowWarningLimit": _nan(a.low if a else None),
+                "highWarningLimit": _nan(a.high if a else None),
+                "highAlarmLimit": _nan(a.hihi if a else None),
+                "lowAlarmSeverity": int(a.llsv) if a and a.lolo is not None else 0,
+                "lowWarningSeverity": int(a.lsv) if a and a.low is not None else 0,
+                "highWarningSeverity": int(a.hsv) if a and a.high is not None else 0,
+                "highAlarmSeverity": int(a.hhsv) if a and a.hihi is not None else 0,
+                "hysteresis": float(a.hyst) if a else 0.0,
+            },
+        }
+        if spec.kind is Kind.LONGIN:
+            for section in ("display", "control"):
+                for key in ("limitLow", "limitHigh", "minStep"):
+                    if key in md[section]:
+                        md[section][key] = int(md[section][key])
+            va = md["valueAlarm"]
+            for key in ("lowAlarmLimit", "lowWarningLimit", "highWarningLimit", "highAlarmLimit"):
+                va[key] = 0 if math.isnan(va[key]) else int(va[key])
+        return md
+    if spec.kind.is_enum:
+        return {"display": {"description": spec.desc}}
+    return {"display": {"description": spec.desc, "units": spec.egu}}
+
+
+def _converter(spec: PVSpec):
+    """How a PV model value becomes this PV's ``value`` field."""
+    if spec.kind.is_enum:
+        return lambda v: {"index": int(v)}
+    if spec.kind is Kind.LONGIN:
+        return int
+    if spec.kind in (Kind.AI, Kind.AO):
+        return float
+    return str
+
+
+class _Handler:
+    """PVA puts for one PV: unpack, then the shared write path of the PV database."""
+
+    def __init__(self, db: PVDatabase, pv: PV):
+        self.db = db
+        self.pv = pv
+
+    def put(self, shared: SharedPV, op) -> None:
+        try:
+            raw = op.value()
+            if self.pv.spec.kind.is_enum:
+                value = raw["value.index"] if raw.changed("value.index") else raw["value"]
+            else:
+                value = raw["value"]
+            account = op.account() if hasattr(op, "account") else ""
+            peer = op.peer() if hasattr(op, "peer") else ""
+            host = peer.rsplit(":", 1)[0] if peer else ""
+            client = ClientInfo(user=account, host=host, protocol="pva", address=peer)
+            result = self.db.put(self.pv.name, value, client)
+        except PutRejected as exc:
+            op.done(error=str(exc))
+            return
+        except Exception as exc:  # never let a bad put reach pvxs as an unhandled exception
+            log.exception("PVA put to %s failed", self.pv.name)
+            op.done(error=f"put failed: {exc}")
+            return
+        if result is None:
+            op.done()
+            return
+
+        async def finish():
+            try:
+                await result
+            except PutRejected as exc:
+                op.done(error=str(exc))
+            except Exception as exc:
+                log.exception("PVA put to %s failed", self.pv.name)
+                op.done(error=f"put failed: {exc}")
+            else:
+                op.done()
+
+        return finish()
+
+
+class PvaServer:
+    """The p4p server for one PV database; create and start it inside the running event loop."""
+
+    def __init__(self, db: PVDatabase, *, port: int | None = None, broadcast_port: int | None = None,
+                 interfaces: list[str] | None = None):
+        self.db = db
+        self.port_requested = port
+        self.broadcast_port = broadcast_port
+        self.interfaces = interfaces
+        self.shared: dict[str, SharedPV] = {}
+        self.types: dict[str, Type] = {}
+        self._targets: dict[str, tuple] = {}
+        self.server: Server | None = None
+        self.provider: StaticProvider | None = None
+
+    def _open(self, pv: PV) -> SharedPV:
+        spec = pv.spec
+        shared = SharedPV(handler=_Handler(self.db, pv))
+        T = nt_type(spec)
+        self.types[pv.name] = T
+        reading = pv.reading
+        initial = {
+            "value": _converter(spec)(reading.value) if not spec.kind.is_enum
+            else {"index": int(reading.value), "choices": list(spec.choices)},
+            "alarm": {"severity": int(reading.severity), "status": pva_status(reading.status),
+                      "message": pva_message(reading)},
+            "timeStamp": _time(reading.timestamp),
+            **_metadata(spec),
+        }
+        if spec.version_field:  # a model may have run before this server opened its PVs
+            initial["version"] = reading.tag
+        shared.open(Value(T, initial))
+        return shared
+
+    def _post(self, pv: PV, reading: Reading, events: int) -> None:
+        if not events & _POSTED or self.server is None:
+            return
+        shared, T, convert, tagged = self._targets[pv.name]
+        update = T()
+        update["value"] = convert(reading.value)
+        if tagged:
+            update["version"] = reading.tag
+        status = reading.status
+        update["alarm.severity"] = reading.severity
+        update["alarm.status"] = _PVA_STATUS_LIST[status]
+        update["alarm.message"] = pva_message(reading) if status else reading.message
+        ts = reading.timestamp
+        sec = int(ts // 1)
+        update["timeStamp.secondsPastEpoch"] = sec
+        update["timeStamp.nanoseconds"] = int((ts - sec) * 1e9)
+        _raw_post(shared, update)
+
+    def _on_spec(self, pv: PV, spec: PVSpec) -> None:
+        if self.server is None:
+            return
+        RawSharedPV.post(self.shared[pv.name], Value(self.types[pv.name], _metadata(spec)))
+
+    def _conf(self) -> dict[str, str]:
+        conf: dict[str, str] = {}
+        if self.port_requested is not None:
+            conf["EPICS_PVAS_SERVER_PORT"] = str(self.port_requested)
+        if self.broadcast_port is not None:
+            conf["EPICS_PVAS_BROADCAST_PORT"] = str(self.broadcast_port)
+        if self.interfaces is not None:
+            conf["EPICS_PVAS_INTF_ADDR_LIST"] = " ".join(self.interfaces)
+        return conf
+
+    async def start(self) -> None:
+        for pv in self.db:
+            self.shared[pv.name] = self._open(pv)
+            self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec),
+                                      pv.spec.version_field)
+            pv.subscribe(self._post, self._on_spec)
+        self.provider = StaticProvider("mlioc")
+        for name, shared in self.shared.items():
+            self.provider.add(name, shared)
+        self.server = Server(providers=[self.provider], conf=self._conf(), useenv=True)
+        conf = self.server.conf()
+        log.info("PVA server listening on %s, TCP port %s, UDP port %s",
+                 conf.get("EPICS_PVAS_INTF_ADDR_LIST"), conf.get("EPICS_PVAS_SERVER_PORT"),
+                 conf.get("EPICS_PVAS_BROADCAST_PORT"))
+
+    @property
+    def port(self) -> int | None:
+        if self.server is None:
+            return None
+        return int(self.server.conf().get("EPICS_PVAS_SERVER_PORT", 0)) or None
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        for shared in self.shared.values():
+            shared.close()
+
+
+def env_port(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value and value.isdigit() else None

@@ -1,0 +1,231 @@
+"""Faults, each caused for real against a running IOC: a model failing at run time (and the automatic
+rollback), model files damaged while they are served, input storms. None may crash the IOC or leave
+STATUS OK with wrong outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ioc.core.store import ModelStore
+from tests.conftest import write_yaml
+from tests.support.configs import model, write_config
+from tests.support.models import linear_model, manifest_for, sqrt_version
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _linear(store: ModelStore, scale: float, pointer: str | None = None) -> int:
+    import numpy as np
+
+    xs = np.array([[1.0], [2.0]])
+    n = store.add_version(linear_model([[scale]], [0.0]),
+                          manifest_for(["a"], ["y"], test_inputs=xs, test_outputs=xs * scale))
+    if pointer:
+        store.write_pointer(pointer, n)
+    return n
+
+
+def _config(tmp_path, prefix, trigger: dict | None = None, **keys):
+    return write_config(tmp_path / "ioc.yaml",
+                        model(prefix, trigger=trigger, inputs=[{"name": "a", "initial": 4.0}], outputs=["y"], **keys),
+                        ioc={"store_poll_s": 0.2})
+
+
+def test_a_model_failing_at_run_time_is_a_fault_and_is_rolled_back_automatically(tmp_path, launch, ca, prefix):
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    bad = sqrt_version(store, "champion")  # history: [1]
+    ioc = launch.ioc(_config(tmp_path, prefix, rollback_after_faults=3))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(2.0) and u.severity == 0)  # sqrt(4)
+    mark = out.mark()
+    for _ in range(2):
+        ca.put(f"{prefix}IN:a", -1.0)  # sqrt(-1) = NaN: the model itself fails
+        ca.put(f"{prefix}IN:a", -4.0)
+    u = out.wait_for(lambda u: u.severity == 3, since=mark)
+    assert u.status == 12  # CALC: the model failed, not the inputs
+    champion = ca.monitor(f"{prefix}CHAMPION")
+    champion.wait_for(lambda u: u.value == "1", timeout=10)  # after 3 faults in a row: back to v1
+    out.wait_for(lambda u: u.value == pytest.approx(-12.0) and u.severity == 0, since=mark)  # 3 * -4
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK"
+    auto = [e for e in store.events() if e["action"] == "rollback"]
+    assert auto and auto[-1]["from_version"] == bad and auto[-1]["to_version"] == 1
+    assert auto[-1]["user"] == "mlioc" and "3 consecutive inference failures" in auto[-1]["reason"]
+    assert "rolling back automatically" in ioc.output()
+
+
+def test_without_auto_rollback_faults_are_counted_and_the_ioc_keeps_serving(tmp_path, launch, ca, prefix):
+    import urllib.request
+
+    store = ModelStore(tmp_path / "store")
+    sqrt_version(store, "champion")
+    ioc = launch.ioc(_config(tmp_path, prefix))
+    status = ca.monitor(f"{prefix}STATUS")
+    for _ in range(5):
+        ca.put(f"{prefix}IN:a", -9.0)
+    status.wait_for(lambda u: u.value == 4)  # FAULT
+    assert ca.get(f"{prefix}MESSAGE") == "inference failed: non-finite y"
+    ca.put(f"{prefix}IN:a", 9.0)
+    status.wait_for(lambda u: u.value == 0)
+    assert ca.get(f"{prefix}OUT:y") == pytest.approx(3.0)
+    ca.monitor(f"{prefix}COUNT").wait_for(lambda u: u.value >= 6)  # stats tick: metrics collected too
+    with urllib.request.urlopen(f"http://127.0.0.1:{ioc.ports.metrics}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    faults = [line for line in text.splitlines() if line.startswith('mlioc_cycles_total{model="m",outcome="fault"}')]
+    assert faults and float(faults[0].split()[-1]) == 5.0
+    assert ca.get(f"{prefix}CHAMPION") == "1"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_manifest", "directory_in_place", "garbage_same_size"])
+def test_damaged_model_files_never_replace_the_model_in_memory(tmp_path, launch, ca, prefix, damage):
+    store = ModelStore(tmp_path / "store")
+    n = _linear(store, 3.0, "champion")
+    launch.ioc(_config(tmp_path, prefix))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+    message = ca.monitor(f"{prefix}MESSAGE")
+    mark = message.mark()
+    onnx, manifest = store.onnx_path(n), store.manifest_path(n)
+    if damage == "truncate":
+        data = onnx.read_bytes()
+        onnx.write_bytes(data[: len(data) // 3])
+    elif damage == "delete_manifest":
+        manifest.unlink()
+    elif damage == "directory_in_place":
+        onnx.unlink()
+        onnx.mkdir()
+    else:
+        onnx.write_bytes(b"\0" * onnx.stat().st_size)
+    message.wait_for(lambda u: u.value.startswith(f"rejected v{n}"), since=mark, timeout=10)
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK"
+    mark = out.mark()
+    ca.put(f"{prefix}IN:a", 2.0)  # the model in memory keeps computing
+    out.wait_for(lambda u: u.value == pytest.approx(6.0) and u.severity == 0, since=mark)
+    rejected = [e for e in store.events() if e["action"] == "rejected"]
+    assert rejected and rejected[-1]["to_version"] == n
+    # Repair: put the version back as it was published; the watcher loads it again.
+    if damage == "directory_in_place":
+        onnx.rmdir()
+    fresh = tmp_path / "fresh"
+    fresh_store = ModelStore(fresh)
+    m = _linear(fresh_store, 3.0)
+    shutil.copy(fresh_store.onnx_path(m), onnx)
+    doc = json.loads(fresh_store.manifest_path(m).read_text())
+    doc["version"] = n
+    manifest.write_text(json.dumps(doc))
+    message.wait_for(lambda u: u.value == "serving v1" or u.value.startswith("loaded v1"), timeout=10)
+
+
+def test_an_input_storm_ten_times_the_scan_rate_is_absorbed(tmp_path, launch, ca, prefix):
+    sim_prefix = f"{prefix}SIM:"
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 2.0, "champion")
+    cfg = write_yaml(tmp_path / "storm.yaml", f"""
+        ioc: {{protocols: [ca], stats_hz: 5}}
+        simulator: {{prefix: "{sim_prefix}", rate_hz: 100, seed: 1}}
+        models:
+          - name: m
+            prefix: "{prefix}"
+            store: store
+            trigger: {{scan_hz: 10}}
+            inputs: [{{name: a, source: "ca://{sim_prefix}Q1:I", max_age_s: 1}}]
+            outputs: [{{name: y, mdel: -1}}]
+        """)
+    sim = launch.sim(cfg)
+    launch.ioc(cfg, sources=[sim])
+    q1 = ca.monitor(f"{prefix}IN:a")
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.severity == 0, timeout=15)
+    q1.wait_for(lambda u: u.severity == 0)
+    m_in, m_out = q1.mark(), out.mark()
+    rate = ca.monitor(f"{prefix}RATE")
+    r = rate.wait_for(lambda u: 8 <= u.value <= 12, timeout=15)
+    got_in = q1.mark() - m_in
+    got_out = out.mark() - m_out
+    assert got_in > 5 * got_out  # the input really stormed at ~100 Hz while the model ran at ~10 Hz
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK" and r.severity == 0
+    assert all(u.severity == 0 for u in out.updates[m_out:])
+
+
+def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix):
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    _linear(store, 5.0, "champion")
+    cfg = _config(tmp_path, prefix)
+    ioc = launch.ioc(cfg)
+    ca.monitor(f"{prefix}CHAMPION").wait_for(lambda u: u.value == "2")
+    ca.put(f"{prefix}ROLLBACK", 1)
+    ca.put(f"{prefix}ENABLE", 0)
+    assert json.loads((tmp_path / ".mlioc-state" / "autosave.json").read_text()) == {"m.enable": 0}
+    ioc.stop()
+    launch.ioc(cfg)
+    ca.monitor(f"{prefix}CHAMPION").wait_for(lambda u: u.value == "1")
+    assert ca.get(f"{prefix}ENABLE", as_string=True) == "Disabled"
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "DISABLED"
+    assert ca.get_full(f"{prefix}OUT:y").severity == 3
+    ca.put(f"{prefix}ENABLE", 1)
+    ca.monitor(f"{prefix}OUT:y").wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+
+
+def _recording_config(tmp_path, prefix):
+    return write_config(tmp_path / "rec.yaml",
+                        model(prefix, trigger={"scan_hz": 50}, inputs=[{"name": "a", "initial": 4.0}],
+                              outputs=[{"name": "y", "mdel": -1}],
+                              record={"dir": "rec", "roll": "size", "flush_s": 0.2}),
+                        ioc={"stats_hz": 5}, protocols=("ca",))
+
+
+def test_recorder_disk_full_alarms_and_serving_continues(tmp_path, launch, ca, prefix):
+    import resource
+
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    limit = 64 * 1024  # a "disk" that fills after a few flushes: writes then fail with EFBIG
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    ioc = launch.ioc(_recording_config(tmp_path, prefix), preexec=small_disk)
+    recorder = ca.monitor(f"{prefix}RECORDER")
+    recorder.wait_for(lambda u: u.value == 0)
+    fault = recorder.wait_for(lambda u: u.value == 1, timeout=60)
+    assert fault.severity == 2  # MAJOR
+    assert ca.get(f"{prefix}MESSAGE").startswith("recorder: File too large")
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK"  # predictions carry on
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+    mark = recorder.mark()
+    hard = resource.prlimit(ioc.proc.pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(ioc.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    recorder.wait_for(lambda u: u.value == 0 and u.severity == 0, since=mark, timeout=30)  # space again
+    assert ioc.proc.poll() is None
+    ioc.stop()
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(f).num_rows for f in (tmp_path / "rec").glob("*.parquet"))
+    assert rows > 0  # what was kept while the disk was full got written once it could be
+    assert "rows are kept and retried" in ioc.output()
+
+
+def test_recorder_directory_gone_unwritable_alarms_then_recovers(tmp_path, launch, ca, prefix):
+
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    ioc = launch.ioc(_recording_config(tmp_path, prefix))
+    recorder = ca.monitor(f"{prefix}RECORDER")
+    recorder.wait_for(lambda u: u.value == 0)
+    rec = tmp_path / "rec"
+    wait_until(lambda: list(rec.glob(".*.inprogress")), 30, what="the recorder has a file open")
+    shutil.move(rec, tmp_path / "rec-moved")  # the directory is gone; a file is in its place
+    rec.write_text("not a directory any more")
+    fault = recorder.wait_for(lambda u: u.value == 1, timeout=30)
+    assert fault.severity == 2 and ca.get(f"{prefix}STATUS", as_string=True) == "OK"
+    mark = recorder.mark()
+    rec.unlink()
+    rec.mkdir()
+    recorder.wait_for(lambda u: u.value == 0, timeout=30, since=mark)
+    assert ioc.proc.poll() is None

@@ -1,0 +1,72 @@
+"""`mlioc models list|show|push|promote|rollback` on a store directory, as an engineer uses them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ioc.core.store import ModelStore
+from tests.conftest import write_yaml
+from tests.support.models import version_files
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mlioc(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ioc", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env=os.environ)
+
+
+def test_push_list_show_promote_rollback(tmp_path):
+    store = tmp_path / "store"
+    v1, m1 = version_files(tmp_path, 1.0)
+    v2, m2 = version_files(tmp_path, 2.0)
+    r = mlioc("models", "push", str(store), str(v1), str(m1), "--as", "champion")
+    assert r.returncode == 0, r.stderr
+    r = mlioc("models", "push", str(store), str(v2), str(m2))  # default: as challenger
+    assert r.returncode == 0 and "version 2 as challenger" in r.stdout
+    listing = mlioc("models", "list", str(store)).stdout
+    lines = listing.splitlines()
+    assert lines[1].startswith("C ") and lines[1].split()[1] == "1"
+    assert lines[2].startswith("c ") and lines[2].split()[1] == "2"
+    assert "champion: 1" in listing and "challenger: 2" in listing
+    shown = mlioc("models", "show", str(store), "2").stdout
+    assert "version 2 (challenger)" in shown and '"scale": 2.0' in shown and "push" in shown
+    assert mlioc("models", "promote", str(store)).stdout.strip().endswith("champion 1 -> 2")
+    assert mlioc("models", "rollback", str(store)).stdout.strip().endswith("champion 2 -> 1")
+    r = mlioc("models", "rollback", str(store))
+    assert r.returncode == 1 and "no earlier champion" in r.stderr
+    actions = [(e["action"], e.get("from_version"), e.get("to_version"), e["protocol"])
+               for e in ModelStore(store).events()]
+    assert actions == [("push", None, 1, "shell"), ("push", None, 2, "shell"), ("promote", 1, 2, "shell"),
+                       ("rollback", 2, 1, "shell")]
+
+
+def test_push_validates_like_the_ioc_and_refuses_bad_versions(tmp_path):
+    store = tmp_path / "store"
+    v1, m1 = version_files(tmp_path, 1.0)
+    assert mlioc("models", "push", str(store), str(v1), str(m1), "--as", "champion").returncode == 0
+    doc = json.loads(m1.read_text())
+    doc["test_vectors"]["outputs"][0][0] += 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    r = mlioc("models", "push", str(store), str(v1), str(bad))
+    assert r.returncode == 1 and "rejected" in r.stderr and "test vector 0 output y0" in r.stderr
+    assert ModelStore(store).versions() == [1]  # nothing was published
+    # Against a config whose signature differs, even a self-consistent version is refused.
+    cfg = write_yaml(tmp_path / "c.yaml", """
+        models:
+          - {name: lin, prefix: "P:", store: store, inputs: [{name: a}, {name: c}], outputs: [{name: y0}, {name: y1}]}
+        """)
+    r = mlioc("models", "push", str(store), str(v1), str(m1), "--config", str(cfg))
+    assert r.returncode == 1 and "model inputs ['a', 'b'] != config inputs ['a', 'c']" in r.stderr
+    events = ModelStore(store).events()
+    assert [e["action"] for e in events] == ["push", "rejected", "rejected"]
+
+
+def test_not_a_store_is_a_clear_error(tmp_path):
+    r = mlioc("models", "list", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "is not a model store" in r.stderr

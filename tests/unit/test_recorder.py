@@ -1,0 +1,109 @@
+"""The IOC's data recorder (ioc/edges/recorder.py): rows, rolling, flushing, the `record:` config key."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ioc.core.config import ConfigError
+from ioc.core.configfile import load_config
+from ioc.core.layout import ModelStatus
+from ioc.core.pvmodel import Severity
+from ioc.edges.recorder import Recorder, column_names
+from ioc.runtime.runner import CycleRecord
+from tests.conftest import write_yaml
+
+CONFIG = """\
+ioc: {{protocols: [ca]}}
+models:
+  - name: m
+    prefix: "R:"
+    store: store
+    inputs:
+      - {{name: a, units: A}}
+      - {{name: b}}
+    outputs:
+      - {{name: y, units: mm}}
+    record:
+{record}
+"""
+
+
+def _config(tmp_path: Path, record: str):
+    return load_config(write_yaml(tmp_path / "c.yaml", CONFIG.format(record=record)))
+
+
+def _record(t: float, a: float, y: float | None, status=ModelStatus.OK) -> CycleRecord:
+    return CycleRecord(t, np.array([a, 2 * a]), None if y is None else np.array([y]), status, "3", 1e-5, "")
+
+
+def _read(directory: Path):
+    files = sorted(directory.glob("*.parquet"))
+    return files, [pq.read_table(f).to_pydict() for f in files]
+
+
+def test_every_row_is_written_with_its_values_on_close(tmp_path):
+    cfg = _config(tmp_path, "      {dir: rec, targets: {y: 'ca://X:Y'}}").model("m")
+    assert cfg.record.dir == str((tmp_path / "rec").resolve())
+    rec = Recorder(cfg, cfg.record, lambda: [(Severity.NO_ALARM, 5.0), (Severity.MINOR, 6.0)])
+    rec.start()
+    sink = rec.target_sink(0)
+    t0 = 1_800_000_000.0
+    for i in range(1000):
+        sink(10.0 + i, Severity.NO_ALARM, t0 + i * 0.1, True)
+        rec.listener(_record(t0 + i * 0.1, float(i), None if i % 10 == 0 else 0.5 * i,
+                             ModelStatus.INPUT_INVALID if i % 10 == 0 else ModelStatus.OK))
+    assert not list((tmp_path / "rec").glob("*.parquet")), "a file is visible before it is complete"
+    rec.close()
+    files, tables = _read(tmp_path / "rec")
+    assert len(files) == 1 and not list((tmp_path / "rec").glob(".*inprogress"))
+    t = tables[0]
+    assert list(t) == column_names(cfg)
+    assert len(t["time"]) == 1000
+    assert t["in.a"][7] == 7.0 and t["in.b"][7] == 14.0
+    assert t["in_sev.b"][7] == int(Severity.MINOR) and t["in_time.b"][7] == 6.0
+    assert math.isnan(t["out.y"][10]) and t["status"][10] == "INPUT_INVALID"
+    assert t["out.y"][11] == 5.5 and t["status"][11] == "OK" and t["version"][11] == "3"
+    assert t["target.y"][11] == 21.0 and t["target_time.y"][11] == pytest.approx(t0 + 1.1)
+    assert pq.read_schema(files[0]).metadata[b"mlioc.targets"] == b"y"
+
+
+def test_hourly_roll_splits_at_the_hour_even_inside_one_batch(tmp_path):
+    cfg = _config(tmp_path, "      {dir: rec, roll: hourly}").model("m")
+    rec = Recorder(cfg, cfg.record)
+    hour = 1_800_000_000.0 - (1_800_000_000.0 % 3600)
+    times = [hour - 2.0, hour - 1.0, hour, hour + 1.0, hour + 3600.0]
+    for t in times:
+        rec.listener(_record(t, 1.0, 1.0))
+    rec.close()  # never started: one synchronous flush
+    files, tables = _read(tmp_path / "rec")
+    assert [len(t["time"]) for t in tables] == [2, 2, 1]
+    assert sorted(x for t in tables for x in t["time"]) == times
+
+
+def test_size_roll_starts_a_new_file_when_max_mb_is_reached(tmp_path):
+    cfg = _config(tmp_path, "      {dir: rec, roll: size, max_mb: 0.001, flush_s: 0.05}").model("m")
+    rec = Recorder(cfg, cfg.record)
+    rng = np.random.default_rng(0)
+    for batch in range(3):
+        for i in range(200):
+            rec.listener(_record(1e9 + batch * 1000 + i, float(rng.normal()), float(rng.normal())))
+        rec.write_pending()  # one row group of ~5 kB: over 1 kB, so the file is closed
+    rec.close()
+    files, tables = _read(tmp_path / "rec")
+    assert len(files) == 3
+    assert sum(len(t["time"]) for t in tables) == 600
+
+
+def test_record_config_errors_name_the_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, "      {dir: rec, rol: daily, targets: {z: 'ca://X'}}")
+    text = "\n".join(err.value.problems)
+    assert "c.yaml:12: models[0].record.rol: unknown key (did you mean 'roll'?)" in text
+    assert "models[0].record.targets.z: not an output of this model" in text
+    with pytest.raises(ConfigError, match="roll: expected one of daily, hourly, size"):
+        _config(tmp_path, "      {dir: rec, roll: weekly}")

@@ -1,0 +1,272 @@
+"""The model cycle, driven on a real event loop with a real ONNX Runtime session (no servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+
+from ioc.core.config import AlarmConfig, InferenceConfig, InputConfig, ModelConfig, OutputConfig, TriggerConfig
+from ioc.core.engine import load_champion
+from ioc.core.layout import ModelStatus
+from ioc.core.pvmodel import ClientInfo, PVDatabase, Severity, Status
+from ioc.core.store import ModelStore
+from ioc.runtime.runner import ModelRunner
+from tests.support.models import manifest_for, publish_linear, slow_model
+
+W = [[2.0, 1.0], [1.0, -1.0]]
+B = [0.0, 1.0]
+OP = ClientInfo("op", "console", "ca")
+
+
+def _config(store, **input_kw) -> ModelConfig:
+    return ModelConfig(
+        name="m", prefix="P:", store=str(store), trigger=TriggerConfig("on_change"),
+        inputs=(InputConfig("a", range=(0.0, 10.0), **input_kw), InputConfig("b")),
+        outputs=(OutputConfig("y1", alarm=AlarmConfig(high=8.0, hihi=12.0)), OutputConfig("y2")),
+    )
+
+
+def _runner(tmp_path, inference=None, **input_kw):
+    store, _ = publish_linear(tmp_path / "s", ["a", "b"], ["y1", "y2"], W, B)
+    config = _config(store.root, **input_kw)
+    loop = asyncio.get_running_loop()
+    db = PVDatabase()
+    runner = ModelRunner(config, db, inference or InferenceConfig(provider="cpu"), loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}, as the app wires it
+    runner.start()
+    runner.set_model(load_champion(config, inference or InferenceConfig(provider="cpu")))
+    return runner, db
+
+
+async def _settle():
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def _put(db, name, value):
+    db.put(name, value, OP)
+
+
+async def test_writable_inputs_drive_outputs_with_the_input_timestamp(tmp_path):
+    runner, db = _runner(tmp_path)
+    assert runner.status is ModelStatus.INPUT_INVALID
+    assert db["P:MESSAGE"].value == "a: no value yet"
+    t0 = time.time()
+    _put(db, "P:IN:a", 3.0)
+    _put(db, "P:IN:b", 4.0)
+    await _settle()
+    y1, y2 = db["P:OUT:y1"].reading, db["P:OUT:y2"].reading
+    assert y1.value == pytest.approx(10.0, abs=1e-5) and y2.value == pytest.approx(0.0, abs=1e-5)
+    assert (y1.severity, y1.status) == (Severity.MINOR, Status.HIGH)  # 10 >= HIGH 8
+    assert y2.severity == Severity.NO_ALARM
+    assert y1.timestamp == db["P:IN:b"].reading.timestamp >= t0
+    assert runner.status is ModelStatus.OK and db["P:STATUS"].value == ModelStatus.OK
+    assert db["P:MESSAGE"].value == "serving v1"
+    runner.close()
+
+
+async def test_a_burst_of_source_updates_shares_one_cycle(tmp_path):
+    runner, db = _runner(tmp_path)
+    records = []
+    runner.cycle_listeners.append(records.append)
+    # Two monitor callbacks land before the loop gets to drain them (as when a source IOC posts both).
+    runner.feed.push(0, 1.0, Severity.NO_ALARM, time.time(), True)
+    runner.feed.push(1, 1.0, Severity.NO_ALARM, time.time(), True)
+    assert records == []  # nothing runs on the pushing thread
+    await _settle()
+    assert len(records) == 1 and records[0].status is ModelStatus.OK
+    np.testing.assert_allclose(records[0].inputs, [1.0, 1.0])
+    runner.close()
+
+
+async def test_each_client_put_runs_its_own_cycle(tmp_path):
+    runner, db = _runner(tmp_path)
+    records = []
+    runner.cycle_listeners.append(records.append)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    assert [r.status for r in records] == [ModelStatus.INPUT_INVALID, ModelStatus.OK]  # no waiting for the loop
+    runner.close()
+
+
+@pytest.mark.parametrize(("value", "message", "status"), [
+    (math.nan, "a: NaN", Status.UDF),
+    (math.inf, "a: inf", Status.HWLIMIT),
+    (11.0, "a: 11 outside [0, 10]", Status.HWLIMIT),
+])
+async def test_bad_input_makes_outputs_invalid_and_says_which(tmp_path, value, message, status):
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    await _settle()
+    good = db["P:OUT:y1"].value
+    _put(db, "P:IN:a", value)
+    await _settle()
+    out = db["P:OUT:y1"].reading
+    assert (out.severity, out.status) == (Severity.INVALID, Status.LINK)
+    assert out.value == good  # last good value kept, flagged INVALID
+    assert runner.status is ModelStatus.INPUT_INVALID and db["P:MESSAGE"].value == message
+    inp = db["P:IN:a"].reading
+    assert (inp.severity, inp.status) == (Severity.INVALID, status)
+    _put(db, "P:IN:a", 2.0)
+    await _settle()
+    assert runner.status is ModelStatus.OK and db["P:OUT:y1"].reading.severity == Severity.NO_ALARM
+    runner.close()
+
+
+async def test_enable_off_invalidates_outputs_and_back_on_resumes(tmp_path):
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 2.0)
+    await _settle()
+    db.put("P:ENABLE", 0, OP)
+    out = db["P:OUT:y1"].reading
+    assert (out.severity, out.status) == (Severity.INVALID, Status.DISABLE)
+    assert runner.status is ModelStatus.DISABLED and db["P:MESSAGE"].value == "disabled by op@console"
+    assert db["P:STATUS"].reading.severity == Severity.MINOR
+    _put(db, "P:IN:a", 2.0)  # inputs keep flowing, outputs stay disabled
+    await _settle()
+    assert runner.status is ModelStatus.DISABLED
+    db.put("P:ENABLE", "Enabled", OP)
+    assert runner.status is ModelStatus.OK
+    assert db["P:OUT:y1"].value == pytest.approx(6.0, abs=1e-5)
+    runner.close()
+
+
+async def test_stale_input_invalidates_outputs_without_any_trigger(tmp_path):
+    # 'a' has a max age; the staleness timer must fire although nothing triggers a cycle.
+    runner, db = _runner(tmp_path, max_age_s=0.2)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    assert runner.status is ModelStatus.OK
+    changed = asyncio.Event()
+    runner.cycle_listeners.append(lambda r: changed.set() if r.status is ModelStatus.INPUT_INVALID else None)
+    await asyncio.wait_for(changed.wait(), 5)
+    assert db["P:MESSAGE"].value == "a: stale (no update for > 0.2 s)"
+    assert db["P:IN:a"].reading.status == Status.TIMEOUT
+    assert db["P:OUT:y1"].reading.severity == Severity.INVALID
+    runner.close()
+
+
+async def test_disconnected_source_input(tmp_path):
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    await _settle()
+    runner.update_input(1, None, Severity.INVALID, time.time(), connected=False)
+    await _settle()
+    assert runner.status is ModelStatus.INPUT_INVALID and db["P:MESSAGE"].value == "b: disconnected"
+    assert db["P:IN:b"].reading.status == Status.COMM
+    runner.update_input(1, 5.0, Severity.NO_ALARM, time.time(), connected=True)
+    await _settle()
+    assert runner.status is ModelStatus.OK
+    runner.update_input(1, 5.0, Severity.INVALID, time.time())
+    await _settle()
+    assert db["P:MESSAGE"].value == "b: source INVALID"
+    runner.close()
+
+
+async def test_no_model(tmp_path):
+    runner, db = _runner(tmp_path)
+    runner.set_no_model("no champion in /x")
+    assert runner.status is ModelStatus.NO_MODEL
+    assert db["P:CHAMPION"].value == "" and db["P:MESSAGE"].value.startswith("no model: no champion")
+    assert db["P:OUT:y1"].reading.severity == Severity.INVALID
+    runner.close()
+
+
+async def test_model_error_at_run_time_is_a_fault_and_the_ioc_carries_on(tmp_path):
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    await _settle()
+
+    class Exploding:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def run(self, x):
+            raise RuntimeError("CUDA error: an illegal memory access")
+
+    model = runner.model
+    runner.set_model(Exploding())
+    assert runner.status is ModelStatus.FAULT
+    assert db["P:MESSAGE"].value.startswith("inference failed: CUDA")
+    assert db["P:OUT:y1"].reading.status == Status.CALC
+    runner.set_model(model)
+    assert runner.status is ModelStatus.OK
+
+
+def _slow_config(tmp_path) -> ModelConfig:
+    """The usual two-input config, served by a model that takes milliseconds (a big matrix product)."""
+    store = ModelStore(tmp_path / "slow")
+    n = store.add_version(slow_model(2, 2, size=768), manifest_for(["a", "b"], ["y1", "y2"]))
+    store.write_pointer("champion", n)
+    return _config(store.root)
+
+
+async def test_slow_model_runs_off_the_loop(tmp_path):
+    config = _slow_config(tmp_path)
+    inference = InferenceConfig(provider="cpu", offload="auto", inline_budget_ms=0.25)
+    model = load_champion(config, inference)
+    assert model.warm_median_ms > 0.25  # this model is too slow to run inline
+    loop = asyncio.get_running_loop()
+    db = PVDatabase()
+    runner = ModelRunner(config, db, inference, loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}
+    runner.start()
+    runner.set_model(model)
+    done = asyncio.Event()
+    runner.cycle_listeners.append(lambda r: done.set() if r.status is ModelStatus.OK else None)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 2.0)
+    await asyncio.sleep(0)  # the cycle starts and hands the model run to the worker thread
+    assert runner.in_flight
+    ticks = 0
+    while not done.is_set():  # the loop keeps turning while the model computes
+        ticks += 1
+        await asyncio.sleep(0)
+    assert ticks > 10
+    assert db["P:OUT:y1"].value == pytest.approx(1.0) and db["P:OUT:y2"].value == pytest.approx(2.0)
+    runner.close()
+
+
+async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_second_one_is_missed(tmp_path):
+    config = _slow_config(tmp_path)
+    inference = InferenceConfig(provider="cpu", offload="always")
+    loop = asyncio.get_running_loop()
+    db = PVDatabase()
+    runner = ModelRunner(config, db, inference, loop)
+    runner.run_on_input_change = True  # trigger: {on_change: true}
+    runner.start()
+    runner.set_model(load_champion(config, inference))
+    ok = []
+    first, all_done = asyncio.Event(), asyncio.Event()
+
+    def on_cycle(record):
+        if record.status is ModelStatus.OK:
+            ok.append(record)
+            (first if len(ok) == 1 else all_done if len(ok) == 3 else asyncio.Event()).set()
+
+    runner.cycle_listeners.append(on_cycle)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 2.0)  # both inputs valid: the first cycle on the worker thread
+    await asyncio.wait_for(first.wait(), 30)
+    while runner.in_flight:
+        await asyncio.sleep(0.01)
+    count0, overruns0 = runner.count, runner.overruns
+    runner.run_cycle()  # a scan tick: the model runs on the worker thread
+    assert runner.in_flight
+    runner.run_cycle()  # the next tick while it computes: waits, then runs (not missed)
+    assert runner.overruns == overruns0
+    runner.run_cycle()  # a third while one already waits: coalesced into it, one missed cycle
+    assert runner.overruns == overruns0 + 1
+    await asyncio.wait_for(all_done.wait(), 30)
+    while runner.in_flight:
+        await asyncio.sleep(0.01)
+    assert runner.count - count0 == 2 and len(ok) == 3  # two cycles ran and counted, one was missed
+    runner.close()
