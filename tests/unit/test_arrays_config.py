@@ -113,3 +113,20 @@ def test_drift_and_recording_of_array_models_not_yet(tmp_path):
 def test_problems_carry_file_and_line(tmp_path):
     text = _problems(tmp_path, model("A:", inputs=[{"name": "x", "shape": [5], "source": BPMS}]))
     assert f"{tmp_path / 'c.yaml'}:" in text and "models[0].inputs[0].source:" in text
+
+
+def test_check_refuses_a_shape_the_model_disagrees_with(tmp_path, capsys):
+    import numpy as np
+
+    from ioc.cli import main
+    from tests.support.models import publish_array_linear
+
+    publish_array_linear(tmp_path / "store", [("orbit", (32,))], [("y", ())], np.ones((1, 32)), [0.0])
+    path = write_config(tmp_path / "c.yaml", model("A:", inputs=[{"name": "orbit", "shape": [16]}]))
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "shape:" in text)
+    assert (f"m: FAIL: {path}:{line}: models[0].inputs[0].shape: m v1: input shape is [32] in the model, "
+            f"[16] in the config; fix: set 'shape: [32]' on this input, or push a model trained on [16]") in out
+    path = write_config(tmp_path / "c.yaml", model("A:", inputs=[{"name": "orbit", "shape": [32]}]))
+    assert main(["check", str(path)]) == 0
