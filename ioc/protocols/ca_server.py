@@ -285,6 +285,20 @@ def _limit_metadata(spec: PVSpec) -> dict[str, Any]:
     return md
 
 
+SUBSCRIPTION_BACKLOG_BYTES = 8 << 20  # per CA subscription of a waveform
+
+
+def subscription_backlog(spec: PVSpec) -> int:
+    """How many updates caproto may keep per subscription of this waveform.
+
+    caproto keeps the last ``max_subscription_backlog`` updates of every subscription (1000 by
+    default) in a deque, sent or not: for a 1 MB image that is 1 GB per subscriber, and the IOC's
+    memory grows by a frame per post until it gets there (measured: +30 MB/s at 30 Hz). Bounded by
+    bytes instead; a client too slow for the frame rate gets the newest frames, older ones are dropped.
+    """
+    return max(2, min(1000, SUBSCRIPTION_BACKLOG_BYTES // max(1, spec.nelm * spec.dtype.itemsize)))
+
+
 def _main_channel(pv: PV, db: PVDatabase) -> _Bridge:
     spec = pv.spec
     common = dict(reported_record_type=spec.kind.value)
@@ -296,7 +310,8 @@ def _main_channel(pv: PV, db: PVDatabase) -> _Bridge:
     elif spec.kind.is_array:
         kw = {"precision": spec.prec} if spec.ftvl != "LONG" else {}
         ch = _WAVEFORMS[spec.ftvl](value=spec.initial_value().reshape(-1), max_length=spec.nelm,
-                                   **_limit_metadata(spec), **kw, **common)
+                                   max_subscription_backlog=subscription_backlog(spec), **_limit_metadata(spec),
+                                   **kw, **common)
     elif spec.kind.is_enum:
         ch = _CaEnum(value=spec.choices[int(spec.initial)], enum_strings=list(spec.choices), **common)
     else:

@@ -7,6 +7,7 @@ prediction is checked against numpy."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -251,3 +252,58 @@ def test_c_core_waveform_source_and_a_pva_ndarray_source(tmp_path, prefix, launc
         assert ioc.proc.poll() is None and "Traceback" not in ioc.output()
     finally:
         server.stop()
+
+
+def test_array_model_hot_reload_challenger_and_rollback(tmp_path, prefix, launch, ca, pva):
+    config, w, b = _vd_setup(tmp_path, prefix)
+    p = prefix
+    ioc = launch.ioc(config, extra_args=())
+    client = pva(ioc)
+    image = client.monitor(f"{p}OUT:image")
+    ca.put(f"{p}IN:orbit", np.ones(ORBIT))
+    client.put(f"{p}IN:screen", _frame(np.ones((H, W), dtype=np.float32)))
+    x = np.concatenate([np.ones(ORBIT), np.ones(H * W)])
+    image.wait_for(lambda u: u.severity == 0 and u.version == "1")
+
+    # v2 (twice the weights) as challenger: shadowed on the same snapshot, then promoted
+    inputs = [("orbit", (ORBIT,)), ("screen", (H, W))]
+    outputs = [("profile", (5,)), ("image", (H, W)), ("s", ())]
+    store, v2 = publish_array_linear(tmp_path / "store", inputs, outputs, 2 * w, b, pointer="challenger")
+    y2 = 2 * w @ x + b
+    challenger = ca.monitor(f"{p}CHALLENGER:OUT:profile")
+    challenger.wait_for(lambda u: u.severity == 0 and np.allclose(u.value, y2[:5], atol=1e-4), timeout=15)
+    ca.put(f"{p}PROMOTE", 1)
+    got = image.wait_for(lambda u: u.version == str(v2) and u.severity == 0, timeout=15)
+    np.testing.assert_allclose(got.value, y2[5:5 + H * W], atol=1e-4)
+    assert {a["name"]: a["value"] for a in client.get(f"{p}OUT:image")["attribute"]}["ModelVersion"] == str(v2)
+
+    ca.put(f"{p}ROLLBACK", 1)
+    got = image.wait_for(lambda u: u.version == "1" and u.severity == 0, since=image.mark() - 1, timeout=15)
+    np.testing.assert_allclose(got.value, (w @ x + b)[5:5 + H * W], atol=1e-4)
+    assert store.champion() == 1 and "Traceback" not in ioc.output()
+
+
+async def test_ca_keeps_a_bounded_backlog_of_large_frames(port_pool, ca, prefix):
+    """caproto keeps each subscription's last 1000 updates, sent or not: with 1 MB frames the IOC grew by
+    a frame per post. The waveform channels bound it by bytes (seen failing without the bound: 30 MB kept)."""
+    import asyncio
+
+    from ioc.core.pvmodel import Kind, PVDatabase, PVSpec
+    from ioc.protocols.ca_server import SUBSCRIPTION_BACKLOG_BYTES, CaServer
+
+    db = PVDatabase()
+    n = 1 << 17  # 1 MB of float64
+    pv = db.add(PVSpec(name=f"{prefix}BIG", kind=Kind.WAVEFORM, shape=(n,), initial=0.0))
+    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
+    await server.start()
+    try:
+        monitor = await asyncio.to_thread(ca.monitor, f"{prefix}BIG")
+        for k in range(30):
+            pv.post(np.full(n, float(k + 1)), time.time())
+            await asyncio.sleep(0.005)
+        await asyncio.to_thread(monitor.wait_for, lambda u: u.value[0] == 30.0)
+        kept = sum(len(bytes(command.buffers[-1])) for circuit in server.context.circuits
+                   for updates in circuit.unexpired_updates.values() for command in updates)
+        assert 0 < kept <= SUBSCRIPTION_BACKLOG_BYTES
+    finally:
+        await server.stop()
