@@ -58,12 +58,17 @@ class Signal:
                 np.broadcast_to(np.asarray(self.std, dtype=np.float64), (n,)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class TestVectors:
-    """Raw-unit inputs and the outputs the full engine path must reproduce within tolerance."""
+    """Raw-unit inputs and the outputs the full engine path must reproduce within tolerance.
 
-    inputs: tuple[tuple[float, ...], ...]
-    outputs: tuple[tuple[float, ...], ...]
+    ``inputs`` (k, n_in) and ``outputs`` (k, n_out) are float64 arrays of flat rows: an image's
+    test vectors are megabytes, which Python floats would multiply by four, for as long as the
+    version is served.
+    """
+
+    inputs: np.ndarray
+    outputs: np.ndarray
     rtol: float = 1e-4
     atol: float = 1e-5
 
@@ -77,7 +82,7 @@ class Manifest:
     onnx_output: str
     inputs: tuple[Signal, ...]
     outputs: tuple[Signal, ...]
-    test_vectors: TestVectors | None = None
+    test_vectors: TestVectors | None = field(default=None, compare=False)
     # The ONNX tensors' shapes after the batch axis (the tensor layout rule, docs/model-store.md):
     # default one flat vector of every input (output) element.
     input_shape: tuple[int, ...] = ()
@@ -85,7 +90,7 @@ class Manifest:
     reference: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # less its test vectors
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -166,20 +171,20 @@ def _signals(raw: Any, where: str) -> tuple[Signal, ...]:
     return tuple(out)
 
 
-def _rows(raw: Any, n: int, where: str) -> tuple[tuple[float, ...], ...]:
+def _rows(raw: Any, n: int, where: str) -> np.ndarray:
     """Test-vector rows: each the flat vector of every signal (the tensor layout rule), ``n`` numbers."""
-    rows = []
+    out = np.empty((len(raw), n))
     for i, row in enumerate(raw):
         if not isinstance(row, list) or len(row) != n:
             raise ManifestError(f"{where}[{i}]: expected {n} numbers")
         try:
-            arr = np.asarray(row, dtype=np.float64)
+            out[i] = np.asarray(row, dtype=np.float64)
         except (TypeError, ValueError):
             raise ManifestError(f"{where}[{i}]: expected {n} numbers") from None
-        if arr.shape != (n,) or not np.isfinite(arr).all():
+        if not np.isfinite(out[i]).all():
             raise ManifestError(f"{where}[{i}]: expected {n} finite numbers")
-        rows.append(tuple(arr.tolist()))
-    return tuple(rows)
+    out.flags.writeable = False
+    return out
 
 
 def _vectors(raw: Any, n_in: int, n_out: int) -> TestVectors | None:
@@ -255,7 +260,7 @@ def parse_manifest(raw: Any) -> Manifest:
         reference=reference,
         provenance=provenance,
         version=version,
-        raw=raw,
+        raw={k: v for k, v in raw.items() if k != "test_vectors"},  # they are kept once, as arrays
     )
 
 
