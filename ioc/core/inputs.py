@@ -96,22 +96,16 @@ class Snapshot:
 
 
 @dataclass(slots=True)
-class ArrayInputState:
+class ArrayInputState(InputState):
     """The latest array (waveform ``[n]`` or image ``[h, w]``) of one input.
 
     Its content (shape, NaN/Inf, range, an undecodable frame) is judged once, when it arrives
     (:meth:`accept`), not on every cycle: a 512x512 frame is not scanned again by each scan tick.
     ``value`` is the array as it came (converted to the input's dtype; an image sent as a flat
     waveform of h*w elements reshaped) and is never mutated, so it can be posted and snapshotted as is.
+    Connection, severity and age are judged as for a scalar (:class:`InputState`).
     """
 
-    config: InputConfig
-    value: np.ndarray
-    severity: Severity = Severity.INVALID
-    timestamp: float = 0.0
-    connected: bool = False
-    defined: bool = False
-    ever_connected: bool = False
     content: Problem | None = None
 
     @classmethod
@@ -138,24 +132,16 @@ class ArrayInputState:
         self.defined = True
 
     def problem(self, now: float) -> Problem | None:
-        name = self.config.name
-        if not self.connected:
-            return Problem(name, "disconnected" if self.ever_connected else "not connected yet", Status.COMM)
-        if not self.defined:
-            return Problem(name, "no value yet", Status.UDF)
+        if not self.connected or not self.defined:
+            return InputState.problem(self, now)  # "disconnected", "no value yet"
         if self.content is not None:
             return self.content
         if self.severity >= Severity.INVALID:
-            return Problem(name, "source INVALID", Status.LINK)
+            return Problem(self.config.name, "source INVALID", Status.LINK)
         max_age = self.config.max_age_s
         if max_age is not None and now - self.timestamp > max_age:
-            return Problem(name, f"stale (no update for > {max_age:g} s)", Status.TIMEOUT)
+            return Problem(self.config.name, f"stale (no update for > {max_age:g} s)", Status.TIMEOUT)
         return None
-
-    def expires_at(self) -> float | None:
-        if self.config.max_age_s is None or not self.defined:
-            return None
-        return self.timestamp + self.config.max_age_s
 
 
 @dataclass(slots=True)

@@ -336,6 +336,13 @@ def _double_field(value: float | None, spec: PVSpec | None = None) -> _FieldDoub
     return _FieldDouble(value=0.0 if value is None else float(value), **kw)
 
 
+def _display_fields(spec: PVSpec) -> dict[str, ChannelData]:
+    """.EGU, .PREC, .HOPR, .LOPR of a number or a waveform."""
+    lo, hi = spec.display or (0.0, 0.0)
+    return dict(EGU=_string_field(spec.egu), PREC=_FieldInteger(value=spec.prec), HOPR=_double_field(hi, spec),
+                LOPR=_double_field(lo, spec))
+
+
 def _fields(spec: PVSpec, main: _Bridge) -> dict[str, ChannelData]:
     """The record fields served for one PV, keyed by field name."""
     f: dict[str, ChannelData] = {
@@ -351,12 +358,8 @@ def _fields(spec: PVSpec, main: _Bridge) -> dict[str, ChannelData]:
     }
     if spec.kind.is_numeric:
         a = spec.alarm
-        lo, hi = spec.display or (0.0, 0.0)
         f.update(
-            EGU=_string_field(spec.egu),
-            PREC=_FieldInteger(value=spec.prec),
-            HOPR=_double_field(hi, spec),
-            LOPR=_double_field(lo, spec),
+            **_display_fields(spec),
             HIHI=_double_field(a.hihi if a else None, spec),
             HIGH=_double_field(a.high if a else None, spec),
             LOW=_double_field(a.low if a else None, spec),
@@ -373,12 +376,8 @@ def _fields(spec: PVSpec, main: _Bridge) -> dict[str, ChannelData]:
             clo, chi = spec.control or spec.display or (0.0, 0.0)
             f.update(DRVH=_double_field(chi, spec), DRVL=_double_field(clo, spec))
     elif spec.kind.is_array:
-        lo, hi = spec.display or (0.0, 0.0)
         f.update(
-            EGU=_string_field(spec.egu),
-            PREC=_FieldInteger(value=spec.prec),
-            HOPR=_double_field(hi, spec),
-            LOPR=_double_field(lo, spec),
+            **_display_fields(spec),
             NELM=_FieldInteger(value=spec.nelm),
             NORD=_FieldInteger(value=spec.nelm),
             FTVL=_enum_field(spec.ftvl, FTYPE_CHOICES),

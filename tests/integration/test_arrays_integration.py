@@ -51,11 +51,15 @@ def _vd_setup(tmp_path, prefix):
     return config, w, b
 
 
-def test_waveform_and_image_in_and_out_on_both_protocols(tmp_path, prefix, launch, ca, pva):
+def _serve_vd(tmp_path, prefix, launch, pva):
+    """The IOC of :func:`_vd_setup` running, and a PVA client of it."""
     config, w, b = _vd_setup(tmp_path, prefix)
-    p = prefix
     ioc = launch.ioc(config)
-    client = pva(ioc)
+    return ioc, pva(ioc), w, b
+
+
+def test_waveform_and_image_in_and_out_on_both_protocols(tmp_path, prefix, launch, ca, pva):
+    p, (ioc, client, w, b) = prefix, _serve_vd(tmp_path, prefix, launch, pva)
     profile_ca = ca.monitor(f"{p}OUT:profile")
     image_pva = client.monitor(f"{p}OUT:image")
     message = ca.monitor(f"{p}MESSAGE")
@@ -115,10 +119,7 @@ def test_waveform_and_image_in_and_out_on_both_protocols(tmp_path, prefix, launc
 
 
 def test_bad_frames_make_outputs_invalid_with_the_reason(tmp_path, prefix, launch, ca, pva):
-    config, w, b = _vd_setup(tmp_path, prefix)
-    p = prefix
-    ioc = launch.ioc(config)
-    client = pva(ioc)
+    p, (ioc, client, _, _) = prefix, _serve_vd(tmp_path, prefix, launch, pva)
     profile = ca.monitor(f"{p}OUT:profile")
     status = ca.monitor(f"{p}STATUS")
     orbit = np.zeros(ORBIT)
@@ -255,10 +256,7 @@ def test_c_core_waveform_source_and_a_pva_ndarray_source(tmp_path, prefix, launc
 
 
 def test_array_model_hot_reload_challenger_and_rollback(tmp_path, prefix, launch, ca, pva):
-    config, w, b = _vd_setup(tmp_path, prefix)
-    p = prefix
-    ioc = launch.ioc(config, extra_args=())
-    client = pva(ioc)
+    p, (ioc, client, w, b) = prefix, _serve_vd(tmp_path, prefix, launch, pva)
     image = client.monitor(f"{p}OUT:image")
     ca.put(f"{p}IN:orbit", np.ones(ORBIT))
     client.put(f"{p}IN:screen", _frame(np.ones((H, W), dtype=np.float32)))
