@@ -110,7 +110,7 @@ class ArrayInputState(InputState):
 
     @classmethod
     def for_config(cls, config: InputConfig, now: float) -> ArrayInputState:
-        state = cls(config, np.full(config.shape, math.nan, dtype=config.dtype))
+        state = cls(config, np.full(config.shape, math.nan, dtype=config.dtype))  # type: ignore[arg-type]  # an array
         if config.writable:
             state.connected = state.ever_connected = True
             if config.initial is not None:
@@ -124,7 +124,7 @@ class ArrayInputState(InputState):
         if isinstance(arr, BadArray):
             self.content = Problem(cfg.name, arr.reason, arr.status)  # the last good array stays served
         else:
-            self.value = arr
+            self.value = arr  # type: ignore[assignment]  # an array input's value is an array
             found = array_problem(arr, cfg.shape, cfg.range)
             self.content = None if found is None else Problem(f"{cfg.name}{found[0]}", found[1], found[2])
         self.severity = severity
