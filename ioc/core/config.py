@@ -688,11 +688,16 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         training = None
     drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
     if any(s.shape for s in (*inputs, *outputs)):
-        # Arrays are served and run; drift scores and recording of arrays are not built yet (issue 14).
+        # Arrays are served and run; drift scores, ground-truth errors and recording assume one element
+        # per signal and are not built for arrays yet (issue 14).
         for key, what, given in (("drift", "drift scores", drift), ("record", "recording", record)):
             if given is not None:
                 c.error((*path, key), f"{what} of a model with array inputs/outputs is not supported yet; "
                         f"remove '{key}'")
+        for j, out in enumerate(outputs):
+            if out.truth is not None and not out.shape:
+                c.error((*path, "outputs", j, "truth"), "ground-truth errors of a model with array inputs/outputs "
+                        "are not supported yet; remove 'truth'")
     if not name or prefix is None:
         return None
     return ModelConfig(

@@ -281,12 +281,16 @@ class PvaServer:
     def _post(self, pv: PV, reading: Reading, events: int) -> None:
         if not events & _POSTED or self.server is None:
             return
-        shared, T, convert, tagged, image = self._targets[pv.name]
+        shared, T, convert, tagged, array = self._targets[pv.name]
         update = T()
-        if image:
-            for key, value in self._frame_fields(pv, reading, bool(events & Event.VALUE)).items():
-                update[key] = value
-        update["value"] = convert(reading.value)
+        if array:  # an alarm-only post (e.g. outputs invalidated) does not copy the array again
+            if array == 2:
+                for key, value in self._frame_fields(pv, reading, bool(events & Event.VALUE)).items():
+                    update[key] = value
+            if events & Event.VALUE:
+                update["value"] = convert(reading.value)
+        else:
+            update["value"] = convert(reading.value)
         if tagged:
             update["version"] = reading.tag
         status = reading.status
@@ -317,8 +321,9 @@ class PvaServer:
     async def start(self) -> None:
         for pv in self.db:
             self.shared[pv.name] = self._open(pv)
+            array = 2 if pv.name in self._frames else 1 if pv.spec.kind.is_array else 0  # image, array, scalar
             self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec),
-                                      pv.spec.version_field, pv.name in self._frames)
+                                      pv.spec.version_field, array)
             pv.subscribe(self._post, self._on_spec)
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():

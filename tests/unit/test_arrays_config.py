@@ -108,6 +108,8 @@ def test_drift_and_recording_of_array_models_not_yet(tmp_path):
                                      record={"dir": "rec"}))
     assert "models[0].drift: drift scores of a model with array inputs/outputs is not supported yet" in text
     assert "models[0].record: recording of a model with array inputs/outputs is not supported yet" in text
+    text = _problems(tmp_path, model("A:", inputs=[{"name": "x", "shape": [8]}], outputs=[{"name": "y", "truth": "T"}]))
+    assert "models[0].outputs[0].truth: ground-truth errors of a model with array inputs/outputs" in text
 
 
 def test_problems_carry_file_and_line(tmp_path):
