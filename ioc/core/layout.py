@@ -159,9 +159,8 @@ def _array_fields(sig: InputConfig | OutputConfig) -> dict:
 
 def input_spec(names: ModelNames, inp: InputConfig) -> PVSpec:
     writable = inp.writable
-    source = inp.source_text
-    desc = inp.description or (f"{inp.name} from {inp.gather[0].name if inp.gather else inp.source.name}"[:40]
-                               if source else f"input {inp.name}")
+    origin = f"{len(inp.gather)} PVs" if inp.gather else inp.source.name if inp.source is not None else None
+    desc = inp.description or (f"{inp.name} from {origin}"[:40] if origin else f"input {inp.name}")
     return PVSpec(
         name=names.input(inp.name),
         desc=desc,

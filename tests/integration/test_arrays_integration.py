@@ -115,6 +115,10 @@ def test_waveform_and_image_in_and_out_on_both_protocols(tmp_path, prefix, launc
     image_pva.wait_for(lambda u: np.allclose(u.value, y2[5:5 + H * W], atol=1e-4), since=mark)
     later = client.get(f"{p}OUT:image")
     assert later["uniqueId"] == img["uniqueId"] + 1
+    # pvput of an NTScalarArray
+    client.put(f"{p}IN:orbit", {"value": orbit - 1})
+    y3 = w @ np.concatenate([orbit - 1, screen.reshape(-1)]) + b
+    profile_ca.wait_for(lambda u: np.allclose(u.value, y3[:5], atol=1e-4))
     assert "Traceback" not in ioc.output()
 
 
