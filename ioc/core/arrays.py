@@ -152,9 +152,8 @@ def array_problem(value: np.ndarray, shape: Shape, valid: tuple[float, float] | 
     order: shape, first NaN/Inf, first element outside ``valid``.
     """
     if value.shape != shape:
-        if len(shape) == 1 and value.ndim == 1:
-            return "", f"{value.size} elements, expected {shape[0]}", Status.READ
-        return "", f"{shape_text(value.shape)}, expected {shape_text(shape)}", Status.READ
+        got = f"{value.size} elements" if value.ndim == 1 else shape_text(value.shape)
+        return "", f"{got}, expected {shape_text(shape)}", Status.READ
     bad = first_nonfinite(value)
     if bad is not None:
         x = float(value.reshape(-1)[bad])

@@ -355,8 +355,10 @@ class ModelRunner:
         else:
             pv.post(value, state.timestamp, state.severity, Status.LINK if state.severity else Status.NO_ALARM, "")
         shape_pv = self._shape_pvs.get(index)
-        if shape_pv is not None and tuple(shape_pv.value) != value.shape and value.ndim == 2:
-            shape_pv.post(np.array(value.shape, dtype=np.int32), state.timestamp or now)
+        if shape_pv is not None:  # [h, w] of the frame served (a flat waveform of another size: one row)
+            shape = value.shape if value.ndim == 2 else (1, value.size)
+            if tuple(shape_pv.value) != shape:
+                shape_pv.post(np.array(shape, dtype=np.int32), state.timestamp or now)
 
     def _refresh_input_problems(self, now: float) -> None:
         """Re-post inputs whose validity changed with time alone (turned stale)."""

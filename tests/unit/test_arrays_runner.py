@@ -173,5 +173,9 @@ async def test_image_input_shape_pv_follows_the_frame_and_challenger_shadows(tmp
     await _settle()
     assert db["P:MESSAGE"].value == "screen: 3x2, expected 2x3"
     assert db["P:IN:screen:SHAPE"].value.tolist() == [3, 2]  # what the served frame is
+    db.put("P:IN:screen", np.arange(4.0), OP)  # a flat waveform of the wrong size
+    await _settle()
+    assert db["P:MESSAGE"].value == "screen: 4 elements, expected 2x3"
+    assert db["P:IN:screen:SHAPE"].value.tolist() == [1, 4]
     assert db["P:CHALLENGER:OUT:p"].reading.severity == Severity.INVALID
     runner.close()
