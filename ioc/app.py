@@ -211,6 +211,11 @@ class Ioc:
                 source = make_source(inp.source, functools.partial(runner.feed.push, index))
                 source.start()
                 self._sources.append(source)
+            for element, ref in enumerate(inp.gather):  # a vector gathered from scalar PVs, in order
+                deliver = functools.partial(_push_element, runner.feed.push, index, element)
+                source = make_source(ref, deliver)
+                source.start()
+                self._sources.append(source)
         trigger = make_trigger(runner, model.trigger, make_source)
         runner.run_on_input_change = trigger.on_input_change
         trigger.start()
@@ -254,6 +259,11 @@ class Ioc:
             await self.pva.stop()
         self.metrics.close()
         close_clients()
+
+
+def _push_element(push, index: int, element: int, value, severity, timestamp: float, connected: bool) -> None:
+    """A source's delivery for one element of a gathered input (any thread)."""
+    push(index, value, severity, timestamp, connected, element)
 
 
 async def serve(config: Config, options: ServeOptions | None = None, stop: asyncio.Event | None = None) -> None:

@@ -100,7 +100,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ioc.core.engine import EngineError, load_champion
+    from ioc.core.configfile import where
+    from ioc.core.engine import EngineError, SignatureMismatch, load_champion
 
     config = _load(args.config)
     from ioc.core.access import build_access
@@ -108,9 +109,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     access = build_access(config.access)
     print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
     failed = 0
-    for model in config.models:
+    for index, model in enumerate(config.models):
         try:
             loaded = load_champion(model, config.ioc.inference)
+        except SignatureMismatch as exc:  # the config disagrees with the model: point at the key to change
+            print(f"  {model.name}: FAIL: {where(config.path, ('models', index, *exc.key))}: {exc}; fix: {exc.fix}")
+            failed += 1
         except EngineError as exc:
             print(f"  {model.name}: FAIL: {exc}")
             failed += 1
