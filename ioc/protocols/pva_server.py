@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from p4p import Type, Value
+from p4p._p4p import logger_level_set, logLevelError  # noqa: PLC2701 - p4p has no public per-logger level
 from p4p.nt import NTEnum, NTScalar
 from p4p.server import Server, StaticProvider
 from p4p.server.asyncio import SharedPV
@@ -237,11 +238,20 @@ class PvaServer:
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():
             self.provider.add(name, shared)
+        # pvxs warns "unable to bind port 5075, falling back to [::]:N" whenever another PVA server on
+        # this host (the demo's simulator, a second IOC) has the TCP port. That is how EPICS hosts work,
+        # not a fault: say so below in plain words instead.
+        logger_level_set("pvxs.tcp.setup", logLevelError)
         self.server = Server(providers=[self.provider], conf=self._conf(), useenv=True)
         conf = self.server.conf()
+        wanted = self._conf().get("EPICS_PVAS_SERVER_PORT") or os.environ.get("EPICS_PVAS_SERVER_PORT") or "5075"
         log.info("PVA server listening on %s, TCP port %s, UDP port %s",
                  conf.get("EPICS_PVAS_INTF_ADDR_LIST"), conf.get("EPICS_PVAS_SERVER_PORT"),
                  conf.get("EPICS_PVAS_BROADCAST_PORT"))
+        if wanted not in ("0", conf.get("EPICS_PVAS_SERVER_PORT")):
+            log.info("PVA TCP port %s is taken (another PVA server on this host); clients find this one on "
+                     "port %s by the usual UDP search on port %s", wanted, conf.get("EPICS_PVAS_SERVER_PORT"),
+                     conf.get("EPICS_PVAS_BROADCAST_PORT"))
 
     @property
     def port(self) -> int | None:
