@@ -23,6 +23,7 @@ from ioc.core.store import ModelStore
 from ioc.edges.actions.controller import ActionController, start_actions
 from ioc.edges.autosave import Autosave
 from ioc.edges.clients import close_clients
+from ioc.edges.host import local_addresses
 from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
 from ioc.edges.recorder import Recorder, RecorderError
@@ -71,7 +72,8 @@ class Ioc:
         loop = asyncio.get_running_loop()
         cfg = self.config
         opts = self.options
-        self.db.access = build_access(cfg.access)  # AccessError: refuse to start, like a bad config
+        # AccessError: refuse to start, like a bad config. "localhost" is every address of this host.
+        self.db.access = build_access(cfg.access, local_addresses())
         log.info("access security from %s", self.db.access.source)
         for line in self.db.access.describe():
             log.info("  access group %s", line)

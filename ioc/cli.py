@@ -104,8 +104,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     from ioc.core.access import build_access
+    from ioc.edges.host import local_addresses
 
-    access = build_access(config.access)
+    access = build_access(config.access, local_addresses())
     print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
     failed = 0
     for model in config.models:

@@ -22,6 +22,7 @@ from p4p.server import Server, StaticProvider
 from p4p.server.asyncio import SharedPV
 from p4p.server.raw import SharedPV as RawSharedPV
 
+from ioc.core.access import host_of
 from ioc.core.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Status
 
 log = logging.getLogger("mlioc.pva")
@@ -134,8 +135,7 @@ class _Handler:
                 value = raw["value"]
             account = op.account() if hasattr(op, "account") else ""
             peer = op.peer() if hasattr(op, "peer") else ""
-            host = peer.rsplit(":", 1)[0] if peer else ""
-            client = ClientInfo(user=account, host=host, protocol="pva", address=peer)
+            client = ClientInfo(user=account, host=host_of(peer) if peer else "", protocol="pva", address=peer)
             result = self.db.put(self.pv.name, value, client)
         except PutRejected as exc:
             op.done(error=str(exc))
