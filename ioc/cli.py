@@ -258,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
+    from ioc.client_cli import add_parser as add_client_parser
     from ioc.models_cli import add_parser as add_models_parser
 
+    add_client_parser(sub)
     add_models_parser(sub)
     _add_generate(sub)
     return parser
