@@ -75,9 +75,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pva_broadcast_port=args.pva_broadcast_port,
         interfaces=args.interfaces.split() if args.interfaces else None,
         metrics_port=args.metrics_port,
+        allow_duplicates=args.allow_duplicates,
     )
+    from ioc.edges.dirlock import DirectoryLocked
+    from ioc.edges.duplicates import DuplicatePVs
+
     log.info("serving %s", config.path)
-    return _run_until_signal(lambda stop: serve(config, options, stop))
+    try:
+        return _run_until_signal(lambda stop: serve(config, options, stop))
+    except (DuplicatePVs, DirectoryLocked) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -220,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p)
     p.add_argument("--pva-broadcast-port", type=int, help="PVA UDP search port [EPICS_PVAS_BROADCAST_PORT, 5076]")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off) [config ioc.metrics_port]")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="serve even when another server already answers for this IOC's PV names")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sim", help="run the simulated machine IOC the demo's inputs come from")
