@@ -86,7 +86,7 @@ def nightly_cycle() -> tuple[float, dict[str, float], str]:
         tmp_path = Path(tmp)
         shutil.copytree(ROOT / "models" / "beam", tmp_path / "beam")
         text = (ROOT / "config" / "demo.yaml").read_text()
-        text = text.replace("store: ../models/beam", f"store: {tmp_path / 'beam'}")
+        text = text.replace("store: ../data/store/beam", f"store: {tmp_path / 'beam'}")
         text = text.replace("dir: ../data/beam", f"dir: {tmp_path / 'data'}")
         (tmp_path / "demo.yaml").write_text(text)
         config = load_config(tmp_path / "demo.yaml")

@@ -20,7 +20,7 @@ from ioc.core.access import build_access
 from ioc.core.config import Config, ModelConfig
 from ioc.core.layout import ModelNames
 from ioc.core.pvmodel import PVDatabase
-from ioc.core.store import ModelStore
+from ioc.core.store import ModelStore, model_store
 from ioc.edges.actions.controller import ActionController, start_actions
 from ioc.edges.autosave import Autosave
 from ioc.edges.clients import close_clients
@@ -160,7 +160,7 @@ class Ioc:
             store = ModelStore(Path(cfg.ioc.state_dir) / "registry" / model.name)
             refresh = RegistryMirror(model.store, store, interval_s=cfg.ioc.registry_poll_s).refresh
         else:
-            store = ModelStore(model.store_path)
+            store = model_store(model)
         return ModelManager(runner, store, cfg.ioc.inference, asyncio.get_running_loop(),
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 

@@ -108,14 +108,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ioc.core.engine import EngineError, load_champion
-
-    config = _load(args.config)
     from ioc.core.access import build_access
+    from ioc.core.engine import EngineError, load_champion
+    from ioc.core.inputs import range_warnings
     from ioc.edges.host import local_addresses
 
+    config = _load(args.config)
     access = build_access(config.access, local_addresses())
-    print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
+    n = len(config.models)
+    print(f"{config.path}: {n} model(s); access from {access.source}")
     failed = 0
     for model in config.models:
         try:
@@ -123,10 +124,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         except EngineError as exc:
             print(f"  {model.name}: FAIL: {exc}")
             failed += 1
-        else:
-            print(f"  {model.name}: v{loaded.version} OK on {loaded.provider} "
-                  f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
-    return EXIT_FAIL if failed else EXIT_OK
+            continue
+        print(f"  {model.name}: v{loaded.version} OK on {loaded.provider} "
+              f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
+        for warning in range_warnings(model.inputs, loaded.manifest.reference, loaded.version):
+            print(f"  {model.name}: warning: {warning}")
+    if failed:
+        print(f"{config.path}: {failed} of {n} model(s) FAILED")
+        return EXIT_FAIL
+    print(f"{config.path}: configuration OK ({n} model(s))")
+    return EXIT_OK
 
 
 def cmd_pvs(args: argparse.Namespace) -> int:
