@@ -131,5 +131,5 @@ def test_store_template_must_be_a_store_and_not_for_a_registry(tmp_path):
         load_config(write_yaml(tmp_path / "c.yaml", doc.format(store="s", template="nowhere")))
     assert f"store_template: {tmp_path / 'nowhere'} is not a model store (no versions/ directory)" in str(err.value)
     (tmp_path / "t" / "versions").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="a registry store .* has no template"):
+    with pytest.raises(ConfigError, match=r"a registry store .* has no template"):
         load_config(write_yaml(tmp_path / "c.yaml", doc.format(store="models:/m@champion", template="t")))
