@@ -70,3 +70,12 @@ def test_push_validates_like_the_ioc_and_refuses_bad_versions(tmp_path):
 def test_not_a_store_is_a_clear_error(tmp_path):
     r = mlioc("models", "list", str(tmp_path / "nowhere"))
     assert r.returncode == 1 and "is not a model store" in r.stderr
+
+
+def test_list_shows_the_mlflow_run_id_that_reproduce_takes():
+    """The shipped demo model was made by `mlioc train`: its run id is what `mlioc reproduce` needs."""
+    manifest = json.loads((ROOT / "models" / "beam" / "versions" / "1" / "manifest.json").read_text())
+    run_id = manifest["provenance"]["mlflow"]["run_id"]
+    (line,) = [ln for ln in mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()
+               if ln.startswith("C ")]
+    assert line.split()[4] == run_id and len(run_id) == 32
