@@ -76,6 +76,5 @@ def test_list_shows_the_mlflow_run_id_that_reproduce_takes():
     """The shipped demo model was made by `mlioc train`: its run id is what `mlioc reproduce` needs."""
     manifest = json.loads((ROOT / "models" / "beam" / "versions" / "1" / "manifest.json").read_text())
     run_id = manifest["provenance"]["mlflow"]["run_id"]
-    (line,) = [ln for ln in mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()
-               if ln.startswith("C ")]
-    assert line.split()[4] == run_id and len(run_id) == 32
+    line = mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()[1]  # version 1
+    assert line.startswith("C ") and line.split()[4] == run_id and len(run_id) == 32
