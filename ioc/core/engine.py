@@ -290,11 +290,11 @@ def load_champion(config: ModelConfig, inference: InferenceConfig) -> LoadedMode
     """Load the store's champion; raise :class:`EngineError` if there is none or it fails."""
     store = model_store(config)
     if not store.exists():
-        raise EngineError(f"{config.name}: model store {store.root} does not exist")
+        raise EngineError(f"{config.name}: {store.root}: no such store")
     try:
         champion = store.champion()
     except StoreError as exc:
         raise EngineError(f"{config.name}: {exc}") from exc
     if champion is None:
-        raise EngineError(f"{config.name}: no champion in {store.root}")
+        raise EngineError(f"{config.name}: {store.root}: no champion")
     return load_version(store, champion, config, inference)

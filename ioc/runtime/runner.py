@@ -512,9 +512,11 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
-        text = clip_message(text)
-        if self.message_pv.value != text:
-            self.message_pv.post(text, now)
+        shown = clip_message(text)
+        if self.message_pv.value != shown:
+            if shown != text:  # the PV holds 39 characters: the whole text goes to the log
+                log.info("%s: MESSAGE %r is short for: %s", self.config.name, shown, text)
+            self.message_pv.post(shown, now)
 
     # ------------------------------------------------------------------ staleness
 

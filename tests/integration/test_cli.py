@@ -90,7 +90,9 @@ def test_ioc_with_an_empty_store_serves_no_model(tmp_path, launch, ca, prefix):
         """)
     ioc = launch.ioc(cfg)
     assert ca.get(f"{prefix}STATUS", as_string=True) == "NO_MODEL"
-    assert ca.get(f"{prefix}MESSAGE").startswith("no model: model store")
+    # The PV keeps the useful end of the path and the reason (issue 19.8); the log has all of it.
+    assert ca.get(f"{prefix}MESSAGE") == "no model: .../nowhere: no such store"
+    assert f"no model: {tmp_path / 'nowhere'}: no such store" in ioc.output()
     assert ca.get_full(f"{prefix}OUT:y").severity == 3
     assert ca.get(f"{prefix}CHAMPION") == ""
     assert ioc.proc.poll() is None
@@ -142,5 +144,5 @@ def test_check_of_a_missing_store_fails_without_saying_ok_first(tmp_path):
         """)
     r = mlioc("check", str(cfg))
     assert r.returncode == 1
-    assert f"m: FAIL: m: model store {tmp_path / 'nowhere'} does not exist" in r.stdout
+    assert f"m: FAIL: m: {tmp_path / 'nowhere'}: no such store" in r.stdout
     assert "OK" not in r.stdout and r.stdout.splitlines()[-1] == f"{cfg}: 1 of 1 model(s) FAILED"
