@@ -789,5 +789,5 @@ def read_config(path: str | os.PathLike,
 
 
 def default_config_path() -> Path:
-    """The shipped demo config: ``config/demo.yaml`` beside the package (source checkout)."""
-    return Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+    """The shipped demo config: ``config/demo.yaml`` beside the ``ioc`` package (source checkout)."""
+    return Path(__file__).resolve().parents[2] / "config" / "demo.yaml"

@@ -30,6 +30,12 @@ models:
 """
 
 
+def test_the_default_config_is_the_shipped_demo():
+    from ioc.core.config import default_config_path
+
+    assert default_config_path() == ROOT / "config" / "demo.yaml"  # what `mlioc serve` / `mlioc pvs` use
+
+
 def test_demo_config_loads():
     cfg = load_config(ROOT / "config" / "demo.yaml")
     (model,) = cfg.models
