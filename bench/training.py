@@ -88,6 +88,8 @@ def nightly_cycle() -> tuple[float, dict[str, float], str]:
         text = (ROOT / "config" / "demo.yaml").read_text()
         text = text.replace("store: ../data/store/beam", f"store: {tmp_path / 'beam'}")
         text = text.replace("dir: ../data/beam", f"dir: {tmp_path / 'data'}")
+        text = text.replace("store_template: ../models/beam", f"store_template: {ROOT / 'models' / 'beam'}")
+        text = text.replace("state_dir: ../data/state", f"state_dir: {tmp_path / 'state'}")
         (tmp_path / "demo.yaml").write_text(text)
         config = load_config(tmp_path / "demo.yaml")
         t0 = time.perf_counter()
