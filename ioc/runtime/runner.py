@@ -502,7 +502,9 @@ class ModelRunner:
             previous = self.status
             self.status = status
             self.status_pv.post(int(status), now)
-            level = logging.INFO if status is ModelStatus.OK or self.model is None else logging.WARNING
+            # Start-up (no model yet, then inputs not yet connected) is not a problem: INFO, not WARNING.
+            starting = previous in (None, ModelStatus.NO_MODEL) and status is ModelStatus.INPUT_INVALID
+            level = logging.INFO if status is ModelStatus.OK or self.model is None or starting else logging.WARNING
             log.log(level, "%s: status %s -> %s: %s", self.config.name,
                     previous.name if previous is not None else "-", status.name, message)
         self._message(message, now)

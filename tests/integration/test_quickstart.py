@@ -112,6 +112,8 @@ def test_the_readme_quick_start_as_written(user):
     demo.start()
     try:
         demo.wait_for_line("-> OK: serving v1", timeout=120)
+        startup = demo.output().split("-> OK: serving v1")[0]  # a normal start: nothing to worry an operator
+        assert " WARNING " not in startup and " ERROR " not in startup, startup
 
         def run(command: str) -> subprocess.CompletedProcess:
             r = subprocess.run(ns.argv(shlex.split(command)), cwd=repo, env=env, capture_output=True, text=True,
