@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ioc.client_cli import ClientError
 from ioc.core.access import AccessError
 from ioc.core.config import Config, ConfigError, default_config_path
 from ioc.core.configfile import load_config
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return _report_config_error(exc)
     except AccessError as exc:
         return _report_access_error(exc)
+    except ClientError as exc:  # mlioc get|put|monitor: a PV that does not connect, a refused write
+        print(f"mlioc {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_OK
 

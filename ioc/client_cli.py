@@ -8,7 +8,7 @@ commands use the same client libraries the IOC itself uses (pyepics' libca for C
 client for PVA), follow the standard EPICS environment (``EPICS_CA_ADDR_LIST``, ``EPICS_PVA_ADDR_LIST``
 ...) and print what an operator needs on one line: value and units, alarm severity and status, and
 the time stamp. Exit status: 0 done, 1 a PV did not connect within ``--timeout`` or a write was
-refused, 2 usage error.
+refused (:class:`ClientError`, reported by ``ioc.cli.main``), 2 usage error.
 
 ``NAME`` may carry the protocol as in a config's ``source:`` (``ca://NAME``, ``pva://NAME``);
 ``--pva`` makes PVA the default. A put sends the value as text, like ``caput``, so a number and an
@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import math
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -356,17 +355,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except ClientError as exc:
-            print(f"mlioc {args.command}: {exc}", file=sys.stderr)
-            return EXIT_FAIL
-
-    return wrapper
-
-
 def add_parser(sub) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--pva", action="store_true", help="PV Access for names without ca:// or pva://")
@@ -376,14 +364,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("get", help="read PVs: value, units, alarm severity and status, time stamp (CA or PVA)")
     p.add_argument("names", nargs="+", metavar="NAME", help="PV name (ca://NAME or pva://NAME to choose)")
     common(p)
-    p.set_defaults(func=run(cmd_get))
+    p.set_defaults(func=cmd_get)
     p = sub.add_parser("put", help="write a PV and wait for the IOC to finish; exit 1 if it refuses (CA or PVA)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("value", metavar="VALUE", help="a number, or an enum's choice or index (e.g. Disabled or 0)")
     common(p)
-    p.set_defaults(func=run(cmd_put))
+    p.set_defaults(func=cmd_put)
     p = sub.add_parser("monitor", help="print every update of PVs until Ctrl-C (CA or PVA)")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("-n", "--count", type=int, help="stop after this many updates")
     common(p)
-    p.set_defaults(func=run(cmd_monitor))
+    p.set_defaults(func=cmd_monitor)
