@@ -176,17 +176,18 @@ class Ioc:
                 self.actions.append(controller)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
-        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
+        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs, but a
+        directory another process records into refuses the start (DirectoryLocked)."""
         model = runner.config
-        # DirectoryLocked: another process records here (its file in progress would be taken over).
-        self.locks.append(DirLock(model.record.dir, "recording directory").acquire())
+        record = model.record
+        assert record is not None
+        self.locks.append(DirLock(record.dir, "recording directory").acquire())
         try:
-            recorder = Recorder(model, model.record,
-                                lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
+            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
         except RecorderError as exc:
             log.error("%s", exc)
             return
-        for index, (_name, ref) in enumerate(model.record.targets):
+        for index, (_name, ref) in enumerate(record.targets):
             # The sink stores one tuple into a list slot: safe straight from the client thread.
             source = make_source(ref, recorder.target_sink(index))
             source.start()

@@ -120,7 +120,7 @@ def resolve(name: str) -> list[str]:
         out.update(LOCAL_HOSTS)
     try:
         for info in socket.getaddrinfo(name, None):
-            out.add(canonical_host(info[4][0]))
+            out.add(canonical_host(str(info[4][0])))
     except OSError:
         pass  # unresolvable: it can still match a client that is identified by this name
     return sorted(out)

@@ -52,7 +52,7 @@ def local_addresses() -> list[str]:
         except OSError as exc:  # not Linux, or no permission: the host name's addresses must do
             log.debug("cannot list interface addresses (%s): %s", reader.__name__, exc)
     try:
-        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+        found |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
     except OSError:
         pass
     return sorted(found)

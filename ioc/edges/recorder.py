@@ -362,9 +362,7 @@ class Recorder:
         """Append rows to the file in progress as one batch: all written, or none (see _flush)."""
         if self._stream is not None and key != self._stream.key:
             self._roll()
-        if self._stream is None:
-            self._open_stream(rows[0][0], key)
-        stream = self._stream
+        stream = self._stream or self._open_stream(rows[0][0], key)
         if not stream.in_place():  # moved or deleted under us: convert it from the descriptor later
             self._unconverted.append(stream)
             self._stream = None
@@ -384,7 +382,7 @@ class Recorder:
         if stream.size >= self.config.max_mb * 1e6:
             self._roll()
 
-    def _open_stream(self, first_time: float, key: str) -> None:
+    def _open_stream(self, first_time: float, key: str) -> _Stream:
         t = dt.datetime.fromtimestamp(first_time if math.isfinite(first_time) else time.time(), dt.UTC)
         self._seq += 1
         name = f"{self.model.name}-{t.strftime('%Y%m%dT%H%M%S')}Z-{os.getpid()}-{self._seq:03d}"
@@ -398,6 +396,7 @@ class Recorder:
                 path.unlink()
             raise
         self._stream = _Stream(path, final_name(path), fd, key, size=len(self._stream_head))
+        return self._stream
 
     def _roll(self) -> None:
         """Close the file in progress: it joins the streams to convert, and conversion starts now."""
