@@ -591,7 +591,9 @@ class ModelRunner:
             previous = self.status
             self.status = status
             self.status_pv.post(int(status), now)
-            level = logging.INFO if status is ModelStatus.OK or self.model is None else logging.WARNING
+            # Start-up (no model yet, then inputs not yet connected) is not a problem: INFO, not WARNING.
+            starting = previous in (None, ModelStatus.NO_MODEL) and status is ModelStatus.INPUT_INVALID
+            level = logging.INFO if status is ModelStatus.OK or self.model is None or starting else logging.WARNING
             log.log(level, "%s: status %s -> %s: %s", self.config.name,
                     previous.name if previous is not None else "-", status.name, message)
         self._message(message, now)
@@ -601,9 +603,11 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
-        text = clip_message(text)
-        if self.message_pv.value != text:
-            self.message_pv.post(text, now)
+        shown = clip_message(text)
+        if self.message_pv.value != shown:
+            if shown != text:  # the PV holds 39 characters: the whole text goes to the log
+                log.info("%s: MESSAGE %r is short for: %s", self.config.name, shown, text)
+            self.message_pv.post(shown, now)
 
     # ------------------------------------------------------------------ staleness
 
