@@ -286,9 +286,15 @@ class ModelManager:
                         reason="PROMOTE written")
 
     async def _rollback(self, client: ClientInfo, reason: str = "ROLLBACK written") -> None:
+        """Back from what is *served* (not what the pointer names: after a rejected push the pointer
+        names the rejected version), and leave the pointer naming what is then served."""
         async with self._lock:
-            current = self.champion.version if self.champion else None
-            target = await self.loop.run_in_executor(None, self.store.rollback_target)
+            served = self.champion.version if self.champion else None
+
+            def plan() -> tuple[int | None, int | None]:
+                return self.store.champion(), self.store.rollback_target(current=served)
+
+            pointer, target = await self.loop.run_in_executor(None, plan)
             if target is None:
                 self._refuse("rollback", "no earlier champion to roll back to", client)
             model, why = await self._load(target)
@@ -296,9 +302,9 @@ class ModelManager:
                 self._reject(target, stamp(self.store, target), why, client, pointer="rollback")
                 self._refuse("rollback", f"v{target} fails validation", client)
             try:
-                old, new = await self.loop.run_in_executor(
-                    None, lambda: self.store.rollback(expect_champion=current))
-            except StoreConflict as exc:
+                _, new = await self.loop.run_in_executor(
+                    None, lambda: self.store.rollback(expect_champion=pointer, current=served))
+            except StoreConflict as exc:  # someone moved the pointer while the target was validated
                 self._refuse("rollback", f"store changed meanwhile ({exc}); try again", client)
             except (StoreError, OSError) as exc:
                 self._refuse("rollback", str(exc), client)
@@ -307,8 +313,9 @@ class ModelManager:
                 if model is None:
                     self._refuse("rollback", f"v{new}: {why}", client)
             self._serve(model, stamp(self.store, new), f"rolled back to v{new} by {client.user}@{client.host}")
-            log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, old, new, client)
-            self._event("rollback", from_version=old, to_version=new, client=client, reason=reason)
+            log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, served, new, client)
+            fields = {"pointer_was": pointer} if pointer != served else {}
+            self._event("rollback", from_version=served, to_version=new, client=client, reason=reason, **fields)
 
     def fault_streak(self, faults: int, error: str) -> None:
         """``rollback_after_faults`` consecutive failures: roll back without waiting for an operator."""

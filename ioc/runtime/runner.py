@@ -137,6 +137,9 @@ class ModelRunner:
         self.enable_pv.put_handler = self._put_enable
 
         self.model: LoadedModel | None = None
+        # What MESSAGE says when STATUS turns OK: "serving vN", or why this version is served (a start-up
+        # fallback, a rollback), which the first cycle must not wipe out.
+        self._serving_text = ""
         self.challenger: LoadedModel | None = None
         self.challenger_offloader = Offloader(loop, inference.offload, inference.inline_budget_ms,
                                               f"{config.name}-challenger")
@@ -207,6 +210,7 @@ class ModelRunner:
         self._notify_model(model)
         where = "inline" if self.offloader.use_inline(model) else "worker thread"
         text = message or f"loaded v{model.version} ({model.provider.replace('ExecutionProvider', '')})"
+        self._serving_text = message or f"serving v{model.version}"
         log.info("%s: serving v%s on %s, %s (warm-up median %.3f ms, p99 %.3f ms)", self.config.name,
                  model.version, model.provider, where, model.warm_median_ms, model.warm_p99_ms)
         self._message(text, now)
@@ -415,7 +419,8 @@ class ModelRunner:
                 self.latencies.append(elapsed)
             self.last_ok_timestamp = ts
             if self.status is not ModelStatus.OK:
-                self._set_status(ModelStatus.OK, f"serving v{model.version}", self.clock())
+                text = self._serving_text if model is self.model else f"serving v{model.version}"
+                self._set_status(ModelStatus.OK, text, self.clock())
             if self.cycle_listeners:
                 self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
             if self.challenger is not None:

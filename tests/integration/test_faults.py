@@ -58,6 +58,32 @@ def test_a_model_failing_at_run_time_is_a_fault_and_is_rolled_back_automatically
     assert "rolling back automatically" in ioc.output()
 
 
+def test_auto_rollback_after_a_rejected_push_goes_back_from_what_is_served(tmp_path, launch, ca, prefix):
+    """v2 (sqrt) served, then a corrupt v3 pushed as champion (rejected, pointer left on it): the automatic
+    rollback still goes back from what is served, v2 -> v1, and the pointer ends up on v1."""
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    served = sqrt_version(store, "champion")
+    ioc = launch.ioc(_config(tmp_path, prefix, rollback_after_faults=3))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(2.0) and u.severity == 0)  # sqrt(4)
+    message = ca.monitor(f"{prefix}MESSAGE")
+    mark = message.mark()
+    bad = _linear(store, 5.0)
+    store.onnx_path(bad).write_bytes(b"not an onnx file")
+    store.write_pointer("champion", bad)
+    message.wait_for(lambda u: u.value.startswith(f"rejected v{bad}"), since=mark)
+    mark = out.mark()
+    for value in (-1.0, -4.0, -9.0):
+        ca.put(f"{prefix}IN:a", value)  # sqrt(negative) = NaN: the served model fails
+    ca.monitor(f"{prefix}CHAMPION").wait_for(lambda u: u.value == "1", timeout=10)
+    out.wait_for(lambda u: u.value == pytest.approx(-27.0) and u.severity == 0, since=mark)  # 3 * -9
+    assert store.champion() == 1
+    auto = [e for e in store.events() if e["action"] == "rollback"]
+    assert auto and (auto[-1]["from_version"], auto[-1]["to_version"]) == (served, 1)
+    assert "automatic rollback impossible" not in ioc.output()
+
+
 def test_without_auto_rollback_faults_are_counted_and_the_ioc_keeps_serving(tmp_path, launch, ca, prefix):
     import urllib.request
 

@@ -225,9 +225,42 @@ def test_startup_with_a_broken_champion_falls_back_to_the_previous_one(setup, tm
     store.write_pointer("champion", bad)  # history: [1]
     launch.ioc(config())
     assert ca.monitor(f"{p}CHAMPION").wait_for(lambda u: u.value == "1").value == "1"
+    ca.monitor(f"{p}OUT:y0").wait_for(lambda u: u.value == pytest.approx(1.0) and u.severity == 0)
     assert ca.get(f"{p}STATUS", as_string=True) == "OK"
+    # The first cycles (STATUS NO_MODEL -> OK) must not wipe out why an older version is served.
+    assert ca.get(f"{p}MESSAGE") == f"v{bad} rejected; serving v1"
     assert store.champion() == bad  # the pointer is left for a human to fix
     assert [e["action"] for e in store.events()][-2:] == ["rejected", "fallback"]
+
+
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+def test_rollback_after_a_rejected_push_goes_back_from_what_is_served(setup, tmp_path, launch, ca, pva, protocol):
+    """v2 served, a corrupt v3 pushed as champion and rejected: ROLLBACK goes from v2 (served) to v1, and
+    the pointer ends up naming what is served."""
+    store, config, p = setup
+    ioc = launch.ioc(config())
+    champion = ca.monitor(f"{p}CHAMPION")
+    champion.wait_for(lambda u: u.value == "1")
+    n2 = publish(store, tmp_path, 2.0, "champion")
+    champion.wait_for(lambda u: u.value == str(n2))
+    message = ca.monitor(f"{p}MESSAGE")
+    mark = message.mark()
+    bad = _corrupt(store, tmp_path, "flip")
+    store.write_pointer("champion", bad)
+    message.wait_for(lambda u: u.value.startswith(f"rejected v{bad}"), since=mark)
+    assert ca.get(f"{p}CHAMPION") == str(n2) and store.champion() == bad
+    mark = champion.mark()
+    if protocol == "ca":
+        ca.put(f"{p}ROLLBACK", 1)
+    else:
+        pva(ioc).put(f"{p}ROLLBACK", 1)  # raises if the IOC refuses
+    champion.wait_for(lambda u: u.value == "1", since=mark, timeout=5)
+    assert ca.get_full(f"{p}OUT:y0").value == pytest.approx(1.0)
+    assert store.champion() == 1  # the pointer names what is served
+    rollback = [e for e in store.events() if e["action"] == "rollback"][-1]
+    assert (rollback["from_version"], rollback["to_version"]) == (n2, 1)
+    assert not [e for e in store.events() if e["action"] == "rollback-refused"]
+    assert ca.get(f"{p}MESSAGE").startswith("rolled back to v1")
 
 
 @pytest.mark.slow
