@@ -54,7 +54,7 @@ class ModelManager:
     def __init__(self, runner: ModelRunner, store: ModelStore, inference: InferenceConfig,
                  loop: asyncio.AbstractEventLoop, *, poll_s: float = 0.5,
                  on_result: Callable[[str, str], None] | None = None,
-                 refresh: Callable[[bool], Any] | None = None):
+                 refresh: Callable[[bool], list[str] | None] | None = None):
         self.runner = runner
         self.store = store
         self.inference = inference
@@ -110,7 +110,9 @@ class ModelManager:
         """Bring the runner in line with the store's pointers."""
         if self.refresh is not None and not (initial and await self._has_local_champion()):
             # Outside the lock: a slow registry must not hold up PROMOTE / ROLLBACK.
-            await self.loop.run_in_executor(None, self.refresh, force)
+            for problem in await self.loop.run_in_executor(None, self.refresh, force) or ():
+                self.runner.note(problem)  # e.g. a registry version that cannot be mirrored
+                self.on_result(self.name, "rejected")
         async with self._lock:
             try:
                 champion, challenger = await self.loop.run_in_executor(None, self._read_pointers)
