@@ -17,6 +17,7 @@ Exported (labels in braces):
 - ``mlioc_model_up{model}``: 1 while STATUS is OK
 - ``mlioc_model_info{model,version,sha256,provider}``: the served version (value 1)
 - ``mlioc_last_inference_timestamp_seconds{model}``: input time of the last successful inference
+- ``mlioc_shadow_cycles_skipped_total{model}``: challenger cycles skipped while its previous one ran
 - ``mlioc_input_age_seconds{model,input}``: seconds since each input's own timestamp
 - ``mlioc_drift_score{model}`` / ``mlioc_input_drift_score{model,input}``: drift, as $(P)DRIFT / DRIFT:<input>
 - ``mlioc_model_reloads_total{model,result}``: store reloads by result
@@ -65,6 +66,9 @@ class Metrics:
         self.missed = Counter("mlioc_missed_cycles_total",
                               "Triggers dropped (coalesced into one already waiting), or scan ticks skipped",
                               ["model"], registry=r)
+        self.shadow_skipped = Counter(
+            "mlioc_shadow_cycles_skipped_total",
+            "Challenger (shadow) cycles skipped because its previous one was still running", ["model"], registry=r)
         self.input_age = Gauge("mlioc_input_age_seconds",
                                "Seconds since the timestamp of each input's latest value (at collection time)",
                                ["model", "input"], registry=r)
@@ -123,6 +127,7 @@ class Metrics:
                 self._advance(self.cycles.labels(model, outcome), ("cycles", model, outcome), total)
         # labels() creates the series at 0, so "no missed cycle" is visible
         self._advance(self.missed.labels(model), ("missed", model), stats.overruns)
+        self._advance(self.shadow_skipped.labels(model), ("shadow_skipped", model), stats.shadow_skipped)
         if stats.last_ok_timestamp:
             self.last_inference.labels(model).set(stats.last_ok_timestamp)
         self.up.labels(model).set(1 if stats.status is ModelStatus.OK else 0)

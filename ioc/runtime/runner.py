@@ -60,6 +60,7 @@ class CycleStats:
     overruns: int  # missed cycles since start
     last_ok_timestamp: float
     status: ModelStatus | None
+    shadow_skipped: int = 0  # challenger cycles skipped since start: its previous one was still running
 
 
 CycleListener = Callable[[CycleRecord], None]
@@ -150,6 +151,7 @@ class ModelRunner:
         self.status: ModelStatus | None = None
         self.count = 0  # triggered cycles
         self.overruns = 0  # triggers dropped: a cycle was running and another trigger already waited
+        self.shadow_skipped = 0  # challenger cycles skipped: the previous one was still running
         self.run_on_input_change = False  # set by the model's trigger (ioc.runtime.triggers): on_change
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
@@ -362,10 +364,10 @@ class ModelRunner:
             self.offloader.note_inline_time(model, elapsed)
             self._finish(model, snapshot, result, error, elapsed)
         else:
-            self.in_flight = True
             values = snapshot.values
-            self.offloader.submit(lambda: model.run(values),
-                                  lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
+            # One cycle in flight at a time (in_flight), so the offloader is free unless it is closed.
+            self.in_flight = self.offloader.submit(lambda: model.run(values),
+                                                   lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
         if self._has_max_age:
             self._arm_stale_timer()
 
@@ -483,9 +485,10 @@ class ModelRunner:
             self._finish_challenger(challenger, snapshot, champion_values, result, error)
         else:
             values = snapshot.values
-            self.challenger_offloader.submit(
-                lambda: challenger.run(values),
-                lambda r, e, dt: self._finish_challenger(challenger, snapshot, champion_values, r, e))
+            if not self.challenger_offloader.submit(
+                    lambda: challenger.run(values),
+                    lambda r, e, dt: self._finish_challenger(challenger, snapshot, champion_values, r, e)):
+                self.shadow_skipped += 1  # a shadow never queues behind itself: it skips this snapshot
 
     def _finish_challenger(self, challenger: LoadedModel, snapshot: Snapshot, champion_values: list[float],
                            result, error) -> None:
@@ -554,7 +557,8 @@ class ModelRunner:
         the one place statistics leave the runner, at stats_hz, off the latency-critical path."""
         latencies, self.latencies = self.latencies, []
         return CycleStats(latencies=latencies, outcomes=dict(self.outcomes), count=self.count,
-                          overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status)
+                          overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status,
+                          shadow_skipped=self.shadow_skipped)
 
     def publish_stats(self, stats: CycleStats) -> None:
         """Post LATENCY (mean ms over the window), RATE (cycles/s) and COUNT; called at stats_hz."""

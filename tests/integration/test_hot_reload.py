@@ -18,8 +18,10 @@ import pytest
 
 from ioc.core.store import ModelStore, sha256_file
 from tests.support.configs import model, write_config
+from tests.support.metrics import parse, samples
+from tests.support.models import manifest_for, slow_model, version_files
 from tests.support.models import publish_version as publish
-from tests.support.models import version_files
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,3 +302,33 @@ def test_100hz_across_50_reloads_misses_no_cycle_and_never_mixes_models(setup, t
         assert u.value == pytest.approx(1.0) and u.version in versions
     assert reloads_done - t0 < 60
     assert ioc.proc.poll() is None
+
+
+def _metric(ioc, name: str, model: str = "lin") -> float:
+    values = [s.value for s in samples(parse(_metrics(ioc)), name) if s.labels.get("model") == model]
+    return values[0] if values else float("nan")
+
+
+def test_a_slow_challenger_skips_shadow_cycles_and_the_ioc_still_stops_cleanly(setup, launch, ca):
+    """A fast champion at 200 Hz with a challenger that takes tens of ms: shadow cycles are skipped (and
+    counted) while one is in flight instead of queueing without bound, the champion keeps its rate, and
+    SIGTERM exits 0 with no worker left inside ONNX Runtime."""
+    import numpy as np
+
+    store, config, p = setup
+    xs = np.array([[1.0, 2.0], [3.0, -1.0]])
+    slow = store.add_version(slow_model(2, 2, size=1024),
+                             manifest_for(["a", "b"], ["y0", "y1"], test_inputs=xs, test_outputs=xs, model="lin"))
+    store.write_pointer("challenger", slow)
+    ioc = launch.ioc(config(trigger={"scan_hz": 200}))
+    ca.monitor(f"{p}CHALLENGER:OUT:y0").wait_for(lambda u: u.value == pytest.approx(1.0) and u.severity == 0,
+                                                 timeout=30)
+    ca.monitor(f"{p}RATE").wait_for(lambda u: u.value > 150, timeout=10)  # the champion keeps its rate
+    skipped = "mlioc_shadow_cycles_skipped_total"
+    wait_until(lambda: _metric(ioc, skipped) > 100, 15, what="skipped shadow cycles counted",
+               describe=lambda: str(_metric(ioc, skipped)))
+    assert ca.get(f"{p}STATUS", as_string=True) == "OK"
+    t0 = time.monotonic()
+    assert ioc.stop() == 0
+    assert time.monotonic() - t0 < 5
+    assert "terminate called" not in ioc.output()
