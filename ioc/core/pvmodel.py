@@ -13,6 +13,7 @@ access policy, coerces the value, calls the PV's put handler and audits the acti
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
@@ -466,7 +467,9 @@ class PVDatabase:
 
         Raises :class:`PutRejected` (or :class:`AccessDenied`) with a message for the client.
         The handler may return an awaitable for work that has to wait (e.g. loading a model);
-        the adapter completes the client's put when it finishes.
+        the adapter completes the client's put when it finishes. Such a write is audited when it
+        is decided, i.e. when the awaitable returned here completes: refused (with the reason) if it
+        raises, accepted otherwise.
         """
         pv = self._pvs[name]
         spec = pv.spec
@@ -483,18 +486,36 @@ class PVDatabase:
                     raise PutRejected(f"{coerced} outside control limits [{lo}, {hi}]")
             result = pv.put_handler(pv, coerced, client)
         except PutRejected as exc:
-            audit_log.warning(
-                "put %s %r -> %r by %s@%s (%s %s) refused: %s",
-                name, old, value, client.user, client.host, client.protocol, client.address, exc,
-                extra={"pv": name, "old": old, "new": value, "user": client.user, "host": client.host,
-                       "protocol": client.protocol, "accepted": False, "reason": str(exc)},
-            )
+            _audit(name, old, value, client, str(exc))
             raise
+        if inspect.isawaitable(result):
+            return _audited(result, name, old, coerced, client, spec.audit)
         if spec.audit:
-            audit_log.info(
-                "put %s %r -> %r by %s@%s (%s %s) accepted",
-                name, old, coerced, client.user, client.host, client.protocol, client.address,
-                extra={"pv": name, "old": old, "new": coerced, "user": client.user, "host": client.host,
-                       "protocol": client.protocol, "accepted": True},
-            )
+            _audit(name, old, coerced, client)
         return result
+
+
+def _audit(name: str, old: Any, new: Any, client: ClientInfo, refused: str | None = None) -> None:
+    """One line on ``mlioc.audit``: a refused write (any PV, WARNING) or an accepted audited one (INFO)."""
+    extra = {"pv": name, "old": old, "new": new, "user": client.user, "host": client.host,
+             "protocol": client.protocol, "address": client.address, "accepted": refused is None}
+    where = f"put {name} {old!r} -> {new!r} by {client.user}@{client.host} ({client.protocol} {client.address})"
+    if refused is None:
+        audit_log.info("%s accepted", where, extra=extra)
+    else:
+        audit_log.warning("%s refused: %s", where, refused, extra={**extra, "reason": refused})
+
+
+async def _audited(result: Awaitable[Any], name: str, old: Any, new: Any, client: ClientInfo,
+                   audit: bool) -> None:
+    """Complete a write whose handler returned an awaitable, and audit what it came to."""
+    try:
+        await result
+    except PutRejected as exc:
+        _audit(name, old, new, client, str(exc))
+        raise
+    except Exception as exc:
+        _audit(name, old, new, client, f"failed: {type(exc).__name__}: {exc}")
+        raise
+    if audit:
+        _audit(name, old, new, client)

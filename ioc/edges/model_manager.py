@@ -63,6 +63,8 @@ class ModelManager:
         self.on_result = on_result or (lambda model, result: None)
         self.refresh = refresh  # e.g. mirror an MLflow registry alias into the store (blocking; run off-loop)
         self.name = runner.config.name
+        # Whether the store's events.jsonl could be written (error text or None): the app raises $(P)AUDIT.
+        self.audit_health: Callable[[str | None], None] = lambda error: None
         self.champion: Stamp | None = None
         self.challenger: Stamp | None = None
         self._rejected: dict[int, Stamp | None] = {}
@@ -236,8 +238,11 @@ class ModelManager:
             fields.update(user=client.user, host=client.host, protocol=client.protocol)
         try:
             self.store.append_event(action, model=self.name, **fields)
-        except OSError as exc:  # a full or read-only disk must not stop serving
+        except OSError as exc:  # a full or read-only disk must not stop serving, but must be seen
             log.error("%s: cannot write %s: %s", self.name, self.store.events_path, exc)
+            self.audit_health(exc.strerror or str(exc))
+        else:
+            self.audit_health(None)
 
     # ------------------------------------------------------------------ control PVs
 

@@ -124,7 +124,7 @@ def test_alarm_config_validates_and_names_only_served_pvs(drift_demo, ca, tmp_pa
     component = doc.getroot().find("component")
     assert component.get("name") == "beam"
     alarm_pvs = [pv.get("name") for pv in component.iter("pv")]
-    assert alarm_pvs == [f"{p}DRIFT", f"{p}DRIFT:OUT", f"{p}STATUS", f"{p}OUT:sigma_x", f"{p}RMSE:sigma_x",
+    assert alarm_pvs == [f"{p}DRIFT", f"{p}DRIFT:OUT", f"{p}STATUS", f"{p}AUDIT", f"{p}OUT:sigma_x", f"{p}RMSE:sigma_x",
                          f"{p}OUT:sigma_y"]
     for pv in component.iter("pv"):
         assert pv.findtext("description") and pv.findtext("guidance/details")

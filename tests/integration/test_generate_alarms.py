@@ -61,8 +61,9 @@ def test_autoencoder_gets_an_anomaly_alarm_and_a_model_without_drift_only_its_he
     (path,) = generate(load_config(config), tmp_path / "out")
     doc = _validate(path)
     ae, plain = doc.getroot().findall("component")
-    assert [pv.get("name") for pv in ae.iter("pv")] == ["AE:DRIFT", "AE:DRIFT:OUT", "AE:ANOMALY", "AE:STATUS"]
-    assert [pv.get("name") for pv in plain.iter("pv")] == ["PL:STATUS", "PL:OUT:y"]
+    assert [pv.get("name") for pv in ae.iter("pv")] == ["AE:DRIFT", "AE:DRIFT:OUT", "AE:ANOMALY", "AE:STATUS",
+                                                        "AE:AUDIT"]
+    assert [pv.get("name") for pv in plain.iter("pv")] == ["PL:STATUS", "PL:AUDIT", "PL:OUT:y"]
     anomaly = ae.find("pv[@name='AE:ANOMALY']")
     assert anomaly.findtext("latching") == "true" and anomaly.findtext("delay") == "0"
     status = plain.find("pv[@name='PL:STATUS']")

@@ -206,6 +206,55 @@ def test_actions_that_cannot_be_done_are_refused_with_a_reason(setup, launch, ca
     assert ioc.proc.poll() is None
 
 
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+def test_a_refused_action_is_audited_as_refused_with_the_reason(setup, tmp_path, launch, ca, pva, protocol):
+    store, config, p = setup
+    ioc = launch.ioc(config())
+    ca.monitor(f"{p}CHAMPION").wait_for(lambda u: u.value == "1")
+    if protocol == "ca":
+        ca.put(f"{p}ROLLBACK", 1)
+    else:
+        with pytest.raises(Exception, match="rollback refused"):
+            pva(ioc).put(f"{p}ROLLBACK", 1)
+    line = ioc.wait_for_line(f"put {p}ROLLBACK")
+    assert f"({protocol} " in line and "refused: rollback refused: no earlier champion" in line
+    ca.put(f"{p}RELOAD", 1)  # an action that succeeds: audited as accepted once it is done
+    assert "accepted" in ioc.wait_for_line(f"put {p}RELOAD")
+    audit = [json.loads(x) for x in (tmp_path / ".mlioc-state" / "audit.jsonl").read_text().splitlines()]
+    assert [(a["pv"], a["accepted"]) for a in audit] == [(f"{p}ROLLBACK", False), (f"{p}RELOAD", True)]
+    assert audit[0]["reason"] == "rollback refused: no earlier champion to roll back to"
+    assert audit[0]["protocol"] == protocol and audit[0]["user"] and audit[0]["host"]
+
+
+def test_audit_lines_that_cannot_be_written_raise_an_alarm(setup, tmp_path, launch, ca, pva):
+    store, config, p = setup
+    state = tmp_path / ".mlioc-state"
+    (state / "audit.jsonl").mkdir(parents=True)  # a directory where the audit file goes: every append fails
+    ioc = launch.ioc(config())
+    audit = ca.monitor(f"{p}AUDIT")
+    audit.wait_for(lambda u: u.value == 0)
+    ca.put(f"{p}ENABLE", 0)
+    fault = audit.wait_for(lambda u: u.value == 1)
+    assert fault.severity == 2  # MAJOR
+    assert ca.get(f"{p}MESSAGE").startswith("audit: audit.jsonl: ")
+    (state / "audit.jsonl").rmdir()
+    mark = audit.mark()
+    ca.put(f"{p}ENABLE", 1)
+    audit.wait_for(lambda u: u.value == 0 and u.severity == 0, since=mark)
+    assert json.loads((state / "audit.jsonl").read_text())["new"] == 1
+    # The store's events.jsonl is part of the trail too.
+    store.events_path.unlink()
+    store.events_path.mkdir()
+    mark = audit.mark()
+    ca.put(f"{p}RELOAD", 1)
+    audit.wait_for(lambda u: u.value == 1, since=mark)
+    assert pva(ioc).get(f"{p}AUDIT")["alarm.message"].endswith("events.jsonl: Is a directory")
+    store.events_path.rmdir()
+    mark = audit.mark()
+    ca.put(f"{p}RELOAD", 1)
+    audit.wait_for(lambda u: u.value == 0, since=mark)
+
+
 def test_reload_pv_rescans_now_and_retries_a_rejected_version(setup, tmp_path, launch, ca):
     store, config, p = setup
     # A slow poll: only RELOAD can make the IOC look before a minute has passed.

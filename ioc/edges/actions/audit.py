@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ class AuditLog:
         self._handle: asyncio.TimerHandle | None = None
         self._warned = False
         self._closed = False
+        # Each append's outcome (error text or None), from the writer thread: the app raises $(P)AUDIT.
+        self.on_health: Callable[[str | None], None] = lambda error: None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None or self._closed:
@@ -67,6 +70,12 @@ class AuditLog:
             if not self._warned:
                 self._warned = True
                 log.error("cannot write the actions audit log %s: %s", self.path, exc)
+            self.on_health(exc.strerror or str(exc))
+            return
+        if self._warned:
+            self._warned = False
+            log.warning("actions audit log %s written again", self.path)
+        self.on_health(None)
 
     def close(self) -> None:
         if self._handle is not None:
