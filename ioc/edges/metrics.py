@@ -14,6 +14,9 @@ Exported (labels in braces):
 - ``mlioc_inference_duration_seconds{model}`` histogram: time in ONNX Runtime per cycle
 - ``mlioc_cycles_total{model,outcome}``: inference requests by outcome (ok, disabled, no_model,
   input_invalid, fault)
+- ``mlioc_cycle_lateness_seconds{model}`` histogram: how long after its tick each scan cycle started
+- ``mlioc_missed_cycles_total{model}``: scan cycles started more than one period late, ticks skipped,
+  triggers coalesced
 - ``mlioc_model_up{model}``: 1 while STATUS is OK
 - ``mlioc_model_info{model,version,sha256,provider}``: the served version (value 1)
 - ``mlioc_last_inference_timestamp_seconds{model}``: input time of the last successful inference
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlioc.metrics")
 
 LATENCY_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0)
+LATENESS_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class Metrics:
@@ -64,8 +68,11 @@ class Metrics:
                                 ["model", "version", "sha256", "provider"], registry=r)
         self.up = Gauge("mlioc_model_up", "1 when the model's STATUS is OK", ["model"], registry=r)
         self.missed = Counter("mlioc_missed_cycles_total",
-                              "Triggers dropped (coalesced into one already waiting), or scan ticks skipped",
-                              ["model"], registry=r)
+                              "Scan cycles started more than one period after their tick, scan ticks skipped, "
+                              "triggers coalesced into one already waiting", ["model"], registry=r)
+        self.lateness = Histogram(
+            "mlioc_cycle_lateness_seconds", "How long after its tick each scan cycle started", ["model"],
+            buckets=LATENESS_BUCKETS, registry=r)
         self.shadow_skipped = Counter(
             "mlioc_shadow_cycles_skipped_total",
             "Challenger (shadow) cycles skipped because its previous one was still running", ["model"], registry=r)
@@ -121,6 +128,10 @@ class Metrics:
         histogram = self.inference_seconds.labels(model)
         for seconds in stats.latencies:
             histogram.observe(seconds)
+        if stats.lateness or runner.scan_period is not None:
+            late = self.lateness.labels(model)  # created at 0 for a scanned model: "never late" is visible
+            for seconds in stats.lateness:
+                late.observe(seconds)
         for status, total in stats.outcomes.items():
             if total:
                 outcome = status.name.lower()

@@ -19,7 +19,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,6 +61,7 @@ class CycleStats:
     last_ok_timestamp: float
     status: ModelStatus | None
     shadow_skipped: int = 0  # challenger cycles skipped since start: its previous one was still running
+    lateness: list[float] = field(default_factory=list)  # s each scan cycle started after its tick, since last
 
 
 CycleListener = Callable[[CycleRecord], None]
@@ -150,7 +151,12 @@ class ModelRunner:
         self._disabled_text = "disabled"
         self.status: ModelStatus | None = None
         self.count = 0  # triggered cycles
-        self.overruns = 0  # triggers dropped: a cycle was running and another trigger already waited
+        # Missed cycles: a scan cycle that started more than one period after its tick, a tick the scan gave
+        # up on, a trigger coalesced into one already waiting behind a cycle in flight.
+        self.overruns = 0
+        self.scan_period: float | None = None  # set by a scan trigger: what "late" means
+        self.lateness: list[float] = []  # seconds each scan cycle started after its tick (drained at stats_hz)
+        self._pending_due: float | None = None  # the tick of the triggered cycle waiting behind one in flight
         self.shadow_skipped = 0  # challenger cycles skipped: the previous one was still running
         self.run_on_input_change = False  # set by the model's trigger (ioc.runtime.triggers): on_change
         self.cycle_listeners: list[CycleListener] = []
@@ -326,11 +332,12 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ cycles
 
-    def run_cycle(self, triggered: bool = True) -> None:
+    def run_cycle(self, triggered: bool = True, due: float | None = None) -> None:
         """Take a snapshot and run the model on it (or publish why the outputs are invalid).
 
         ``triggered`` cycles (scan tick, input change, trigger PV) are counted in COUNT; extra
-        passes (a lost source, a stale input, ENABLE, a model swap) only re-evaluate.
+        passes (a lost source, a stale input, ENABLE, a model swap) only re-evaluate. ``due`` is a scan
+        tick's time on the loop clock: a cycle starting more than ``scan_period`` after it is missed.
         """
         if self._closed:
             return
@@ -340,12 +347,16 @@ class ModelRunner:
             if triggered:
                 if self._pending_trigger:
                     self.overruns += 1
+                else:
+                    self._pending_due = due
                 self._pending_trigger = True
             self._again = True
             return
         now = self.clock()
         if triggered:
             self.count += 1
+            if due is not None:
+                self._note_lateness(self.loop.time() - due)
         snapshot = self._snapshot(now)
         model = self.model
         if not self.enabled:
@@ -440,12 +451,19 @@ class ModelRunner:
             self._notify(CycleRecord(snapshot.timestamp, snapshot.values, None, status, version, 0.0, message))
         self._run_again_if_asked()
 
+    def _note_lateness(self, late: float) -> None:
+        if len(self.lateness) < 100_000:  # drained at stats_hz; bounded if nobody drains it
+            self.lateness.append(late)
+        if self.scan_period is not None and late > self.scan_period:
+            self.overruns += 1
+
     def _run_again_if_asked(self) -> None:
         """After a cycle: run the one asked for while it was in flight (counted if a trigger asked)."""
         if self._again:
             self._again = False
             triggered, self._pending_trigger = self._pending_trigger, False
-            self.loop.call_soon(self.run_cycle, triggered)
+            due, self._pending_due = self._pending_due, None
+            self.loop.call_soon(self.run_cycle, triggered, due)
 
     def _notify_model(self, model: LoadedModel | None) -> None:
         for listener in self.model_listeners:
@@ -556,9 +574,10 @@ class ModelRunner:
         """What happened since the last call (latencies) and in total (outcomes, cycles, overruns):
         the one place statistics leave the runner, at stats_hz, off the latency-critical path."""
         latencies, self.latencies = self.latencies, []
+        lateness, self.lateness = self.lateness, []
         return CycleStats(latencies=latencies, outcomes=dict(self.outcomes), count=self.count,
                           overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status,
-                          shadow_skipped=self.shadow_skipped)
+                          shadow_skipped=self.shadow_skipped, lateness=lateness)
 
     def publish_stats(self, stats: CycleStats) -> None:
         """Post LATENCY (mean ms over the window), RATE (cycles/s) and COUNT; called at stats_hz."""

@@ -177,6 +177,45 @@ def test_an_input_storm_ten_times_the_scan_rate_is_absorbed(tmp_path, launch, ca
     assert all(u.severity == 0 for u in out.updates[m_out:])
 
 
+def test_a_stalled_ioc_counts_late_scan_cycles_as_missed_and_exports_their_lateness(tmp_path, launch, ca, prefix):
+    """The IOC process stopped for 0.5 s (SIGSTOP: what a VM pause or a swap storm does), less than the
+    scan's 1 s give-up: the ticks due meanwhile run late, and each more than one period late is a missed
+    cycle; the lateness histogram and a client's update gap show the same stall."""
+    import itertools
+    import signal
+    import time
+
+    from tests.support.metrics import histogram, samples, scrape
+
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    ioc = launch.ioc(write_config(tmp_path / "ioc.yaml",
+                                  model(prefix, trigger={"scan_hz": 10}, inputs=[{"name": "a", "initial": 4.0}],
+                                        outputs=[{"name": "y", "mdel": -1}]),
+                                  ioc={"stats_hz": 5}, protocols=("ca",)))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+
+    def missed() -> float:
+        return next(s.value for s in samples(scrape(ioc.ports.metrics), "mlioc_missed_cycles_total")
+                    if s.labels["model"] == "m")
+
+    ca.monitor(f"{prefix}COUNT").wait_for(lambda u: u.value >= 5)  # metrics collected at least once
+    before = missed()
+    mark = out.mark()
+    ioc.signal(signal.SIGSTOP)
+    time.sleep(0.5)  # the fault itself: how long the process is stopped
+    ioc.signal(signal.SIGCONT)
+    out.wait_count(mark + 10, timeout=10)
+    wait_until(lambda: missed() - before >= 3, 5, what="late ticks counted", describe=lambda: str(missed() - before))
+    assert missed() - before <= 6
+    arrivals = [u.received for u in out.updates[mark - 1:]]
+    assert max(b - a for a, b in itertools.pairwise(arrivals)) >= 0.4  # the client saw the stall as one gap
+    buckets = histogram(scrape(ioc.ports.metrics), "mlioc_cycle_lateness_seconds", "m")
+    assert buckets[float("inf")] - buckets[0.2] >= 2  # ticks that ran more than 0.2 s late
+    assert ioc.proc.poll() is None
+
+
 def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix):
     store = ModelStore(tmp_path / "store")
     _linear(store, 3.0, "champion")

@@ -270,3 +270,35 @@ async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_secon
         await asyncio.sleep(0.01)
     assert runner.count - count0 == 2 and len(ok) == 3  # two cycles ran and counted, one was missed
     runner.close()
+
+
+async def test_a_scan_tick_run_later_than_one_period_is_a_missed_cycle(tmp_path):
+    """A stall of the loop shorter than the scan's 1 s give-up: its ticks are caught up, but each one that
+    ran more than one period after it was due counts as missed, and every tick's lateness is kept."""
+    from ioc.runtime.triggers import ScanTrigger
+
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    stalled = asyncio.Event()
+    cycles = []
+
+    def listener(record):
+        cycles.append(record)
+        if len(cycles) == 5 and not stalled.is_set():
+            stalled.set()
+            time.sleep(0.3)  # something on the loop thread holds it for 0.3 s (6 periods at 20 Hz)
+
+    runner.cycle_listeners.append(listener)
+    trigger = ScanTrigger(runner, 20.0)
+    trigger.start()
+    await stalled.wait()
+    count = runner.count
+    while runner.count < count + 10:
+        await asyncio.sleep(0.01)
+    await trigger.stop()
+    assert 4 <= runner.overruns <= 7  # the ticks due during the stall ran > 50 ms late
+    lateness = runner.take_stats().lateness
+    assert len(lateness) >= 10 and max(lateness) >= 0.25
+    assert sum(1 for x in lateness if x > 0.05) == runner.overruns
+    runner.close()
