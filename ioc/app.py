@@ -28,7 +28,7 @@ from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
 from ioc.edges.recorder import Recorder, RecorderError
 from ioc.edges.registry_mirror import RegistryMirror
-from ioc.edges.sources import make_source
+from ioc.edges.sources import BUDGET, make_source
 from ioc.protocols.ca_server import CaServer
 from ioc.protocols.pva_server import PvaServer
 from ioc.runtime.monitor import ModelMonitor
@@ -249,6 +249,7 @@ class Ioc:
                 self.metrics.collect(runner, stats)
             for controller in self.actions:
                 self.metrics.collect_actions(controller)
+            self.metrics.collect_sources(BUDGET.held_back_s)
 
     async def stop(self) -> None:
         for manager in self.managers:

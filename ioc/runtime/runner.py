@@ -62,6 +62,8 @@ class CycleStats:
     status: ModelStatus | None
     shadow_skipped: int = 0  # challenger cycles skipped since start: its previous one was still running
     lateness: list[float] = field(default_factory=list)  # s each scan cycle started after its tick, since last
+    input_updates: int = 0  # source updates handed to the runner, since start
+    input_coalesced: int = 0  # of those, replaced by a newer value of the same input before being applied
 
 
 CycleListener = Callable[[CycleRecord], None]
@@ -577,7 +579,8 @@ class ModelRunner:
         lateness, self.lateness = self.lateness, []
         return CycleStats(latencies=latencies, outcomes=dict(self.outcomes), count=self.count,
                           overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status,
-                          shadow_skipped=self.shadow_skipped, lateness=lateness)
+                          shadow_skipped=self.shadow_skipped, lateness=lateness,
+                          input_updates=self.feed.received, input_coalesced=self.feed.coalesced)
 
     def publish_stats(self, stats: CycleStats) -> None:
         """Post LATENCY (mean ms over the window), RATE (cycles/s) and COUNT; called at stats_hz."""

@@ -216,6 +216,58 @@ def test_a_stalled_ioc_counts_late_scan_cycles_as_missed_and_exports_their_laten
     assert ioc.proc.poll() is None
 
 
+def test_an_input_storm_faster_than_the_ioc_can_post_is_coalesced(tmp_path, launch, ca, prefix):
+    """A real EPICS C IOC publishes its record as fast as it can process it (far more updates than the
+    IOC can post or even receive): the IOC keeps only the newest value of the input, counts what it
+    coalesced, keeps its scan rate and answers its clients, and shows the source's last value once the
+    backlog in the network between them has drained."""
+    import time
+
+    from tests.support.metrics import samples, scrape
+    from tests.support.procs import ROOT, ServerProcess, server_env
+
+    src = f"{prefix}SRC:"
+    ports = launch.pool.take()
+    storm = ServerProcess([str(ROOT / "tests" / "data" / "storm.db"), f"P={src}"],
+                          server_env(ports, f"127.0.0.1:{ports.ca}"), "storm", module="tests.support.cioc")
+    storm.ports = ports
+    launch.started.append(storm)
+    storm.start()
+    storm.wait_for_line("CIOC READY", timeout=30)
+    ca.put(f"{src}RUN", 0)  # one quiet processing: A = -1, valid (see storm.db)
+    assert ca.get_full(f"{src}A").severity == 0
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 2.0, "champion")
+    ioc = launch.ioc(write_config(tmp_path / "ioc.yaml",
+                                  model(prefix, trigger={"scan_hz": 10},
+                                        inputs=[{"name": "a", "source": f"ca://{src}A"}], outputs=["y"]),
+                                  ioc={"stats_hz": 5}, protocols=("ca",)), sources=[storm])
+    in_a = ca.monitor(f"{prefix}IN:a")
+    ca.monitor(f"{prefix}OUT:y").wait_for(lambda u: u.severity == 0, timeout=15)
+    count = ca.pv(f"{prefix}COUNT", auto_monitor=False)
+    mark_in, count0 = in_a.mark(), count.get(use_monitor=False)
+    first = mark_in
+    ca.put(f"{src}RUN", 1, wait=False)
+    time.sleep(3.0)  # the storm's duration
+    during_in, count1 = in_a.updates[mark_in:], count.get(use_monitor=False, timeout=5)
+    mark_in = in_a.mark()
+    ca.put(f"{src}RUN", 0, wait=False)
+    stopped = time.monotonic()
+    final = in_a.wait_for(lambda u: u.value == -1.0, timeout=30, since=mark_in)
+    # While it stormed the IOC kept posting the input's newest value, kept its scan and answered a get...
+    assert len([u for u in during_in if u.value > 0]) >= 10, during_in[-3:]
+    assert 20 <= count1 - count0 <= 40  # ~30 cycles in 3 s at 10 Hz (COUNT is published at 5 Hz)
+    # ... and the source's last value arrived once the socket buffers between the two had drained.
+    assert final.received - stopped < 15.0
+    assert not [u for u in in_a.updates[first:] if u.severity == 3]  # never disconnected, never invalid
+    families = scrape(ioc.ports.metrics)
+    received = next(s.value for s in samples(families, "mlioc_input_updates_total") if s.labels["model"] == "m")
+    coalesced = next(s.value for s in samples(families, "mlioc_input_updates_coalesced_total")
+                     if s.labels["model"] == "m")
+    assert received > 10_000 and coalesced > 0.5 * received  # most of the storm was coalesced, and counted
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK" and ioc.proc.poll() is None
+
+
 def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix):
     store = ModelStore(tmp_path / "store")
     _linear(store, 3.0, "champion")

@@ -302,3 +302,18 @@ async def test_a_scan_tick_run_later_than_one_period_is_a_missed_cycle(tmp_path)
     assert len(lateness) >= 10 and max(lateness) >= 0.25
     assert sum(1 for x in lateness if x > 0.05) == runner.overruns
     runner.close()
+
+
+async def test_the_feed_keeps_only_the_newest_update_per_input_and_counts_the_rest(tmp_path):
+    runner, db = _runner(tmp_path)
+    for v in (1.0, 2.0, 3.0):  # three updates of a before the loop drains: only the newest is applied
+        runner.feed.push(0, v, Severity.NO_ALARM, time.time(), True)
+    runner.feed.push(1, 5.0, Severity.NO_ALARM, time.time(), True)
+    posted = []
+    db["P:IN:a"].subscribe(lambda pv, reading, events: posted.append(reading.value))
+    await _settle()
+    assert posted == [3.0] and db["P:IN:b"].value == 5.0
+    stats = runner.take_stats()
+    assert (stats.input_updates, stats.input_coalesced) == (4, 2)
+    assert db["P:OUT:y1"].value == pytest.approx(2 * 3.0 + 5.0, abs=1e-5)  # one cycle, the newest values
+    runner.close()
