@@ -164,6 +164,7 @@ class ModelRunner:
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
         self.consecutive_faults = 0
+        self._crash_text = ""  # the last cycle crash logged with its traceback
         self.on_fault_streak: Callable[[int, str], None] | None = None  # (faults in a row, last error)
         self.on_enable: Callable[[bool], None] | None = None  # e.g. autosave
         # Per-cycle bookkeeping for Prometheus, drained at stats_hz (off the latency-critical path).
@@ -340,7 +341,14 @@ class ModelRunner:
         ``triggered`` cycles (scan tick, input change, trigger PV) are counted in COUNT; extra
         passes (a lost source, a stale input, ENABLE, a model swap) only re-evaluate. ``due`` is a scan
         tick's time on the loop clock: a cycle starting more than ``scan_period`` after it is missed.
+        Never raises: whatever goes wrong inside a cycle is a FAULT (see :meth:`_crashed`).
         """
+        try:
+            self._run_cycle(triggered, due)
+        except Exception as exc:
+            self._crashed(exc)
+
+    def _run_cycle(self, triggered: bool, due: float | None) -> None:
         if self._closed:
             return
         if self.in_flight:
@@ -380,7 +388,7 @@ class ModelRunner:
             values = snapshot.values
             # One cycle in flight at a time (in_flight), so the offloader is free unless it is closed.
             self.in_flight = self.offloader.submit(lambda: model.run(values),
-                                                   lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
+                                                   lambda r, e, dt: self._finish_guarded(model, snapshot, r, e, dt))
         if self._has_max_age:
             self._arm_stale_timer()
 
@@ -401,6 +409,32 @@ class ModelRunner:
             if state.defined and state.timestamp > newest:
                 newest = state.timestamp
         return Snapshot(np.array(values), newest or now, first)
+
+    def _finish_guarded(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
+                        error: BaseException | None, elapsed: float) -> None:
+        """The end of an off-loop cycle (called by the offloader on the loop): never raises either."""
+        try:
+            self._finish(model, snapshot, result, error, elapsed)
+        except Exception as exc:
+            self.in_flight = False
+            self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        """A bug inside a cycle (a listener, an adapter, this module): FAULT with the reason, outputs
+        INVALID, and the next trigger tries again. A scan never dies of it. The traceback is logged once
+        per distinct error, not at the scan rate."""
+        text = f"cycle failed: {type(exc).__name__}: {exc}"
+        if text != self._crash_text:
+            self._crash_text = text
+            log.exception("%s: %s", self.config.name, text)
+        self.outcomes[ModelStatus.FAULT] += 1
+        try:
+            now = self.clock()
+            self._set_status(ModelStatus.FAULT, text, now)
+            self._invalidate_outputs(_SEVERITY_OF[ModelStatus.FAULT], text, now)
+        except Exception:  # posting itself is what fails: nothing more to tell anyone from here
+            log.debug("%s: cannot post the fault", self.config.name, exc_info=True)
+        self._run_again_if_asked()
 
     def _finish(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
                 error: BaseException | None, elapsed: float) -> None:
@@ -436,6 +470,7 @@ class ModelRunner:
             if self.status is not ModelStatus.OK:
                 text = self._serving_text if model is self.model else f"serving v{model.version}"
                 self._set_status(ModelStatus.OK, text, self.clock())
+                self._crash_text = ""
             if self.cycle_listeners:
                 self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
             if self.challenger is not None:

@@ -317,3 +317,48 @@ async def test_the_feed_keeps_only_the_newest_update_per_input_and_counts_the_re
     assert (stats.input_updates, stats.input_coalesced) == (4, 2)
     assert db["P:OUT:y1"].value == pytest.approx(2 * 3.0 + 5.0, abs=1e-5)  # one cycle, the newest values
     runner.close()
+
+
+async def _cycles(runner, count: int, timeout: float = 5.0) -> None:
+    """Wait (on the loop) until the runner has counted ``count`` cycles."""
+    async def counted():
+        while runner.count < count:
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(counted(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"the scan stopped at {runner.count} cycles (expected {count})") from None
+
+
+async def test_an_exception_inside_a_cycle_is_a_fault_and_the_scan_goes_on(tmp_path):
+    """A bug anywhere in a cycle (here: an adapter listening to an output raises, a fault that cannot be
+    caused for real) turns STATUS to FAULT with the reason in MESSAGE, outputs INVALID, and the scan
+    keeps running: once the bug stops, the next cycle serves again."""
+    from ioc.runtime.triggers import ScanTrigger
+
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    broken = {"on": True}
+
+    def adapter(pv, reading, events):
+        if broken["on"] and reading.severity != Severity.INVALID:
+            raise RuntimeError("adapter bug")
+
+    db["P:OUT:y1"].subscribe(adapter)
+    trigger = ScanTrigger(runner, 50.0)
+    trigger.start()
+    count = runner.count
+    await _cycles(runner, count + 5)  # the scan survives the first crash and keeps ticking
+    assert runner.status is ModelStatus.FAULT
+    assert db["P:STATUS"].value == ModelStatus.FAULT
+    assert db["P:MESSAGE"].value.startswith("cycle failed: RuntimeError: adap")
+    assert db["P:OUT:y2"].reading.severity == Severity.INVALID
+    broken["on"] = False
+    await _cycles(runner, runner.count + 3)
+    await trigger.stop()
+    assert runner.status is ModelStatus.OK and db["P:MESSAGE"].value == "serving v1"
+    assert db["P:OUT:y1"].reading.severity != Severity.INVALID
+    assert runner.take_stats().outcomes[ModelStatus.FAULT] >= 5
+    runner.close()
