@@ -27,7 +27,7 @@ from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.engine import LoadedModel
 from ioc.core.inputs import InputState, Problem, Snapshot
 from ioc.core.layout import ModelNames, ModelStatus, model_pv_specs
-from ioc.core.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status, clip_message
+from ioc.core.pvmodel import MESSAGE_LEN, PV, ClientInfo, PVDatabase, Severity, Status, clip_message
 from ioc.runtime.feed import Feed
 from ioc.runtime.offload import Offloader
 
@@ -135,6 +135,9 @@ class ModelRunner:
         self.challenger_out_pvs: list[PV] = [db[n.challenger_output(o.name)] for o in config.outputs]
         self.challenger_mad_pvs: list[PV] = [db[n.challenger_mad(o.name)] for o in config.outputs]
         self.latency_pv, self.rate_pv, self.count_pv = db[n.latency], db[n.rate], db[n.count]
+        # The model's health alarms a MESSAGE written while STATUS is OK must not hide (see _message).
+        self.alarm_pvs: list[tuple[str, PV]] = [(name[len(config.prefix):], db[name]) for name in
+                                                (n.drift, n.drift_out, n.anomaly, n.audit, n.recorder) if name in db]
         for index, pv in enumerate(self.in_pvs):
             if pv.spec.writable:
                 pv.put_handler = self._input_put_handler(index)
@@ -575,9 +578,25 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
+        if self.status is ModelStatus.OK:
+            text = self._with_alarm(text)
         text = clip_message(text)
         if self.message_pv.value != text:
             self.message_pv.post(text, now)
+
+    def _with_alarm(self, text: str) -> str:
+        """While STATUS is OK, "serving v1" must not hide an active health alarm (DRIFT MAJOR, AUDIT ...):
+        the worst one is appended, and the text is shortened so that it fits."""
+        worst, name = 0, ""
+        for suffix, pv in self.alarm_pvs:
+            severity = pv.reading.severity
+            if worst < severity <= Severity.MAJOR:
+                worst, name = severity, suffix
+        if not worst:
+            return text
+        alarm = f"; {name} {Severity(worst).name}"
+        room = MESSAGE_LEN - len(alarm)
+        return (text if len(text) <= room else text[: room - 1] + "~") + alarm
 
     # ------------------------------------------------------------------ staleness
 

@@ -257,3 +257,20 @@ def test_hysteresis_holds_the_served_alarm_but_never_helps_raise_one():
         pv.post(value, float(t))
         served.append(int(pv.reading.severity))
     assert served == [0, 0, 1, 1, 1, 0]  # served from t=12 (2 s above HIGH), held by HYST down to 0.8
+
+
+def test_a_held_debouncer_serves_at_least_the_held_severity_until_released():
+    d = Debouncer(raise_s=2.0, clear_s=5.0)
+    d.hold(2)  # a MAJOR alarm held across a model swap
+    assert d(0, 0, 0.0) == (2, 3)  # the limits say nothing yet: still MAJOR (HIHI)
+    assert d(1, 4, 1.0) == (2, 3)
+    assert d(2, 3, 1.5) == (2, 3)
+    assert d(2, 3, 3.5) == (2, 3)  # MAJOR earned on its own meanwhile (held for raise_s)
+    d.release()
+    assert d(2, 3, 4.0) == (2, 3)  # and kept after the release
+    d.hold(1)
+    d.reset()  # a new model: nothing held, nothing raised
+    assert d(0, 0, 5.0) == (0, 0)
+    d.hold(1)
+    d.release()
+    assert d(0, 0, 6.0) == (0, 0)

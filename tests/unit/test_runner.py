@@ -362,3 +362,23 @@ async def test_an_exception_inside_a_cycle_is_a_fault_and_the_scan_goes_on(tmp_p
     assert db["P:OUT:y1"].reading.severity != Severity.INVALID
     assert runner.take_stats().outcomes[ModelStatus.FAULT] >= 5
     runner.close()
+
+
+async def test_message_while_ok_does_not_hide_an_active_health_alarm(tmp_path):
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    await _settle()
+    assert runner.status is ModelStatus.OK and db["P:MESSAGE"].value == "serving v1"
+    db["P:AUDIT"].post(1, time.time())  # FAULT (MAJOR): the audit trail cannot be written
+    runner.note("rejected v7: sha256 mismatch, expected 0123456789abcdef")
+    text = db["P:MESSAGE"].value
+    assert text.endswith("; AUDIT MAJOR") and text.startswith("rejected v7: sha256") and len(text) <= 39
+    db["P:AUDIT"].post(0, time.time())
+    runner.note("reloaded")
+    assert db["P:MESSAGE"].value == "reloaded"
+    _put(db, "P:ENABLE", 0)
+    db["P:AUDIT"].post(1, time.time())
+    runner.note("disabled for the night")  # not OK: the message says why, no suffix needed
+    assert db["P:MESSAGE"].value == "disabled for the night"
+    runner.close()
