@@ -13,7 +13,7 @@ from ioc.core.store import ModelStore
 from tests.conftest import write_yaml
 from tests.support.models import version_files
 
-pytest.importorskip("mlflow", reason="registry mode needs the train extra (MLflow)")
+pytest.importorskip("mlflow", reason="registry mode needs the train extra (scripts/setup train)")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
