@@ -592,7 +592,7 @@ class ModelRunner:
             severity = pv.reading.severity
             if worst < severity <= Severity.MAJOR:
                 worst, name = severity, suffix
-        if not worst:
+        if not worst or name.split(":")[0].lower() in text.lower():  # none, or the text is about it already
             return text
         alarm = f"; {name} {Severity(worst).name}"
         room = MESSAGE_LEN - len(alarm)

@@ -374,6 +374,8 @@ async def test_message_while_ok_does_not_hide_an_active_health_alarm(tmp_path):
     runner.note("rejected v7: sha256 mismatch, expected 0123456789abcdef")
     text = db["P:MESSAGE"].value
     assert text.endswith("; AUDIT MAJOR") and text.startswith("rejected v7: sha256") and len(text) <= 39
+    runner.note("audit: events.jsonl: No space left on device")  # names the alarm already: no suffix
+    assert db["P:MESSAGE"].value == "audit: events.jsonl: No space left on ~"
     db["P:AUDIT"].post(0, time.time())
     runner.note("reloaded")
     assert db["P:MESSAGE"].value == "reloaded"
