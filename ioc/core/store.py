@@ -65,6 +65,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def append_line(path: Path, line: bytes) -> None:
+    """Append ``line`` to ``path`` (created with its directory) in one ``O_APPEND`` write: concurrent
+    writers' lines never interleave, and the file is opened per line so a rotated file is followed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix."""
     path = Path(path)
@@ -285,13 +297,7 @@ class ModelStore:
     def append_event(self, action: str, **fields: Any) -> dict[str, Any]:
         """Append one line to ``events.jsonl`` (a single O_APPEND write, so lines never interleave)."""
         event = {"time": time.time(), "action": action, **fields}
-        line = (json.dumps(event, sort_keys=True, default=str) + "\n").encode()
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(self.events_path, (json.dumps(event, sort_keys=True, default=str) + "\n").encode())
         return event
 
     def events(self) -> list[dict[str, Any]]:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from ioc.core.store import append_line
 
 log = logging.getLogger("mlioc")
 
@@ -75,12 +76,7 @@ class AuditFile(logging.Handler):
         doc.update({k: getattr(record, k) for k in _FIELDS if hasattr(record, k)})
         line = (json.dumps(doc, sort_keys=True, default=str) + "\n").encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            append_line(self.path, line)
         except OSError as exc:
             if not self._failed:
                 log.error("cannot write the audit trail %s: %s (audit lines go to the log only)", self.path, exc)

@@ -42,6 +42,15 @@ def _runner(tmp_path, inference=None, **input_kw):
     return runner, db
 
 
+async def _serving(tmp_path):
+    """A runner serving v1 with both inputs written (a = b = 1)."""
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    await _settle()
+    return runner, db
+
+
 async def _settle():
     for _ in range(3):
         await asyncio.sleep(0)
@@ -277,9 +286,7 @@ async def test_a_scan_tick_run_later_than_one_period_is_a_missed_cycle(tmp_path)
     ran more than one period after it was due counts as missed, and every tick's lateness is kept."""
     from ioc.runtime.triggers import ScanTrigger
 
-    runner, db = _runner(tmp_path)
-    _put(db, "P:IN:a", 1.0)
-    _put(db, "P:IN:b", 1.0)
+    runner, db = await _serving(tmp_path)
     stalled = asyncio.Event()
     cycles = []
 
@@ -337,9 +344,7 @@ async def test_an_exception_inside_a_cycle_is_a_fault_and_the_scan_goes_on(tmp_p
     keeps running: once the bug stops, the next cycle serves again."""
     from ioc.runtime.triggers import ScanTrigger
 
-    runner, db = _runner(tmp_path)
-    _put(db, "P:IN:a", 1.0)
-    _put(db, "P:IN:b", 1.0)
+    runner, db = await _serving(tmp_path)
     broken = {"on": True}
 
     def adapter(pv, reading, events):
@@ -365,10 +370,7 @@ async def test_an_exception_inside_a_cycle_is_a_fault_and_the_scan_goes_on(tmp_p
 
 
 async def test_message_while_ok_does_not_hide_an_active_health_alarm(tmp_path):
-    runner, db = _runner(tmp_path)
-    _put(db, "P:IN:a", 1.0)
-    _put(db, "P:IN:b", 1.0)
-    await _settle()
+    runner, db = await _serving(tmp_path)
     assert runner.status is ModelStatus.OK and db["P:MESSAGE"].value == "serving v1"
     db["P:AUDIT"].post(1, time.time())  # FAULT (MAJOR): the audit trail cannot be written
     runner.note("rejected v7: sha256 mismatch, expected 0123456789abcdef")

@@ -9,10 +9,11 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ioc.core.store import append_line
 
 log = logging.getLogger("mlioc.actions")
 
@@ -60,12 +61,7 @@ class AuditLog:
 
     def _append(self, data: bytes) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_line(self.path, data)
         except OSError as exc:
             if not self._warned:
                 self._warned = True
