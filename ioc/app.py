@@ -156,7 +156,7 @@ class Ioc:
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 
     def _make_actions(self) -> None:
-        """Closed-loop actions (docs/actions.md): created before the servers listen, so ACTIONS reads 0
+        """Closed-loop actions (docs/how-to/actions.md): created before the servers listen, so ACTIONS reads 0
         from the first client connection on; their monitors start with the sources."""
         loop = asyncio.get_running_loop()
         for runner, manager, health in zip(self.runners, self.managers, self.audit_healths, strict=True):
@@ -215,7 +215,7 @@ class Ioc:
         self.recorders.append(recorder)
 
     def _start_monitor(self, runner: ModelRunner) -> None:
-        """Drift / anomaly / ground-truth error PVs of a model (ioc/runtime/monitor.py, docs/drift.md)."""
+        """Drift / anomaly / ground-truth error PVs of a model (ioc/runtime/monitor.py, docs/how-to/drift.md)."""
         monitor = ModelMonitor(runner, self.db)
         runner.cycle_listeners.append(monitor.on_cycle)
         runner.model_listeners.append(monitor.on_model)
@@ -232,6 +232,11 @@ class Ioc:
         for index, inp in enumerate(model.inputs):
             if inp.source is not None:
                 source = make_source(inp.source, functools.partial(runner.feed.push, index))
+                source.start()
+                self._sources.append(source)
+            for element, ref in enumerate(inp.gather):  # a vector gathered from scalar PVs, in order
+                deliver = functools.partial(_push_element, runner.feed.push, index, element)
+                source = make_source(ref, deliver)
                 source.start()
                 self._sources.append(source)
         trigger = make_trigger(runner, model.trigger, make_source)
@@ -280,6 +285,11 @@ class Ioc:
         if self._audit_file is not None:
             audit_trail.uninstall(self._audit_file)
         close_clients()
+
+
+def _push_element(push, index: int, element: int, value, severity, timestamp: float, connected: bool) -> None:
+    """A source's delivery for one element of a gathered input (any thread)."""
+    push(index, value, severity, timestamp, connected, element)
 
 
 async def serve(config: Config, options: ServeOptions | None = None, stop: asyncio.Event | None = None) -> None:

@@ -1,4 +1,4 @@
-"""``mlioc``: the command line (DESIGN.md, "CLI contract").
+"""``mlioc``: the command line (docs/reference/cli.md).
 
 Exit status: 0 success, 1 a check failed / the config or a model is bad, 2 usage errors.
 Ports and interfaces follow EPICS conventions: ``--ca-port`` > config ``ioc.ca_port`` >
@@ -100,7 +100,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ioc.core.engine import EngineError, load_champion
+    from ioc.core.configfile import where
+    from ioc.core.engine import EngineError, SignatureMismatch, load_champion
 
     config = _load(args.config)
     from ioc.core.access import build_access
@@ -108,9 +109,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     access = build_access(config.access)
     print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
     failed = 0
-    for model in config.models:
+    for index, model in enumerate(config.models):
         try:
             loaded = load_champion(model, config.ioc.inference)
+        except SignatureMismatch as exc:  # the config disagrees with the model: point at the key to change
+            print(f"  {model.name}: FAIL: {where(config.path, ('models', index, *exc.key))}: {exc}; fix: {exc.fix}")
+            failed += 1
         except EngineError as exc:
             print(f"  {model.name}: FAIL: {exc}")
             failed += 1
@@ -139,6 +143,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.cli import train_command  # lazily: only `mlioc train` loads torch and MLflow
 
     return train_command(args)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from training.cli import tune_command  # lazily: only the sidecar loads torch, MLflow and Optuna
+
+    return tune_command(args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -237,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (default: demo)")
     p.set_defaults(func=cmd_pvs)
 
-    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push (docs/training.md)")
+    p = sub.add_parser("train", help="train / retrain a model, log to MLflow, optionally push")
     p.add_argument("config", help="YAML config")
     p.add_argument("--model", required=True, help="model name in the config")
     p.add_argument("--data", help="a CSV/Parquet file or recording directory, 'recorded', 'simulator', or an "
@@ -249,7 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="only data before this time")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and cron jobs)")
+    p.add_argument("--params", choices=("best",), help="best: train with the best trial of the model's "
+                   "`mlioc tune` study (recorded in the run and the manifest's provenance)")
+    p.add_argument("--study", help="with --params best: the study [training.search.study, mlioc-<model>]")
+    p.add_argument("--storage", help="with --params best: the study's storage URL [sqlite optuna.db beside "
+                   "MLflow's database]")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) as nested MLflow runs (docs/how-to/training.md)")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--model", required=True, help="model name in the config (its training.search is searched)")
+    p.add_argument("--trials", type=int, help="stop when the study has this many trials [training.search.trials]")
+    p.add_argument("--storage", help="Optuna storage URL shared by all workers, e.g. postgresql://user:pw@host/db "
+                   "[sqlite optuna.db beside MLflow's database]")
+    p.add_argument("--study", help="study name; the same name resumes or joins it [training.search.study, "
+                   "mlioc-<model>]")
+    p.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--data", help="as for train (default: the config's training.data.source)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("reproduce", help="retrain a logged run and report how far it lands from the original")
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an `mlioc train` run")

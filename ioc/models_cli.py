@@ -44,8 +44,8 @@ def _store(path: str, must_exist: bool = True) -> ModelStore:
 def _config_from_manifest(m: Manifest, store: Path) -> ModelConfig:
     """When no config is given, validate a version against its own declared signature."""
     return ModelConfig(name=m.model or store.name, prefix="", store=str(store), trigger=TriggerConfig("on_change"),
-                       inputs=tuple(InputConfig(s.name, units=s.units) for s in m.inputs),
-                       outputs=tuple(OutputConfig(s.name, units=s.units) for s in m.outputs))
+                       inputs=tuple(InputConfig(s.name, units=s.units, shape=s.shape) for s in m.inputs),
+                       outputs=tuple(OutputConfig(s.name, units=s.units, shape=s.shape) for s in m.outputs))
 
 
 def _model_config(args: argparse.Namespace, manifest: Manifest,

@@ -1,4 +1,4 @@
-"""ONNX export, the torch-vs-ONNX parity check, and the version manifest (DESIGN.md "Model store").
+"""ONNX export, the torch-vs-ONNX parity check, and the version manifest (docs/how-to/model-store.md, "Format").
 
 Export uses torch's dynamo exporter with the weights inside the file (``external_data=False``): the
 store's contract is one ``model.onnx`` per version. The graph works on standardised values; the
@@ -75,7 +75,7 @@ def check_parity(onnx_bytes: bytes, torch_pred_norm: np.ndarray, x_norm: np.ndar
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, split: Split, onnx_bytes: bytes,
                    provenance: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of DESIGN.md; ``sha256`` and ``version`` are filled in by ``ModelStore.add_version``."""
+    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``."""
     units_in = {i.name: i.units for i in model.inputs}
     units_out = {o.name: o.units for o in model.outputs} | ({} if spec.kind == "regression" else units_in)
     names_in, names_out = split.train.input_names, split.train.output_names

@@ -60,6 +60,7 @@ class Options:
     seed: int | None = None
     start: float | None = None
     end: float | None = None
+    tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
 
 
 @dataclass
@@ -130,7 +131,8 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
     return f"scratch ({why})", None, None, None
 
 
-def _normalise(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+def normalise_split(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+    """x/y of each part of the split in normalised units, float32 (what training and the gate use)."""
     out = {}
     for name in ("train", "val", "test"):
         part = getattr(split, name)
@@ -175,7 +177,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     net = build_net(spec, n_in, n_out)
     warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
     norm = champ_norm or Normalisation.fit(split.train)
-    arrays = _normalise(split, norm)
+    arrays = normalise_split(split, norm)
     code = registry.code_version()
     env = registry.environment()
 
@@ -186,6 +188,12 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
                          "mlioc.user": registry.user(), "mlioc.warm_start": warm,
                          "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
                          "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest})
+        if options.tuning is not None:
+            t = options.tuning
+            mlflow.set_tags({"mlioc.tune.study": t["study"], "mlioc.tune.storage": t["storage"],
+                             "mlioc.tune.trial": str(t["trial"]), "mlioc.tune.trial_run_id": t["trial_run_id"],
+                             "mlioc.tune.parent_run_id": t["parent_run_id"]})
+            mlflow.log_dict(t, "tuning.json")
         params = registry.flatten({k: v for k, v in spec.to_dict().items() if k not in ("data",)})
         params |= registry.flatten({"dataset": {"digest": dataset.digest, "rows": len(dataset),
                                                 "train_rows": len(split.train), "val_rows": len(split.val),
@@ -254,6 +262,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "parent_sha256": parent_sha,
             "metrics": metrics,
         }
+        if options.tuning is not None:
+            provenance["tuning"] = options.tuning
         manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")

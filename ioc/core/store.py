@@ -1,4 +1,4 @@
-"""The model store on disk: the contract between training and the IOC (DESIGN.md, "Model store").
+"""The model store on disk: the contract between training and the IOC (docs/how-to/model-store.md).
 
 ::
 

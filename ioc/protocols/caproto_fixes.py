@@ -1,4 +1,4 @@
-"""Small, isolated fixes for caproto 1.3.0's asyncio server (see docs/design.md, "caproto traps").
+"""Small, isolated fixes for caproto 1.3.0's asyncio server (see docs/explanation/architecture.md, "caproto traps").
 
 Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/test_caproto_fixes.py``:
 

@@ -5,26 +5,29 @@ source IOC publishing several inputs at once would also trigger one cycle per in
 updates from any thread and schedules a single drain on the loop; the drain applies them and then
 calls ``after`` once (e.g. run one on-change cycle for the whole burst).
 
-Bounded: a feed keeps only the **newest** update per key (an input's index), so however fast a
-source publishes — faster than the IOC can post — the loop never holds more than one pending update
-per input, and a drain is a bounded amount of work that returns to the loop (its servers, the scan)
-before the next. Updates replaced before they were applied are counted (:attr:`Feed.coalesced`).
+Bounded: a feed keeps only the **newest** update per key (``key(update)``: a model input's index, or
+index and element of a gathered vector; without a key function the whole feed is one slot, e.g. one
+source's monitor), so however fast a source publishes — faster than the IOC can post — the loop never
+holds more than one pending update per key, and a drain is a bounded amount of work that returns to the
+loop (its servers, the scan) before the next. Updates replaced before they were applied are counted
+(:attr:`Feed.coalesced`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 
 class Feed:
     def __init__(self, loop: asyncio.AbstractEventLoop, apply: Callable[..., None],
-                 after: Callable[[], None] | None = None):
+                 after: Callable[[], None] | None = None, key: Callable[[tuple], Hashable] | None = None):
         self.loop = loop
         self.apply = apply
         self.after = after
+        self.key = key
         self._pending: dict[Any, tuple] = {}
         self._lock = threading.Lock()
         self._scheduled = False
@@ -33,8 +36,8 @@ class Feed:
 
     def push(self, *update: Any) -> None:
         """Queue one update (any thread); ``apply(*update)`` runs on the loop unless a newer update with
-        the same key (its first element: the input's index) replaces it first."""
-        key = update[:1]
+        the same key replaces it first."""
+        key = self.key(update) if self.key is not None else None
         with self._lock:
             self.received += 1
             if key in self._pending:

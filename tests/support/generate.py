@@ -1,7 +1,7 @@
 """Configs and PV layouts for the generator tests.
 
 ``extended_specs`` is the layout as it will be once the store (issue 3) and drift (issue 4) PVs
-exist, named by the DESIGN.md convention: the generators must place widgets for them without any
+exist, named by the PV layout (ioc/core/layout.py): the generators must place widgets for them without any
 change, and only then.
 """
 

@@ -386,3 +386,24 @@ async def test_message_while_ok_does_not_hide_an_active_health_alarm(tmp_path):
     runner.note("disabled for the night")  # not OK: the message says why, no suffix needed
     assert db["P:MESSAGE"].value == "disabled for the night"
     runner.close()
+
+
+async def test_a_feed_without_a_key_is_one_slot_and_gathered_elements_are_their_own_keys():
+    from ioc.runtime.feed import Feed
+    from ioc.runtime.runner import input_key
+
+    loop = asyncio.get_running_loop()
+    applied = []
+    one = Feed(loop, lambda *u: applied.append(u))  # e.g. an action's readback: its newest value only
+    for v in (0.3, 0.5, 0.3):
+        one.push(v, 0, 1.0, True)
+    await _settle()
+    assert applied == [(0.3, 0, 1.0, True)] and one.coalesced == 2
+    applied.clear()
+    keyed = Feed(loop, lambda *u: applied.append(u), key=input_key)
+    keyed.push(0, 1.0, 0, 1.0, True, 0)  # element 0 of gathered input 0
+    keyed.push(0, 2.0, 0, 1.0, True, 1)  # element 1: not replaced by it
+    keyed.push(1, 3.0, 0, 1.0, True)  # a scalar input
+    keyed.push(1, 4.0, 0, 1.0, True)
+    await _settle()
+    assert applied == [(0, 1.0, 0, 1.0, True, 0), (0, 2.0, 0, 1.0, True, 1), (1, 4.0, 0, 1.0, True)]
