@@ -18,12 +18,16 @@ from pathlib import Path
 
 from ioc.core.access import build_access
 from ioc.core.config import Config, ModelConfig
+from ioc.core.layout import ModelNames
 from ioc.core.pvmodel import PVDatabase
-from ioc.core.store import ModelStore
+from ioc.core.store import ModelStore, model_store
 from ioc.edges import audit_trail
 from ioc.edges.actions.controller import ActionController, start_actions
 from ioc.edges.autosave import Autosave
 from ioc.edges.clients import close_clients
+from ioc.edges.dirlock import DirLock
+from ioc.edges.duplicates import DuplicatePVs, find_servers
+from ioc.edges.host import local_addresses
 from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
 from ioc.edges.recorder import Recorder, RecorderError
@@ -47,6 +51,7 @@ class ServeOptions:
     pva_broadcast_port: int | None = None
     interfaces: list[str] | None = None
     metrics_port: int | None = None
+    allow_duplicates: bool = False  # serve even if another server answers for this IOC's PV names
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Ioc:
     monitors: list[ModelMonitor] = field(default_factory=list)
     actions: list[ActionController] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
+    locks: list[DirLock] = field(default_factory=list)
     audit_healths: list[audit_trail.AuditHealth] = field(default_factory=list)
     _audit_file: audit_trail.AuditFile | None = None
 
@@ -74,7 +80,14 @@ class Ioc:
         loop = asyncio.get_running_loop()
         cfg = self.config
         opts = self.options
-        self.db.access = build_access(cfg.access)  # AccessError: refuse to start, like a bad config
+        # DirectoryLocked: another IOC uses this state directory (autosave, registry mirrors).
+        self.locks.append(DirLock(cfg.ioc.state_dir, "state directory").acquire())
+        # Is another server answering for these PV names? Asked now, answered before our servers listen;
+        # meanwhile everything else is built and the models load.
+        search = None if opts.allow_duplicates else loop.run_in_executor(
+            None, find_servers, [ModelNames(m.prefix).status for m in cfg.models])
+        # AccessError: refuse to start, like a bad config. "localhost" is every address of this host.
+        self.db.access = build_access(cfg.access, local_addresses())
         log.info("access security from %s", self.db.access.source)
         for line in self.db.access.describe():
             log.info("  access group %s", line)
@@ -101,6 +114,8 @@ class Ioc:
             manager.audit_health = functools.partial(health.report, "events.jsonl")
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
         self._make_actions()
+        if search is not None and (answers := await search):
+            raise DuplicatePVs(answers)
 
         interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
         if "ca" in cfg.ioc.protocols:
@@ -151,7 +166,7 @@ class Ioc:
             store = ModelStore(Path(cfg.ioc.state_dir) / "registry" / model.name)
             refresh = RegistryMirror(model.store, store, interval_s=cfg.ioc.registry_poll_s).refresh
         else:
-            store = ModelStore(model.store_path)
+            store = model_store(model)
         return ModelManager(runner, store, cfg.ioc.inference, asyncio.get_running_loop(),
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 
@@ -184,15 +199,18 @@ class Ioc:
         return audit_trail.AuditHealth(changed)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
-        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
+        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs, but a
+        directory another process records into refuses the start (DirectoryLocked)."""
         model = runner.config
+        record = model.record
+        assert record is not None
+        self.locks.append(DirLock(record.dir, "recording directory").acquire())
         try:
-            recorder = Recorder(model, model.record,
-                                lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
+            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
         except RecorderError as exc:
             log.error("%s", exc)
             return
-        for index, (_name, ref) in enumerate(model.record.targets):
+        for index, (_name, ref) in enumerate(record.targets):
             # The sink stores one tuple into a list slot: safe straight from the client thread.
             source = make_source(ref, recorder.target_sink(index))
             source.start()
@@ -285,6 +303,8 @@ class Ioc:
         if self._audit_file is not None:
             audit_trail.uninstall(self._audit_file)
         close_clients()
+        for lock in self.locks:
+            lock.release()
 
 
 def _push_element(push, index: int, element: int, value, severity, timestamp: float, connected: bool) -> None:

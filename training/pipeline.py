@@ -32,7 +32,7 @@ import torch
 from ioc.core.config import Config, ModelConfig
 from ioc.core.engine import EngineError, build_model
 from ioc.core.manifest import ManifestError, parse_manifest
-from ioc.core.store import ModelStore, StoreError, sha256_file
+from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
@@ -162,7 +162,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             end=options.end if options.end is not None else spec.filters.end))
     if model.store_is_registry:
         raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
-    store = ModelStore(model.store_path)
+    store = model_store(model)
     uri = registry.resolve_tracking_uri(options.tracking_uri)
 
     reporter.stage("loading data")

@@ -6,7 +6,7 @@ protocol adapters, so a rule is written once:
 * **the tensor layout rule** (:class:`TensorLayout`): a model's named inputs, in config order, are
   flattened row-major and concatenated into one vector, which the engine reshapes into the model's
   one input tensor; the one output tensor is flattened and cut into the named outputs the same way
-  (docs/model-store.md, "Arrays and images");
+  (docs/how-to/model-store.md, "Arrays and images");
 * **validity of an array value** (:func:`array_problem`): its shape, the first NaN/Inf element and
   the first element outside the valid range, each named with its index (``orbit_x[17]: NaN``);
 * **an NTNDArray frame from its parts** (:func:`frame_from_parts`): areaDetector order (``dimension[0]``

@@ -206,6 +206,9 @@ class ModelConfig:
     # Roll back to the previous champion automatically after this many consecutive failed inferences
     # (the model raising, or returning NaN/Inf); None: never, an operator decides.
     rollback_after_faults: int | None = None
+    # A store to copy into ``store`` when that does not exist yet (resolved path; the demo's shipped model
+    # stays pristine while its working copy takes pushes, promotions and events).
+    store_template: str | None = None
     # The training sidecar's section, kept as the raw mapping: training/spec.py validates it (the IOC
     # never needs it, and must not import training to check it).
     training: Any = field(default=None, hash=False, compare=False)
@@ -301,8 +304,8 @@ _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", 
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
 _SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
-_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training",
-          "rollback_after_faults", "drift")
+_MODEL = ("name", "prefix", "description", "store", "store_template", "trigger", "inputs", "outputs", "record",
+          "training", "rollback_after_faults", "drift")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape",
@@ -678,6 +681,13 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         store = str((base / os.path.expanduser(store)).resolve())
     elif store and not re.match(r"^models:/[A-Za-z0-9_.\-]+@[A-Za-z0-9_\-]+$", store):
         c.error((*path, "store"), f"registry stores look like models:/NAME@ALIAS, got {store!r}")
+    template = c.string(d.get("store_template"), (*path, "store_template")) or None
+    if template is not None:
+        template = str((base / os.path.expanduser(template)).resolve())
+        if store and store.startswith("models:/"):
+            c.error((*path, "store_template"), "a registry store (models:/...) has no template")
+        elif not Path(template, "versions").is_dir():
+            c.error((*path, "store_template"), f"{template} is not a model store (no versions/ directory)")
     inputs = _parse_named_list(c, d.get("inputs"), (*path, "inputs"), lambda r, p: _parse_input(c, r, p))
     outputs = _parse_named_list(c, d.get("outputs"), (*path, "outputs"), lambda r, p: _parse_output(c, r, p))
     trigger = _parse_trigger(c, d.get("trigger"), (*path, "trigger"))
@@ -713,6 +723,7 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         rollback_after_faults=c.number(d.get("rollback_after_faults"), (*path, "rollback_after_faults"),
                                        integer=True, positive=True),
         drift=drift,
+        store_template=template,
     )
 
 
@@ -889,5 +900,5 @@ def read_config(path: str | os.PathLike,
 
 
 def default_config_path() -> Path:
-    """The shipped demo config: ``config/demo.yaml`` beside the package (source checkout)."""
-    return Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+    """The shipped demo config: ``config/demo.yaml`` beside the ``ioc`` package (source checkout)."""
+    return Path(__file__).resolve().parents[2] / "config" / "demo.yaml"

@@ -22,7 +22,7 @@ import numpy as np
 from ioc.core.arrays import TensorLayout
 from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.manifest import Manifest, ManifestError, read_manifest
-from ioc.core.store import ModelStore, StoreError, sha256_file
+from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 
 log = logging.getLogger("mlioc.engine")
 
@@ -344,13 +344,13 @@ def load_version(store: ModelStore, number: int, config: ModelConfig, inference:
 
 def load_champion(config: ModelConfig, inference: InferenceConfig) -> LoadedModel:
     """Load the store's champion; raise :class:`EngineError` if there is none or it fails."""
-    store = ModelStore(config.store_path)
+    store = model_store(config)
     if not store.exists():
-        raise EngineError(f"{config.name}: model store {store.root} does not exist")
+        raise EngineError(f"{config.name}: {store.root}: no such store")
     try:
         champion = store.champion()
     except StoreError as exc:
         raise EngineError(f"{config.name}: {exc}") from exc
     if champion is None:
-        raise EngineError(f"{config.name}: no champion in {store.root}")
+        raise EngineError(f"{config.name}: {store.root}: no champion")
     return load_version(store, champion, config, inference)

@@ -244,3 +244,42 @@ def input_state(config: InputConfig, now: float) -> AnyInputState:
     if config.shape:
         return ArrayInputState.for_config(config, now)
     return InputState.for_config(config, now)
+
+
+def training_share(reference: dict, lo: float, hi: float) -> float | None:
+    """The share of a version's training data of one input that lies inside ``[lo, hi]``.
+
+    From the reference quantiles in the manifest (equally spaced probabilities, first = min, last = max),
+    interpolated; None when the reference has none.
+    """
+    q = reference.get("quantiles")
+    if not q or len(q) < 2:
+        return None
+    quantiles = np.maximum.accumulate(np.asarray(q, dtype=float))
+    probs = np.linspace(0.0, 1.0, len(quantiles))
+    below_hi = float(np.interp(hi, quantiles, probs, left=0.0, right=1.0))
+    below_lo = float(np.interp(lo, quantiles, probs, left=0.0, right=1.0))
+    return max(0.0, below_hi - below_lo)
+
+
+def range_warnings(inputs: tuple[InputConfig, ...], reference: dict | None, version: str,
+                   threshold: float = 0.5) -> list[str]:
+    """Inputs whose configured valid ``range`` rejects most of the model's own training data.
+
+    Such a range makes the outputs INVALID most of the time the machine runs where the model was trained:
+    almost always a typo or a unit mismatch (mA for A), worth a warning from ``mlioc check``.
+    """
+    out = []
+    ref_inputs = (reference or {}).get("inputs", {})
+    for inp in inputs:
+        ref = ref_inputs.get(inp.name)
+        if inp.range is None or not ref:
+            continue
+        lo, hi = inp.range
+        share = training_share(ref, lo, hi)
+        if share is not None and share < threshold:
+            span = f"{ref.get('min', float('nan')):.4g} .. {ref.get('max', float('nan')):.4g}"
+            units = f" {inp.units}" if inp.units else ""
+            out.append(f"input {inp.name} range [{lo:g}, {hi:g}] keeps {share:.0%} of the training data of v{version} "
+                       f"(which spans {span}{units}): outputs would be INVALID most of the time")
+    return out

@@ -6,7 +6,7 @@ output from the training data (for drift scores), test vectors that must reprodu
 provenance that makes the version traceable (MLflow run, dataset digest, code version, environment).
 Parsing is strict: a version whose manifest is malformed is rejected, never guessed at.
 
-Arrays (docs/model-store.md, "Arrays and images"): a signal may carry a ``shape``; its normalisation
+Arrays (docs/how-to/model-store.md, "Arrays and images"): a signal may carry a ``shape``; its normalisation
 is one number (per channel) or one per element; ``onnx.input_shape`` / ``onnx.output_shape`` give the
 tensors' shapes after the batch axis, and test-vector rows are the flat vectors of the tensor layout
 rule (:class:`ioc.core.arrays.TensorLayout`).
@@ -83,7 +83,7 @@ class Manifest:
     inputs: tuple[Signal, ...]
     outputs: tuple[Signal, ...]
     test_vectors: TestVectors | None = field(default=None, compare=False)
-    # The ONNX tensors' shapes after the batch axis (the tensor layout rule, docs/model-store.md):
+    # The ONNX tensors' shapes after the batch axis (the tensor layout rule, docs/how-to/model-store.md):
     # default one flat vector of every input (output) element.
     input_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()

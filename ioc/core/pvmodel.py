@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, IntFlag, StrEnum
@@ -29,9 +30,30 @@ FTVL_DTYPES = {"DOUBLE": "float64", "FLOAT": "float32", "LONG": "int32"}  # wave
 MESSAGE_LEN = 39  # a CA DBR_STRING holds 39 characters + NUL; both protocols serve the same text
 
 
-def clip_message(text: str) -> str:
-    """A message as a string PV can serve it: at most MESSAGE_LEN characters, ``~`` marking a cut."""
-    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
+_PATH = re.compile(r"/[^\s:,;'\"()]*/[^\s:,;'\"()]+")  # an absolute path of two or more parts
+
+
+def clip_message(text: str, limit: int = MESSAGE_LEN) -> str:
+    """A message as a string PV can serve it: at most ``limit`` (MESSAGE_LEN) characters.
+
+    The useful end of a path is kept: ``/opt/site/models/beam: no champion`` becomes
+    ``.../models/beam: no champion`` (leading directories go first, the tail as long as it fits);
+    what still does not fit is cut, ``~`` marking the cut. Callers log the whole text.
+    """
+    if len(text) <= limit:
+        return text
+    for match in _PATH.finditer(text):
+        path = match.group()
+        parts = path.split("/")
+        for keep in range(len(parts) - 2, 0, -1):  # longest tail first
+            short = "..." + "/".join(["", *parts[-keep:]])
+            shortened = text[: match.start()] + short + text[match.end():]
+            if len(shortened) <= limit or keep == 1:
+                text = shortened
+                break
+        if len(text) <= limit:
+            return text
+    return text[: limit - 1] + "~"
 
 
 class Severity(IntEnum):

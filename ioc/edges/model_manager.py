@@ -141,7 +141,7 @@ class ModelManager:
 
     def _read_pointers(self) -> tuple[int | None, int | None]:
         if not self.store.exists():
-            raise StoreError(f"model store {self.store.root} does not exist")
+            raise StoreError(f"{self.store.root}: no such store")
         return self.store.champion(), self.store.challenger()
 
     def _changed(self, current: Stamp | None, version: int) -> tuple[bool, Stamp | None]:
@@ -152,7 +152,7 @@ class ModelManager:
                              client: ClientInfo | None) -> None:
         if version is None:
             if self.runner.model is None:
-                self.runner.set_no_model(f"no champion in {self.store.root}")
+                self.runner.set_no_model(f"{self.store.root}: no champion")
             return
         changed, new_stamp = self._changed(self.champion, version)
         if not (changed or force) or self._skip_rejected(version, new_stamp, force):
@@ -204,8 +204,10 @@ class ModelManager:
             return None, f"v{version}: {type(exc).__name__}: {exc}"
         return model, ""
 
-    def _serve(self, model: LoadedModel, new_stamp: Stamp | None, message: str | None) -> None:
-        self.runner.set_model(model, message)
+    def _serve(self, model: LoadedModel, new_stamp: Stamp | None, message: str | None, *,
+               why: bool = False) -> None:
+        """``why``: the message explains why this (older) version is served; MESSAGE keeps it (see set_model)."""
+        self.runner.set_model(model, message, why=why)
         self.champion = new_stamp or Stamp(int(model.version), ())
         self.on_result(self.name, "loaded")
 
@@ -227,7 +229,7 @@ class ModelManager:
             if model is None:
                 self._reject(version, stamp(self.store, version), why, None, pointer="history")
                 continue
-            self._serve(model, stamp(self.store, version), f"v{bad} rejected; serving v{version}")
+            self._serve(model, stamp(self.store, version), f"v{bad} rejected; serving v{version}", why=True)
             self._event("fallback", from_version=bad, to_version=version,
                         reason=f"champion v{bad} rejected: {reason}")
             return
@@ -319,7 +321,8 @@ class ModelManager:
                 model, why = await self._load(new)
                 if model is None:
                     self._refuse("rollback", f"v{new}: {why}", client)
-            self._serve(model, stamp(self.store, new), f"rolled back to v{new} by {client.user}@{client.host}")
+            self._serve(model, stamp(self.store, new), f"rolled back to v{new} by {client.user}@{client.host}",
+                        why=True)
             log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, served, new, client)
             fields = {"pointer_was": pointer} if pointer != served else {}
             self._event("rollback", from_version=served, to_version=new, client=client, reason=reason, **fields)

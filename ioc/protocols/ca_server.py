@@ -110,10 +110,14 @@ class _MaskedPublish:
 
 
 class _Field(_MaskedPublish):
-    """A record field served as its own channel; read-only."""
+    """A record field served as its own channel; read-only, and readable by whoever may read the record."""
+
+    _main: _Bridge | None = None
 
     def check_access(self, hostname, username):
-        return AccessRights.READ
+        if self._main is None:
+            return AccessRights.READ
+        return self._main.check_access(hostname, username) & AccessRights.READ
 
     def set(self, value: Any) -> None:
         if self._data["value"] != value:
@@ -412,6 +416,8 @@ class CaServer:
             self.pvdb[pv.name] = main
             for fname, channel in fields.items():
                 self.pvdb[f"{pv.name}.{fname}"] = channel
+                if channel is not main:
+                    channel._main = main  # .SEVR, .HIHI, .EGU ... follow the record's read rule
             self._fields[pv.name] = fields
             pv.subscribe(main.apply, self._on_spec)
             main.apply(pv, pv.reading, Event.NONE)

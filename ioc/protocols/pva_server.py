@@ -18,11 +18,13 @@ import os
 from typing import Any
 
 from p4p import Type, Value
+from p4p._p4p import logger_level_set, logLevelError  # noqa: PLC2701 - p4p has no public per-logger level
 from p4p.nt import NTEnum, NTNDArray, NTScalar
 from p4p.server import Server, StaticProvider
 from p4p.server.asyncio import SharedPV
 from p4p.server.raw import SharedPV as RawSharedPV
 
+from ioc.core.access import host_of
 from ioc.core.arrays import BadArray, frame_from_ntndarray, is_ntndarray
 from ioc.core.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Status
 
@@ -177,8 +179,7 @@ class _Handler:
                 value = raw["value"]
             account = op.account() if hasattr(op, "account") else ""
             peer = op.peer() if hasattr(op, "peer") else ""
-            host = peer.rsplit(":", 1)[0] if peer else ""
-            client = ClientInfo(user=account, host=host, protocol="pva", address=peer)
+            client = ClientInfo(user=account, host=host_of(peer) if peer else "", protocol="pva", address=peer)
             result = self.db.put(self.pv.name, value, client)
         except PutRejected as exc:
             op.done(error=str(exc))
@@ -328,11 +329,20 @@ class PvaServer:
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():
             self.provider.add(name, shared)
+        # pvxs warns "unable to bind port 5075, falling back to [::]:N" whenever another PVA server on
+        # this host (the demo's simulator, a second IOC) has the TCP port. That is how EPICS hosts work,
+        # not a fault: say so below in plain words instead.
+        logger_level_set("pvxs.tcp.setup", logLevelError)
         self.server = Server(providers=[self.provider], conf=self._conf(), useenv=True)
         conf = self.server.conf()
+        wanted = self._conf().get("EPICS_PVAS_SERVER_PORT") or os.environ.get("EPICS_PVAS_SERVER_PORT") or "5075"
         log.info("PVA server listening on %s, TCP port %s, UDP port %s",
                  conf.get("EPICS_PVAS_INTF_ADDR_LIST"), conf.get("EPICS_PVAS_SERVER_PORT"),
                  conf.get("EPICS_PVAS_BROADCAST_PORT"))
+        if wanted not in ("0", conf.get("EPICS_PVAS_SERVER_PORT")):
+            log.info("PVA TCP port %s is taken (another PVA server on this host); clients find this one on "
+                     "port %s by the usual UDP search on port %s", wanted, conf.get("EPICS_PVAS_SERVER_PORT"),
+                     conf.get("EPICS_PVAS_BROADCAST_PORT"))
 
     @property
     def port(self) -> int | None:

@@ -239,8 +239,12 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ model swap
 
-    def set_model(self, model: LoadedModel, message: str | None = None) -> None:
-        """Serve ``model`` from the next cycle on (called on the loop, between cycles)."""
+    def set_model(self, model: LoadedModel, message: str | None = None, *, why: bool = False) -> None:
+        """Serve ``model`` from the next cycle on (called on the loop, between cycles).
+
+        ``why``: ``message`` says why this version is served (a start-up fallback, a rollback); it stays
+        what MESSAGE says when STATUS turns OK, instead of "serving vN".
+        """
         previous = self.model
         self.model = model
         self.consecutive_faults = 0
@@ -251,7 +255,7 @@ class ModelRunner:
         self._notify_model(model)
         where = "inline" if self.offloader.use_inline(model) else "worker thread"
         text = message or f"loaded v{model.version} ({model.provider.replace('ExecutionProvider', '')})"
-        self._serving_text = message or f"serving v{model.version}"
+        self._serving_text = message if message and why else f"serving v{model.version}"
         log.info("%s: serving v%s on %s, %s (warm-up median %.3f ms, p99 %.3f ms)", self.config.name,
                  model.version, model.provider, where, model.warm_median_ms, model.warm_p99_ms)
         self._message(text, now)
@@ -663,7 +667,9 @@ class ModelRunner:
             previous = self.status
             self.status = status
             self.status_pv.post(int(status), now)
-            level = logging.INFO if status is ModelStatus.OK or self.model is None else logging.WARNING
+            # Start-up (no model yet, then inputs not yet connected) is not a problem: INFO, not WARNING.
+            starting = previous in (None, ModelStatus.NO_MODEL) and status is ModelStatus.INPUT_INVALID
+            level = logging.INFO if status is ModelStatus.OK or self.model is None or starting else logging.WARNING
             log.log(level, "%s: status %s -> %s: %s", self.config.name,
                     previous.name if previous is not None else "-", status.name, message)
         self._message(message, now)
@@ -673,25 +679,25 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
-        if self.status is ModelStatus.OK:
-            text = self._with_alarm(text)
-        text = clip_message(text)
-        if self.message_pv.value != text:
-            self.message_pv.post(text, now)
+        alarm = self._active_alarm(text) if self.status is ModelStatus.OK else ""
+        clipped = clip_message(text, MESSAGE_LEN - len(alarm))
+        shown = clipped + alarm
+        if self.message_pv.value != shown:
+            if clipped != text:  # the PV holds 39 characters: the whole text goes to the log
+                log.info("%s: MESSAGE %r is short for: %s", self.config.name, shown, text)
+            self.message_pv.post(shown, now)
 
-    def _with_alarm(self, text: str) -> str:
+    def _active_alarm(self, text: str) -> str:
         """While STATUS is OK, "serving v1" must not hide an active health alarm (DRIFT MAJOR, AUDIT ...):
-        the worst one is appended, and the text is shortened so that it fits."""
+        the worst one, as a suffix for MESSAGE ("; DRIFT MAJOR"), unless the text is about it already."""
         worst, name = 0, ""
         for suffix, pv in self.alarm_pvs:
             severity = pv.reading.severity
             if worst < severity <= Severity.MAJOR:
                 worst, name = severity, suffix
-        if not worst or name.split(":")[0].lower() in text.lower():  # none, or the text is about it already
-            return text
-        alarm = f"; {name} {Severity(worst).name}"
-        room = MESSAGE_LEN - len(alarm)
-        return (text if len(text) <= room else text[: room - 1] + "~") + alarm
+        if not worst or name.split(":")[0].lower() in text.lower():
+            return ""
+        return f"; {name} {Severity(worst).name}"
 
     # ------------------------------------------------------------------ staleness
 

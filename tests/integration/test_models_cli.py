@@ -82,3 +82,11 @@ def test_push_validates_an_array_model_against_its_own_signature(tmp_path):
     r = mlioc("models", "push", str(tmp_path / "store"), str(scratch.onnx_path(n)), str(scratch.manifest_path(n)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "version 1 as challenger" in r.stdout
+
+
+def test_list_shows_the_mlflow_run_id_that_reproduce_takes():
+    """The shipped demo model was made by `mlioc train`: its run id is what `mlioc reproduce` needs."""
+    manifest = json.loads((ROOT / "models" / "beam" / "versions" / "1" / "manifest.json").read_text())
+    run_id = manifest["provenance"]["mlflow"]["run_id"]
+    line = mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()[1]  # version 1
+    assert line.startswith("C ") and line.split()[4] == run_id and len(run_id) == 32
