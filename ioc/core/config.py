@@ -58,6 +58,7 @@ class InputConfig:
     initial: float | None = None
     mdel: float = 0.0
     adel: float = 0.0
+    shape: tuple[int, ...] | None = None  # None: a scalar; (n,) a waveform; (h, w) an image
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class OutputConfig:
     adel: float = 0.0
     truth: PVRef | None = None  # measured ground truth: rolling MAE/RMSE PVs (ioc.runtime.monitor)
     action: ActionConfig | None = None  # closed loop: write this output to a machine setpoint
+    shape: tuple[int, ...] | None = None  # None: a scalar; (n,) a waveform; (h, w) an image
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,7 @@ class SimulatorConfig:
     seed: int = 0
     ca_port: int | None = None
     pva_port: int | None = None
+    image_hz: float | None = None  # the screen image's rate (None: rate_hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +273,13 @@ _ACCESS = ("acf", "control", "users", "hosts", "groups")
 _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", "metrics_port",
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
-_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
+_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port", "image_hz")
 _MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training",
           "rollback_after_faults", "drift")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
-_INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
-_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action")
+_INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape")
+_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action", "shape")
 _ACTION = ("target", "min", "max", "max_step", "max_rate_hz", "deadband", "readback", "tolerance", "settle_s", "mode",
            "max_held", "drift_limit")
 ACTION_MODES = ("dry_run", "write")
@@ -359,7 +362,19 @@ def _parse_sim(c: Checker, raw: Any) -> SimulatorConfig | None:
         seed=c.number(d.get("seed"), (*path, "seed"), integer=True, nonneg=True, default=0),
         ca_port=_port(c, d.get("ca_port"), (*path, "ca_port")),
         pva_port=_port(c, d.get("pva_port"), (*path, "pva_port")),
+        image_hz=c.number(d.get("image_hz"), (*path, "image_hz"), positive=True),
     )
+
+
+def _parse_shape(c: Checker, value: Any, path: KeyPath) -> tuple[int, ...] | None:
+    """``shape: [n]`` (a waveform) or ``[h, w]`` (an image); absent: a scalar."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) not in (1, 2)
+            or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value)):
+        c.error(path, f"expected [n] (a waveform) or [h, w] (an image) of positive integers, got {value!r}")
+        return None
+    return tuple(value)
 
 
 def _parse_alarm(c: Checker, raw: Any, path: KeyPath) -> AlarmConfig | None:
@@ -466,6 +481,7 @@ def _parse_input(c: Checker, raw: Any, path: KeyPath) -> InputConfig | None:
         initial=initial,
         mdel=c.number(d.get("mdel"), (*path, "mdel"), default=0.0),
         adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
+        shape=_parse_shape(c, d.get("shape"), (*path, "shape")),
     )
 
 
@@ -488,6 +504,7 @@ def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
         adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
         truth=c.pvref(d.get("truth"), (*path, "truth")),
         action=_parse_action(c, d.get("action"), (*path, "action")),
+        shape=_parse_shape(c, d.get("shape"), (*path, "shape")),
     )
 
 
