@@ -2,10 +2,12 @@
 
 Both models are run through the IOC's own engine (:mod:`ioc.core.engine`: checksum, signature vs config,
 test vectors, finite outputs, the normalisation around the graph), so the comparison is of what the
-IOC would actually serve, and a challenger the IOC would reject is rejected here first.
+IOC would actually serve, and a challenger the IOC would reject is rejected here first. (Array models:
+through :mod:`training.evaluate`, the same arithmetic and checks, until the IOC's engine takes them.)
 
 Score: per-output RMSE in raw units on the test split, normalised by that output's standard deviation
-in the test split (NRMSE), and their mean. Policy (``gate:`` in the config):
+in the test split (NRMSE), and their mean. An array output is one output: RMSE and spread over all its
+elements. Policy (``gate:`` in the config):
 
 * ``min_improvement`` — the challenger's mean NRMSE must be at least this much (relative) lower
   than the champion's (0 = not worse; 0.01 = 1 % better);
@@ -26,8 +28,12 @@ import numpy as np
 from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.engine import EngineError, LoadedModel, load_version
 from ioc.core.store import ModelStore
+from training import evaluate
 from training.dataset import Dataset
+from training.layout import Layout, slices
 from training.spec import GateSpec
+
+Runnable = LoadedModel | evaluate.OnnxVersion  # anything with run_batch(raw rows) -> raw rows
 
 
 @dataclass
@@ -51,19 +57,19 @@ class Decision:
     checks: dict[str, bool] = field(default_factory=dict)
 
 
-def score(model: LoadedModel, test: Dataset) -> Scores:
+def score(model: Runnable, test: Dataset) -> Scores:
     pred = model.run_batch(test.x)
-    err = pred - test.y
-    rmse = np.sqrt((err**2).mean(axis=0))
-    spread = test.y.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
-    names = test.output_names
-    return Scores({n: float(r) for n, r in zip(names, rmse, strict=True)},
-                  {n: float(r / s) for n, r, s in zip(names, rmse, spread, strict=True)})
+    rmse, nrmse = {}, {}
+    for name, cols in slices(test.output_signals).items():
+        err = pred[:, cols] - test.y[:, cols]
+        rmse[name] = float(np.sqrt((err**2).mean()))
+        spread = float(test.y[:, cols].std())
+        nrmse[name] = rmse[name] / (spread if spread > 0 else 1.0)
+    return Scores(rmse, nrmse)
 
 
-def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceConfig) -> tuple[int | None, str,
-                                                                                                 LoadedModel | None]:
+def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceConfig,
+                  layout: Layout | None = None) -> tuple[int | None, str, Runnable | None]:
     """(version, why-not, model): the current champion through the engine, or the reason it cannot be used."""
     if not store.exists():
         return None, "no model store yet", None
@@ -71,12 +77,14 @@ def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceCo
     if number is None:
         return None, "no champion in the store", None
     try:
+        if layout is not None and not evaluate.ioc_validates(layout):
+            return number, "", evaluate.load_store_version(store, number, layout)
         return number, "", load_version(store, number, config, inference)
-    except EngineError as exc:
+    except (EngineError, evaluate.VersionError) as exc:
         return number, f"champion v{number} cannot be loaded with this config ({exc})", None
 
 
-def decide(challenger: LoadedModel, test: Dataset, gate: GateSpec, champion: LoadedModel | None,
+def decide(challenger: Runnable, test: Dataset, gate: GateSpec, champion: Runnable | None,
            champion_version: int | None, champion_problem: str) -> Decision:
     mine = score(challenger, test)
     if champion is None:
