@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from training.dataset import Normalisation
 from training.layout import Layout
 
 IOC_ENGINE_FEEDS_ARRAYS = False
@@ -47,21 +48,19 @@ class OnnxVersion:
 
     layout: Layout
     session: Any = field(repr=False)
-    input_name: str
-    output_name: str
-    in_mean: np.ndarray = field(repr=False)
-    in_scale: np.ndarray = field(repr=False)
-    out_mean: np.ndarray = field(repr=False)
-    out_std: np.ndarray = field(repr=False)
+    tensors: tuple[str, str]  # the graph's input and output names
+    norm: Normalisation = field(repr=False)  # from the manifest, per flattened element
     version: str = ""
 
     def run_batch(self, xs: np.ndarray, chunk: int = 256) -> np.ndarray:
-        """Raw-unit flattened rows (b, N) -> raw-unit flattened outputs (b, M), float64."""
+        """Raw-unit flattened rows (b, N) -> raw-unit flattened outputs (b, M), float64 (the engine's
+        ``(x - mean) * (1/std)`` before the graph, ``y * std + mean`` after it)."""
         out = []
+        scale = 1.0 / self.norm.x_std
         for i in range(0, len(xs), chunk):
-            xn = (np.asarray(xs[i:i + chunk], dtype=np.float64) - self.in_mean) * self.in_scale
-            y = self.session.run([self.output_name], {self.input_name: self.layout.to_input_tensor(xn)})[0]
-            out.append(y.reshape(len(y), -1).astype(np.float64) * self.out_std + self.out_mean)
+            xn = (np.asarray(xs[i:i + chunk], dtype=np.float64) - self.norm.x_mean) * scale
+            y = self.session.run([self.tensors[1]], {self.tensors[0]: self.layout.to_input_tensor(xn)})[0]
+            out.append(y.reshape(len(y), -1).astype(np.float64) * self.norm.y_std + self.norm.y_mean)
         return np.concatenate(out) if out else np.zeros((0, self.layout.n_out))
 
 
@@ -86,18 +85,15 @@ def load(onnx: bytes | Path, manifest: dict[str, Any], layout: Layout, version: 
     names = ([e["name"] for e in manifest.get("inputs", [])], [e["name"] for e in manifest.get("outputs", [])])
     if names != ([s.name for s in layout.inputs], [s.name for s in layout.outputs]):
         raise VersionError(f"{where}: manifest signals {names} are not the config's")
-    std_in = Layout.expand(layout.inputs, manifest["inputs"], "std")
-    model = OnnxVersion(layout, session, ins[0].name, outs[0].name,
-                        Layout.expand(layout.inputs, manifest["inputs"], "mean"), 1.0 / std_in,
-                        Layout.expand(layout.outputs, manifest["outputs"], "mean"),
-                        Layout.expand(layout.outputs, manifest["outputs"], "std"), version)
+    model = OnnxVersion(layout, session, (ins[0].name, outs[0].name), Normalisation.from_manifest(layout, manifest),
+                        version)
     _check_test_vectors(model, manifest.get("test_vectors"), where)
     return model
 
 
 def _check_test_vectors(model: OnnxVersion, tv: dict[str, Any] | None, where: str) -> None:
     if tv is None:
-        y = model.run_batch(model.in_mean[None, :])
+        y = model.run_batch(model.norm.x_mean[None, :])
         if not np.all(np.isfinite(y)):
             raise VersionError(f"{where}: non-finite output at the reference mean input")
         return

@@ -110,6 +110,7 @@ def architecture(spec: TrainSpec, layout: Layout) -> dict:
     if spec.kind in CONV_KINDS:
         arch |= {"channels": list(spec.channels), "kernel": spec.kernel, "stride": spec.stride}
     if spec.decoder == "conv" and spec.kind != "autoencoder":
+        arch["widths"] = arch["widths"][:-1]  # the decoder, not a dense layer, makes the outputs
         arch |= {"decoder": "conv", "decoder_channels": list(spec.decoder_channels), "stride": spec.stride,
                  "output_shape": list(layout.outputs[0].shape)}
     return arch

@@ -3,15 +3,12 @@ as an NTNDArray through the p4p client, and both react to the magnets and to inj
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from ioc.sim import beamline as bl
 from ioc.sim.server import NAN_BPM, NAN_ROWS, SimNames
 from tests.conftest import write_yaml
-from tests.support.clients import Monitor, Update
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +22,6 @@ def sim(tmp_path, launch, prefix):
     proc = launch.sim(cfg)
     proc.names = SimNames(f"{prefix}SIM:")
     return proc
-
-
-def _frames(client, name: str) -> Monitor:
-    """Raw NTNDArray updates (uniqueId, dimension, attributes, both time stamps) from the p4p client."""
-    mon = Monitor(name)
-    lock = threading.Lock()
-
-    def cb(v):
-        if isinstance(v, Exception):
-            return
-        with lock:
-            mon.add(Update(v, v["alarm.severity"], v["alarm.status"],
-                           v["timeStamp.secondsPastEpoch"] + v["timeStamp.nanoseconds"] * 1e-9))
-
-    client._subs.append(client.ctx.monitor(name, cb))
-    return mon
 
 
 def _centroid(image: np.ndarray) -> tuple[float, float]:
@@ -77,7 +58,7 @@ def test_the_orbit_waveform_follows_a_corrector_through_the_response_matrix(sim,
 def test_the_screen_image_is_an_areadetector_ntndarray_that_shows_the_beam(sim, ca, pva):
     n = sim.names
     client = pva(sim)
-    frames = _frames(client, n.image)
+    frames = client.monitor_raw(n.image)
     frames.wait_count(3, timeout=15)
     first, second = frames.updates[-2].value, frames.updates[-1].value
     h, w = bl.IMAGE_SHAPE
@@ -105,7 +86,7 @@ def test_fault_nan_publishes_nan_elements_in_the_arrays(sim, ca, pva):
     n = sim.names
     orbit = ca.monitor(n.orbit("x"))
     orbit.wait_for(lambda u: np.isfinite(u.value).all())
-    frames = _frames(pva(sim), n.image)
+    frames = pva(sim).monitor_raw(n.image)
     frames.wait_count(1, timeout=15)
     ca.put(n.fault, 2)
     bad = orbit.wait_for(lambda u: not np.isfinite(u.value).all())

@@ -32,7 +32,7 @@ def test_the_machine_is_fixed_by_its_own_seed_not_the_simulators():
 def test_the_response_is_causal_and_oscillates_like_a_betatron_orbit():
     r = bl.OPTICS.response["x"]
     for j, s_cor in enumerate(bl.COR_S):
-        upstream = bl.BPM_S < s_cor
+        upstream = s_cor > bl.BPM_S
         assert not np.any(r[upstream, j])
         downstream = r[~upstream, j]
         # A kick makes an oscillation: the orbit changes sign several times along the 64 m line.
@@ -79,7 +79,7 @@ def test_the_live_line_follows_a_corrector_kick_through_the_response_matrix():
     assert np.abs(before).max() < 0.01  # BPM noise (10 um) averaged
     expected = 2.0 * bl.OPTICS.response["x"][:, 1]
     assert np.abs(after - expected).max() < 0.01
-    assert not np.any(expected[bl.BPM_S < bl.COR_S[1]])  # upstream BPMs do not see it
+    assert not np.any(expected[bl.COR_S[1] > bl.BPM_S])  # upstream BPMs do not see it
 
 
 def test_drift_shifts_the_error_orbit():

@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("torch")  # the `train` extra
 
-from ioc.core.configfile import load_config  # noqa: E402
-from ioc.core.store import ModelStore  # noqa: E402
-from tests.support.configs import model, write_config  # noqa: E402
-from training import evaluate  # noqa: E402
-from training.layout import Layout  # noqa: E402
-from training.pipeline import Options, run  # noqa: E402
-from training.reproduce import reproduce  # noqa: E402
-from training.spec import load_spec  # noqa: E402
+from ioc.core.configfile import load_config
+from ioc.core.store import ModelStore
+from tests.support.configs import model, write_config
+from training import evaluate
+from training.layout import Layout
+from training.pipeline import Options, run
+from training.reproduce import reproduce
+from training.spec import load_spec
 
 N = 400
 

@@ -167,7 +167,14 @@ def test_each_kind_maps_the_input_tensor_to_the_flattened_outputs(tmp_path, inpu
     y = net(torch.zeros(3, *layout.input_tensor))
     assert tuple(y.shape) == (3, layout.n_out)
     arch = architecture(spec, layout)
-    assert arch["kind"] == spec.kind and arch["widths"][-1] in (layout.n_out, spec.hidden[-1])
+    assert arch["kind"] == spec.kind
+    dense = [m for m in net if isinstance(m, torch.nn.Linear)]
+    if spec.decoder == "conv":  # the dense layers end at the decoder's seed, the decoder makes the outputs
+        assert arch["widths"][-1] == spec.hidden[-1] and arch["output_shape"] == list(layout.outputs[0].shape)
+        seed = [d // spec.stride ** len(spec.decoder_channels) for d in layout.outputs[0].shape]
+        assert dense[-1].out_features == spec.decoder_channels[0] * int(np.prod(seed))
+    else:
+        assert arch["widths"] == [dense[0].in_features, *[m.out_features for m in dense]]
 
 
 def test_a_scalar_mlps_architecture_record_is_unchanged(tmp_path):
