@@ -385,7 +385,8 @@ def apply_filters(ds: Dataset, sev: np.ndarray, model: ModelConfig, filters: Fil
     for inp in model.inputs:
         if inp.range is not None and inp.name in columns:
             col = ds.x[:, columns[inp.name]]  # an array is out of range when any element is
-            drop(((col < inp.range[0]) | (col > inp.range[1])).any(axis=1), f"{inp.name} outside its valid range")
+            outside = np.any((col < inp.range[0]) | (col > inp.range[1]), axis=1)
+            drop(np.asarray(outside), f"{inp.name} outside its valid range")
     out = ds.subset(keep)
     out.filtered = {k: v for k, v in dropped.items() if v}
     return out

@@ -36,7 +36,7 @@ from ioc.core.store import ModelStore, StoreError, sha256_file
 from training import evaluate, registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, manifest_kind, onnx_session
-from training.gate import Decision, decide, load_champion
+from training.gate import Decision, Runnable, decide, load_champion
 from training.layout import Layout
 from training.models import WarmStartError, architecture, load_onnx_weights
 from training.models import build_model as build_net
@@ -358,6 +358,7 @@ def _gate(config: Config, model: ModelConfig, spec: TrainSpec, layout: Layout, s
         path = Path(tmp) / "model.onnx"
         path.write_bytes(onnx_bytes)
         doc = dict(manifest, sha256=sha256_file(path))
+        loaded: Runnable
         try:
             if check == "ioc_validation":
                 loaded = build_model(path, parse_manifest(doc), model, config.ioc.inference, "candidate")
