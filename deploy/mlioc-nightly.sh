@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The nightly continual-learning cycle for one model (docs/training.md, "The nightly job"):
+# The nightly continual-learning cycle for one model (docs/how-to/training.md, "The nightly job"):
 # train on yesterday's recorded data, warm-started from the champion, gate against the champion on
 # the newest held-out data, and push a winner into the store (the IOC validates and loads it).
 #

@@ -2,7 +2,7 @@
 
 The gate judges what the IOC would serve by loading it with the IOC's own engine
 (:func:`ioc.core.engine.build_model`). That engine feeds ``[batch, n_inputs]`` tensors of scalars;
-array models (waveforms, images) need the engine of the arrays work (DESIGN.md "Arrays and images").
+array models (waveforms, images) need the engine of the arrays work (docs/how-to/model-store.md).
 Until it lands, an array model is checked and scored here with the same arithmetic — normalise with
 the manifest, run ONNX Runtime on the layout's tensor, de-normalise — plus the engine's own checks
 (tensor names and shapes, test vectors reproduce, outputs finite). Scalar models always go through

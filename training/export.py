@@ -1,4 +1,4 @@
-"""ONNX export, the torch-vs-ONNX parity check, and the version manifest (DESIGN.md "Model store").
+"""ONNX export, the torch-vs-ONNX parity check, and the version manifest (docs/how-to/model-store.md, "Format").
 
 Export uses torch's dynamo exporter with the weights inside the file (``external_data=False``): the
 store's contract is one ``model.onnx`` per version. The graph works on standardised values; the
@@ -94,7 +94,7 @@ def _significant(a: np.ndarray, digits: int = 7) -> np.ndarray:
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, layout: Layout, norm: Normalisation, split: Split,
                    onnx_bytes: bytes, provenance: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of DESIGN.md; ``sha256`` and ``version`` are filled in by ``ModelStore.add_version``."""
+    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``."""
     # Test vectors: raw-unit rows of the test split through the exported graph and the manifest's
     # normalisation: exactly the arithmetic the IOC's engine does, so the IOC's check must reproduce them.
     # An array model's inputs are rounded to float32 precision first (an image is thousands of numbers).

@@ -4,7 +4,7 @@ Training and the IOC must agree on how named inputs and outputs (scalars, wavefo
 ``[h, w]``) become the ONNX graph's tensors, how they are normalised, and what the manifest says about
 them. Every rule is here, so a change to the contract is a change to this module only.
 
-The rules (assumed from DESIGN.md "Arrays and images" until the IOC's engine fixes them):
+The rules (docs/how-to/model-store.md, "Arrays and images"):
 
 * one ONNX input tensor ``x`` and one output tensor ``y``, batch first, float32;
 * the inputs, in config order, each flattened row-major, concatenated: ``x`` is ``[batch, N]`` —

@@ -32,7 +32,7 @@ import torch
 from ioc.core.config import Config, ModelConfig
 from ioc.core.engine import EngineError, build_model
 from ioc.core.manifest import ManifestError, parse_manifest
-from ioc.core.store import ModelStore, StoreError, sha256_file
+from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import evaluate, registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, manifest_kind, onnx_session
@@ -61,6 +61,7 @@ class Options:
     seed: int | None = None
     start: float | None = None
     end: float | None = None
+    tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
 
 
 @dataclass
@@ -145,12 +146,14 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, la
     return f"scratch ({why})", None, None, None
 
 
-def normalise(split: Split, norm: Normalisation, layout: Layout) -> dict[str, np.ndarray]:
-    """The splits as the network sees them: normalised, inputs in the graph's input tensor shape."""
+def normalise_split(split: Split, norm: Normalisation, layout: Layout | None = None) -> dict[str, np.ndarray]:
+    """x/y of each part of the split in normalised units, float32 (what training and the gate use); the
+    inputs in the graph's input tensor shape (``layout``; default: flat rows)."""
     out = {}
     for name in ("train", "val", "test"):
         part = getattr(split, name)
-        out[f"x_{name}"] = layout.to_input_tensor((part.x - norm.x_mean) / norm.x_std)
+        x = (part.x - norm.x_mean) / norm.x_std
+        out[f"x_{name}"] = layout.to_input_tensor(x) if layout is not None else x.astype(np.float32)
         out[f"y_{name}"] = ((part.y - norm.y_mean) / norm.y_std).astype(np.float32)
     return out
 
@@ -176,7 +179,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             end=options.end if options.end is not None else spec.filters.end))
     if model.store_is_registry:
         raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
-    store = ModelStore(model.store_path)
+    store = model_store(model)
     uri = registry.resolve_tracking_uri(options.tracking_uri)
 
     reporter.stage("loading data")
@@ -191,7 +194,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     net = build_net(spec, layout)
     warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, layout, split.test.x[:256])
     norm = champ_norm or Normalisation.fit(split.train, per_element=spec.normalise == "element")
-    arrays = normalise(split, norm, layout)
+    arrays = normalise_split(split, norm, layout)
     code = registry.code_version()
     env = registry.environment()
 
@@ -202,6 +205,12 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
                          "mlioc.user": registry.user(), "mlioc.warm_start": warm,
                          "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
                          "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest})
+        if options.tuning is not None:
+            t = options.tuning
+            mlflow.set_tags({"mlioc.tune.study": t["study"], "mlioc.tune.storage": t["storage"],
+                             "mlioc.tune.trial": str(t["trial"]), "mlioc.tune.trial_run_id": t["trial_run_id"],
+                             "mlioc.tune.parent_run_id": t["parent_run_id"]})
+            mlflow.log_dict(t, "tuning.json")
         params = registry.flatten({k: v for k, v in spec.to_dict().items() if k not in ("data",)})
         params |= registry.flatten({"dataset": {"digest": dataset.digest, "rows": len(dataset),
                                                 "train_rows": len(split.train), "val_rows": len(split.val),
@@ -271,6 +280,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "parent_sha256": parent_sha,
             "metrics": metrics,
         }
+        if options.tuning is not None:
+            provenance["tuning"] = options.tuning
         manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")

@@ -32,7 +32,7 @@ from training import registry
 from training.dataset import ARRAY_GENERATOR, Normalisation, dataset_from_frame, simulator_arrays, time_split
 from training.layout import Layout
 from training.models import build_model
-from training.pipeline import normalise
+from training.pipeline import normalise_split
 from training.spec import TrainSpec
 from training.trainer import predict, seed_everything, train
 
@@ -123,7 +123,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
     if layout is None:
         layout = Layout.build(dataset.input_signals, dataset.output_signals, spec.kind)
     norm = Normalisation(*(np.asarray(norm_d[k]) for k in ("x_mean", "x_std", "y_mean", "y_std")))
-    arrays = normalise(split, norm, layout)
+    arrays = normalise_split(split, norm, layout)
 
     if reporter is not None:
         reporter.stage(f"retraining run {run_id} ({len(dataset)} rows, {spec.epochs} epochs, seed {spec.seed})")

@@ -7,7 +7,7 @@ held it. Keeping the decision here, apart from the CA/PVA edge, is what lets eve
 exhaustively without a network: no model error and no edge bug can reach a setpoint except through
 this one function.
 
-The checks run in the order of :func:`evaluate` (the table in docs/actions.md): the first guard
+The checks run in the order of :func:`evaluate` (the table in docs/how-to/actions.md): the first guard
 that holds is the one reported (in ``$(P)ACTION:<name>:STATE`` and the audit log). Guards that hold because the
 value is *unsafe or unknown* (disabled, invalid, drift, non-finite, range, readback, step) count
 towards the trip after ``max_held`` consecutive cycles (:class:`HoldCounter`); the routine holds

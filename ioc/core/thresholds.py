@@ -20,7 +20,7 @@ autocorrelation). Every chunk is scored with the very arithmetic the live monito
     HIGH = mean + k_minor * std,   HIHI = mean + k_major * std      (of that maximum)
 
 with ``HYST`` = half a null standard deviation. ``k`` is chosen with ``bench/drift.py`` for the
-false-alarm budget of a day at 10 Hz (docs/drift.md).
+false-alarm budget of a day at 10 Hz (docs/how-to/drift.md).
 
 Debouncing. The alarm server trusts the severity the IOC serves, and caproto has no HYST, so both
 are done here, for both protocols: :class:`Debouncer` raises a severity only after the limit check

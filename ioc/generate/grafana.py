@@ -41,7 +41,7 @@ def _panel(pid: int, kind: str, title: str, grid: tuple[int, int, int, int], tar
 
 
 def _action_panels(y: int) -> list[dict]:
-    """Closed-loop actions (docs/actions.md): only on dashboards of configs that have them."""
+    """Closed-loop actions (docs/how-to/actions.md): only on dashboards of configs that have them."""
     return [
         _panel(10, "stat", "Actions armed", (0, y, 6, 8), [_target(f"mlioc_actions_armed{SEL}", "{{model}}", "A")],
                description="1 while $(P)ACTIONS is on; a trip or an operator switches it off.",

@@ -1,4 +1,4 @@
-"""A model's drift, anomaly and ground-truth error scores, served on its PVs (docs/drift.md).
+"""A model's drift, anomaly and ground-truth error scores, served on its PVs (docs/how-to/drift.md).
 
 This is the edge between the runner and the pure scoring code (:mod:`ioc.core.drift`,
 :mod:`ioc.core.thresholds`). Per cycle it only keeps references to the cycle's input and output arrays

@@ -144,7 +144,7 @@ class SimNames:
 
 
 def steering_pv_specs(n: SimNames) -> list[PVSpec]:
-    """The corrector / BPM pair of the closed-loop demo (docs/actions.md)."""
+    """The corrector / BPM pair of the closed-loop demo (docs/how-to/actions.md)."""
     return [
         PVSpec(name=n.corrector_setpoint, kind=Kind.AO, desc="corrector setpoint", egu="A", prec=3,
                display=COR_LIMITS_A, control=COR_LIMITS_A, writable=True, initial=0.0, scan="Passive", audit=True),

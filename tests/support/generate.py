@@ -1,7 +1,7 @@
 """Configs and PV layouts for the generator tests.
 
 ``extended_specs`` is the layout as it will be once the store (issue 3) and drift (issue 4) PVs
-exist, named by the DESIGN.md convention: the generators must place widgets for them without any
+exist, named by the PV layout (ioc/core/layout.py): the generators must place widgets for them without any
 change, and only then.
 """
 
@@ -81,9 +81,11 @@ def demo_like_config(tmp_path: Path, prefix: str) -> Path:
     doc = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     sim = f"{prefix}SIM:"
     doc["simulator"]["prefix"] = sim
+    doc["ioc"].pop("state_dir", None)  # beside this copy of the config, not the demo's data/
     for model in doc["models"]:
         model["prefix"] = f"{prefix}{model['name'].upper()}:"
         model["store"] = demo_store_copy(tmp_path)
+        model.pop("store_template", None)
         model.pop("record", None)
         model.pop("training", None)
         for inp in model["inputs"]:

@@ -140,13 +140,6 @@ def test_array_key_errors_name_the_file_line_and_the_fix(tmp_path):
     assert any("training.normalise: expected one of channel, element, got 'pixel'" in p for p in problems)
 
 
-def test_a_bad_shape_in_the_config_is_refused_with_its_line(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        _config(tmp_path, [{"name": "w", "shape": [0]}], [{"name": "y", "shape": [2, 3, 4]}])
-    assert any("inputs[0].shape: expected [n] (a waveform) or [h, w] (an image)" in p for p in err.value.problems)
-    assert any("outputs[0].shape" in p for p in err.value.problems)
-
-
 # ----------------------------------------------------------------------------- networks
 
 

@@ -1,4 +1,4 @@
-"""Closed-loop actions: a model output written to a machine setpoint, under guards (docs/actions.md).
+"""Closed-loop actions: a model output written to a machine setpoint, under guards (docs/how-to/actions.md).
 
 This is the edge around :mod:`ioc.core.guards` (the pure decision). Per model with ``action:`` outputs, an
 :class:`ActionController` owns the ``$(P)ACTIONS`` switch and ``$(P)ACTIONS:TRIP``; per output an
