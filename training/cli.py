@@ -114,8 +114,7 @@ def train_command(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_FAIL
     print_summary(outcome)
-    failed_checks = [k for k in ("parity", "ioc_validation", "version_checks")
-                     if outcome.decision.checks.get(k) is False]
+    failed_checks = [k for k in ("parity", "ioc_validation") if outcome.decision.checks.get(k) is False]
     return EXIT_FAIL if failed_checks else EXIT_OK
 
 

@@ -25,7 +25,6 @@ import torch
 
 from ioc.core.config import ModelConfig
 from training.dataset import Normalisation, Split, reference_stats
-from training.evaluate import onnx_session
 from training.layout import Layout, pca_summary, slices
 from training.spec import TrainSpec
 
@@ -52,6 +51,14 @@ def export_onnx(net: torch.nn.Sequential, input_tensor: tuple[int, ...]) -> byte
     buf = io.BytesIO()
     onnx.save(program.model_proto, buf)
     return buf.getvalue()
+
+
+def onnx_session(model: bytes | str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 @dataclass

@@ -2,8 +2,7 @@
 
 Both models are run through the IOC's own engine (:mod:`ioc.core.engine`: checksum, signature vs config,
 test vectors, finite outputs, the normalisation around the graph), so the comparison is of what the
-IOC would actually serve, and a challenger the IOC would reject is rejected here first. (Array models:
-through :mod:`training.evaluate`, the same arithmetic and checks, until the IOC's engine takes them.)
+IOC would actually serve, and a challenger the IOC would reject is rejected here first.
 
 Score: per-output RMSE in raw units on the test split, normalised by that output's standard deviation
 in the test split (NRMSE), and their mean. An array output is one output: RMSE and spread over all its
@@ -28,12 +27,9 @@ import numpy as np
 from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.engine import EngineError, LoadedModel, load_version
 from ioc.core.store import ModelStore
-from training import evaluate
 from training.dataset import Dataset
-from training.layout import Layout, slices
+from training.layout import slices
 from training.spec import GateSpec
-
-Runnable = LoadedModel | evaluate.OnnxVersion  # anything with run_batch(raw rows) -> raw rows
 
 
 @dataclass
@@ -57,7 +53,7 @@ class Decision:
     checks: dict[str, bool] = field(default_factory=dict)
 
 
-def score(model: Runnable, test: Dataset) -> Scores:
+def score(model: LoadedModel, test: Dataset) -> Scores:
     pred = model.run_batch(test.x)
     rmse, nrmse = {}, {}
     for name, cols in slices(test.output_signals).items():
@@ -68,8 +64,8 @@ def score(model: Runnable, test: Dataset) -> Scores:
     return Scores(rmse, nrmse)
 
 
-def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceConfig,
-                  layout: Layout | None = None) -> tuple[int | None, str, Runnable | None]:
+def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceConfig) -> tuple[int | None, str,
+                                                                                                 LoadedModel | None]:
     """(version, why-not, model): the current champion through the engine, or the reason it cannot be used."""
     if not store.exists():
         return None, "no model store yet", None
@@ -77,14 +73,12 @@ def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceCo
     if number is None:
         return None, "no champion in the store", None
     try:
-        if layout is not None and not evaluate.ioc_validates(layout):
-            return number, "", evaluate.load_store_version(store, number, layout)
         return number, "", load_version(store, number, config, inference)
-    except (EngineError, evaluate.VersionError) as exc:
+    except EngineError as exc:
         return number, f"champion v{number} cannot be loaded with this config ({exc})", None
 
 
-def decide(challenger: Runnable, test: Dataset, gate: GateSpec, champion: Runnable | None,
+def decide(challenger: LoadedModel, test: Dataset, gate: GateSpec, champion: LoadedModel | None,
            champion_version: int | None, champion_problem: str) -> Decision:
     mine = score(challenger, test)
     if champion is None:

@@ -31,12 +31,12 @@ import torch
 
 from ioc.core.config import Config, ModelConfig
 from ioc.core.engine import EngineError, build_model
-from ioc.core.manifest import ManifestError, parse_manifest
+from ioc.core.manifest import ManifestError, parse_manifest, read_manifest
 from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
-from training import evaluate, registry
+from training import registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, manifest_kind, onnx_session
-from training.gate import Decision, Runnable, decide, load_champion
+from training.gate import Decision, decide, load_champion
 from training.layout import Layout
 from training.models import WarmStartError, architecture, load_onnx_weights
 from training.models import build_model as build_net
@@ -91,21 +91,6 @@ class Reporter:
         return lambda stats: None
 
 
-def _champion_manifest(store: ModelStore, number: int, layout: Layout) -> dict[str, Any]:
-    """The champion's manifest as a document: the IOC's strict parser for a scalar model; an array
-    model's (which the IOC's parser does not read yet) as JSON, with what the warm start needs checked."""
-    if evaluate.ioc_validates(layout):
-        from ioc.core.manifest import read_manifest
-
-        return read_manifest(store.manifest_path(number)).raw
-    try:
-        doc = json.loads(store.manifest_path(number).read_text())
-        Normalisation.from_manifest(layout, doc)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"{type(exc).__name__}: {exc}") from exc
-    return doc
-
-
 def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, layout: Layout,
                 x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
     """(description, champion normalisation, parent version, parent sha) — or scratch with the reason."""
@@ -117,7 +102,7 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, la
         why = "no champion"
     else:
         try:
-            man = _champion_manifest(store, number, layout)
+            man = read_manifest(store.manifest_path(number)).raw
         except ManifestError as exc:
             why = f"champion v{number} manifest unreadable: {exc}"
         else:
@@ -285,7 +270,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
-        decision, loaded = _gate(config, model, spec, layout, store, onnx_bytes, manifest, parity, split)
+        decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
         if decision.challenger is not None:
             mlflow.log_metrics({f"test_rmse_{k}": v for k, v in decision.challenger.rmse.items()}
                                | {"test_mean_nrmse": decision.challenger.mean_nrmse})
@@ -357,30 +342,23 @@ def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> Non
             mlflow.log_artifact(str(path), "dataset")
 
 
-def _gate(config: Config, model: ModelConfig, spec: TrainSpec, layout: Layout, store: ModelStore,
-          onnx_bytes: bytes, manifest: dict[str, Any], parity: Parity, split: Split):
+def _gate(config: Config, model: ModelConfig, spec: TrainSpec, store: ModelStore, onnx_bytes: bytes,
+          manifest: dict[str, Any], parity: Parity, split: Split):
     if not parity.ok:
         return Decision(False, None, f"ONNX parity failed: max |ONNX - torch| = {parity.max_abs:.3g} on "
                         f"{parity.n} test rows > tolerance {parity.atol:g}", checks={"parity": False}), None
-    # The IOC's engine validates what it can load; an array model, until it can, the same checks here
-    # (training.evaluate), reported as "version_checks" so nobody mistakes them for the IOC's own.
-    check = "ioc_validation" if evaluate.ioc_validates(layout) else "version_checks"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(onnx_bytes)
         doc = dict(manifest, sha256=sha256_file(path))
-        loaded: Runnable
         try:
-            if check == "ioc_validation":
-                loaded = build_model(path, parse_manifest(doc), model, config.ioc.inference, "candidate")
-            else:
-                loaded = evaluate.load(onnx_bytes, doc, layout, "candidate")
-        except (EngineError, ManifestError, evaluate.VersionError) as exc:
+            loaded = build_model(path, parse_manifest(doc), model, config.ioc.inference, "candidate")
+        except (EngineError, ManifestError) as exc:
             return Decision(False, None, f"the IOC would reject this version: {exc}",
-                            checks={"parity": True, check: False}), None
-    number, problem, champion = load_champion(store, model, config.ioc.inference, layout)
+                            checks={"parity": True, "ioc_validation": False}), None
+    number, problem, champion = load_champion(store, model, config.ioc.inference)
     decision = decide(loaded, split.test, spec.gate, champion, number, problem)
-    decision.checks = {"parity": True, check: True} | decision.checks
+    decision.checks = {"parity": True, "ioc_validation": True} | decision.checks
     return decision, loaded
 
 

@@ -414,7 +414,7 @@ _SEARCH = ("trials", "study", "epochs", "sampler", "pruner", "space")
 _SAMPLER = ("type", "seed", "startup_trials")
 _PRUNER = ("type", "startup_trials", "warmup_epochs", "min_epochs", "reduction_factor")
 _RANGE = ("low", "high", "log", "step")
-# key -> (value type, what a value must be); conv_channels is for array models (convolutional layers).
+# key -> (value type, what a value must be); conv_channels: the ``channels`` of a cnn1d / cnn2d model.
 _SPACE: dict[str, tuple[str, str]] = {
     "lr": ("float", "positive"),
     "weight_decay": ("float", "nonneg"),
@@ -469,12 +469,6 @@ class SearchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _is_array_model(model: ModelConfig) -> bool:
-    """A model with an input of more than one element (a waveform): only those have convolutional layers."""
-    return any((getattr(i, "shape", None) or ()) not in ((), (1,)) or (getattr(i, "nelm", 1) or 1) > 1
-               for i in model.inputs)
 
 
 def _space_value(c: Checker, key: str, value: Any, path) -> Any:
@@ -621,9 +615,9 @@ def parse_search(raw: Any, spec: TrainSpec, model: ModelConfig, c: Checker, path
             param = _space_param(c, key, value, (*spp, key))
             if param is None:
                 continue
-            if key == "conv_channels" and not _is_array_model(model):
-                c.error((*spp, key), f"only for array models (convolution over a waveform input); model "
-                        f"{model.name}'s inputs are scalars")
+            if key == "conv_channels" and spec.kind not in CONV_KINDS:
+                c.error((*spp, key), f"only for array models with convolutions (kind {' or '.join(CONV_KINDS)}); "
+                        f"model {model.name} is a {spec.kind}")
                 continue
             space[key] = param
         if len(c.problems) == before and not any(p.searched for p in space.values()):

@@ -27,11 +27,12 @@ Arrays (:mod:`ioc.sim.beamline`, the array demo ``config/demo-arrays.yaml``):
 
 ``DRIFT`` also shifts the error orbit; ``FAULT`` STALL stops the arrays too, NAN puts NaN in BPM
 ``NAN_BPM`` (its waveform element and its scalar), in image rows ``NAN_ROWS`` and in profile points
-``NAN_PROFILE_POINTS`` (every other scalar reads NaN, as before).
+``NAN_PROFILE_POINTS`` (every other scalar reads NaN, as before); an array with a NaN element is
+INVALID, as the PV model serves any waveform.
 
-It reuses the IOC's own PV model and protocol adapters for its scalars (the array channels sit
-beside them on the same servers, :mod:`ioc.sim.array_pvs`): the simulator is served like the
-product, so what a test sees of one is what it would see of the other.
+It reuses the IOC's own PV model and protocol adapters (waveforms and the NTNDArray included): the
+simulator is served exactly like the product, so what a test sees of one is what it would see of
+the other.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from ioc.core.pvmodel import PV, ClientInfo, Kind, PVDatabase, PVSpec
 from ioc.protocols.ca_server import CaServer
 from ioc.protocols.pva_server import PvaServer
 from ioc.sim import beamline as bl
-from ioc.sim.array_pvs import ArrayPVs, ArraySpec
 from ioc.sim.physics import COR_LIMITS_A, KNOBS, OBSERVABLES, Machine, Steering
 
 log = logging.getLogger("mlioc.sim")
@@ -184,16 +184,22 @@ def line_pv_specs(n: SimNames) -> list[PVSpec]:
     return specs
 
 
-def array_specs(n: SimNames) -> list[ArraySpec]:
-    """The array PVs: orbit waveforms, the screen image and the profile (:mod:`ioc.sim.array_pvs`)."""
+def array_specs(n: SimNames) -> list[PVSpec]:
+    """The waveforms: orbits, the screen image (an NTNDArray over PVA), the profile and their axes."""
     half = bl.PROFILE_HALF_WIDTH_MM
+
+    def wave(name: str, shape: tuple[int, ...], desc: str, egu: str, prec: int, display: tuple[float, float],
+             ftvl: str = "DOUBLE") -> PVSpec:
+        return PVSpec(name=name, kind=Kind.WAVEFORM, desc=desc, egu=egu, prec=prec, display=display, shape=shape,
+                      ftvl=ftvl, initial=math.nan)
+
     return [
-        ArraySpec(n.orbit("x"), (bl.N_BPM,), "horizontal orbit", "mm", 3, (-5.0, 5.0)),
-        ArraySpec(n.orbit("y"), (bl.N_BPM,), "vertical orbit", "mm", 3, (-5.0, 5.0)),
-        ArraySpec(n.orbit_s, (bl.N_BPM,), "BPM positions along the line", "m", 1, (0.0, float(bl.BPM_S[-1]) + 1)),
-        ArraySpec(n.image, bl.IMAGE_SHAPE, "screen image", "counts", 0, (0.0, 4000.0), dtype="f"),
-        ArraySpec(n.profile, (bl.PROFILE_POINTS,), "horizontal beam profile", "nC/mm", 4, (0.0, 0.5)),
-        ArraySpec(n.profile_positions, (bl.PROFILE_POINTS,), "profile positions", "mm", 2, (-half, half)),
+        wave(n.orbit("x"), (bl.N_BPM,), "horizontal orbit", "mm", 3, (-5.0, 5.0)),
+        wave(n.orbit("y"), (bl.N_BPM,), "vertical orbit", "mm", 3, (-5.0, 5.0)),
+        wave(n.orbit_s, (bl.N_BPM,), "BPM positions along the line", "m", 1, (0.0, float(bl.BPM_S[-1]) + 1)),
+        wave(n.image, bl.IMAGE_SHAPE, "screen image", "counts", 0, (0.0, 4000.0), ftvl="FLOAT"),
+        wave(n.profile, (bl.PROFILE_POINTS,), "horizontal beam profile", "nC/mm", 4, (0.0, 0.5)),
+        wave(n.profile_positions, (bl.PROFILE_POINTS,), "profile positions", "mm", 2, (-half, half)),
     ]
 
 
@@ -221,12 +227,12 @@ def sim_pv_specs(prefix: str) -> list[PVSpec]:
                         writable=True, initial=0, scan="Passive", audit=True))
     specs += steering_pv_specs(n)
     specs += line_pv_specs(n)
+    specs += array_specs(n)
     return specs
 
 
 def sim_pv_names(prefix: str) -> list[str]:
-    """Every PV the simulator serves: scalars, then arrays."""
-    return [s.name for s in sim_pv_specs(prefix)] + [s.name for s in array_specs(SimNames(prefix))]
+    return [s.name for s in sim_pv_specs(prefix)]
 
 
 def _with_nan(values: np.ndarray, index) -> np.ndarray:
@@ -252,8 +258,6 @@ class Simulator:
         now = clock()
         for spec in sim_pv_specs(prefix):
             self.db.add(spec, now)
-        self.arrays = ArrayPVs(array_specs(self.names), now)
-        self.pending: dict[str, tuple[np.ndarray, float, int]] = {}  # arrays computed, not yet published
         self.truth: dict[str, float] | None = None  # the beam on the screen, for the next frame
         for k in KNOBS:
             self.db[self.names.setpoint(k.pv)].put_handler = self._setpoint_handler(k.name)
@@ -268,8 +272,8 @@ class Simulator:
         for pv in self.db:
             if pv.spec.writable or pv.spec.kind is Kind.LONGIN:
                 pv.post(pv.spec.initial, now)
-        self.pending[self.names.orbit_s] = (bl.BPM_S, now, 0)
-        self.pending[self.names.profile_positions] = (bl.PROFILE_MM, now, 0)
+        self.db[self.names.orbit_s].post(bl.BPM_S.copy(), now)
+        self.db[self.names.profile_positions].post(bl.PROFILE_MM.copy(), now)
 
     def _setpoint_handler(self, knob: str):
         def handler(pv: PV, value: float, client: ClientInfo) -> None:
@@ -314,7 +318,7 @@ class Simulator:
         return handler
 
     def step(self) -> None:
-        """Advance the machine one period and post its scalars; its arrays wait in ``pending``."""
+        """Advance the machine one period and post what it measured (the image: :meth:`frame`)."""
         readback, observed = self.machine.step()
         corrector, bpm = self.steering.step()
         line = self.line.step()
@@ -339,7 +343,7 @@ class Simulator:
             orbit = _with_nan(line[f"orbit_{plane}"], NAN_BPM - 1) if nan else line[f"orbit_{plane}"]
             for i, value in enumerate(orbit, start=1):
                 db[n.line_bpm(i, plane)].post(float(value), now)
-            self.pending[n.orbit(plane)] = (orbit, now, 0)
+            db[n.orbit(plane)].post(orbit, now)
         for j in range(1, bl.N_COR + 1):
             db[n.line_corrector(j)].post(math.nan if nan else float(line["currents"][j - 1]), now)
             db[n.best_correction(j)].post(math.nan if nan else float(line["dcor"][j - 1]), now)
@@ -347,31 +351,24 @@ class Simulator:
         db[n.centroid("x")].post(math.nan if nan else cx, now)
         db[n.centroid("y")].post(math.nan if nan else cy, now)
         prof = self.screen.profile(truth)
-        self.pending[n.profile] = (_with_nan(prof, list(NAN_PROFILE_POINTS)) if nan else prof, now, 0)
+        db[n.profile].post(_with_nan(prof, list(NAN_PROFILE_POINTS)) if nan else prof, now)
 
     def frame(self) -> None:
-        """Take one camera frame of the current beam (at image_hz); it waits in ``pending``."""
+        """Take one camera frame of the current beam (at image_hz)."""
         if self.truth is None or self.fault == 1:
             return
         image = self.screen.frame(self.truth)
         if self.fault == 2:
             image[list(NAN_ROWS), :] = np.nan
         now = self.clock()
-        self.pending[self.names.image] = (image, now, self.screen.unique_id)
+        self.db[self.names.image].post(image, now)
         self.db[self.names.image_counter].post(self.screen.unique_id, now)
-
-    async def publish(self) -> None:
-        """Publish the pending arrays on both protocols."""
-        while self.pending:
-            name, (value, ts, uid) = self.pending.popitem()
-            await self.arrays.post(name, value, ts, uid)
 
     async def _every(self, period: float, action) -> None:
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         while True:
             action()
-            await self.publish()
             next_t += period
             delay = next_t - loop.time()
             if delay < -period:
@@ -393,26 +390,18 @@ async def serve_simulator(prefix: str, rate_hz: float, seed: int, *, image_hz: f
     sim.step()
     sim.frame()
     servers: list[CaServer | PvaServer] = []
-    ca = pva = None
     if "ca" in protocols:
-        ca = CaServer(sim.db, port=ca_port, interfaces=interfaces)
-        ca.pvdb.update(sim.arrays.ca_channels())
-        servers.append(ca)
+        servers.append(CaServer(sim.db, port=ca_port, interfaces=interfaces))
     if "pva" in protocols:
-        pva = PvaServer(sim.db, port=pva_port, interfaces=interfaces)
-        servers.append(pva)
+        servers.append(PvaServer(sim.db, port=pva_port, interfaces=interfaces))
     for server in servers:
         await server.start()
-    if pva is not None and pva.provider is not None:
-        for name, shared in sim.arrays.pva_channels().items():
-            pva.provider.add(name, shared)
-    await sim.publish()
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(sim.run_updates(), name="sim-updates"),
              loop.create_task(sim.run_images(), name="sim-images")]
     ports = ", ".join(f"{type(s).__name__[:3].lower()} port {s.port}" for s in servers)
-    log.info("simulator ready: %d PVs and %d arrays under %s at %g Hz, images at %g Hz (%s)", len(sim.db),
-             len(sim.arrays.specs), prefix, rate_hz, sim.image_hz, ports)
+    log.info("simulator ready: %d PVs under %s at %g Hz, images at %g Hz (%s)", len(sim.db), prefix, rate_hz,
+             sim.image_hz, ports)
     try:
         await (stop.wait() if stop is not None else asyncio.Future())
     finally:
@@ -420,4 +409,3 @@ async def serve_simulator(prefix: str, rate_hz: float, seed: int, *, image_hz: f
             task.cancel()
         for server in servers:
             await server.stop()
-        sim.arrays.close()

@@ -146,33 +146,35 @@ def test_the_datasets_correction_target_is_the_one_that_flattens_the_measured_or
 
 def test_the_simulator_publishes_nan_elements_on_fault_nan_and_nothing_on_stall():
     sim = Simulator("S:", 10.0, seed=0)
-    n = sim.names
+    n, db = sim.names, sim.db
     sim.step()
     sim.frame()
-    assert np.isfinite(sim.pending[n.orbit("x")][0]).all() and np.isfinite(sim.pending[n.image][0]).all()
+    assert np.isfinite(db[n.orbit("x")].value).all() and np.isfinite(db[n.image].value).all()
+    assert db[n.image].value.shape == bl.IMAGE_SHAPE and db[n.image].value.dtype == np.float32
+    assert db[n.orbit("x")].reading.severity == 0
     sim.fault = 2
     sim.step()
     sim.frame()
-    orbit = sim.pending[n.orbit("x")][0]
+    orbit = db[n.orbit("x")].value
     assert np.flatnonzero(~np.isfinite(orbit)).tolist() == [NAN_BPM - 1]
-    assert np.isnan(sim.db[n.line_bpm(NAN_BPM, "x")].value) and np.isfinite(sim.db[n.line_bpm(1, "x")].value)
-    image = sim.pending[n.image][0]
-    assert sorted(set(np.argwhere(np.isnan(image))[:, 0])) == list(NAN_ROWS)
-    assert np.flatnonzero(np.isnan(sim.pending[n.profile][0])).tolist() == list(NAN_PROFILE_POINTS)
+    assert db[n.orbit("x")].reading.severity == 3  # the PV model serves a waveform with a NaN as INVALID
+    assert np.isnan(db[n.line_bpm(NAN_BPM, "x")].value) and np.isfinite(db[n.line_bpm(1, "x")].value)
+    assert sorted(set(np.argwhere(np.isnan(db[n.image].value))[:, 0])) == list(NAN_ROWS)
+    assert np.flatnonzero(np.isnan(db[n.profile].value)).tolist() == list(NAN_PROFILE_POINTS)
     sim.fault = 1
-    sim.pending.clear()
-    counter = sim.db[n.image_counter].value
+    before = {name: db[name].reading for name in (n.orbit("x"), n.image, n.profile, n.image_counter)}
     sim.step()
     sim.frame()
-    assert sim.pending == {} and sim.db[n.image_counter].value == counter
+    assert all(db[name].reading is reading for name, reading in before.items())  # nothing posted
 
 
 def test_the_orbit_scalars_and_waveform_agree():
     sim = Simulator("S:", 10.0, seed=0)
     sim.step()
     n = sim.names
-    wave = sim.pending[n.orbit("y")][0]
+    wave = sim.db[n.orbit("y")].value
     assert [sim.db[n.line_bpm(i, "y")].value for i in range(1, bl.N_BPM + 1)] == pytest.approx(list(wave))
+    assert np.array_equal(sim.db[n.orbit_s].value, bl.BPM_S)  # the axis of an XY plot
 
 
 def test_the_simulator_lists_its_array_pvs():

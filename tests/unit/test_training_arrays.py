@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("torch")  # the `train` extra
 
 from ioc.core.configfile import load_config
+from ioc.core.engine import load_version
 from ioc.core.store import ModelStore
 from tests.support.configs import model, write_config
-from training import evaluate
 from training.layout import Layout
 from training.pipeline import Options, run
 from training.reproduce import reproduce
@@ -80,7 +80,7 @@ def test_each_array_kind_trains_exports_with_parity_and_is_pushed(tmp_path, case
     config = _setup(tmp_path, case)
     out = _train(tmp_path, config)
     assert out.parity.ok and out.parity.max_abs < 1e-4 and out.parity.n == len(out.split.test)
-    assert out.decision.promote and out.decision.checks["version_checks"] is True
+    assert out.decision.promote and out.decision.checks["ioc_validation"] is True
     assert out.store_version == 1
     store = ModelStore(tmp_path / "store")
     assert store.champion() == 1
@@ -95,8 +95,8 @@ def test_each_array_kind_trains_exports_with_parity_and_is_pushed(tmp_path, case
     for e in doc["inputs"]:
         if "shape" in e:
             assert doc["reference"]["inputs"][e["name"]]["summary"] == "pca"
-    # The pushed version, loaded as the IOC would load it, reproduces its test vectors and beats a constant.
-    version = evaluate.load_store_version(store, 1, layout)
+    # The pushed version, loaded by the IOC's own engine, reproduces its test vectors and beats a constant.
+    version = load_version(store, 1, config.model("m"), config.ioc.inference)
     assert np.isfinite(version.run_batch(out.split.test.x)).all()
     assert out.decision.challenger.mean_nrmse < 0.8
     assert store.onnx_path(1).stat().st_size < 200_000
