@@ -61,9 +61,10 @@ def fetch_signal(client, pv: str, start: dt.datetime, end: dt.datetime) -> tuple
 def load_archiver(url: str, arch: ArchiverSpec, model: ModelConfig, spec: TrainSpec,
                   session=None) -> tuple[Dataset, np.ndarray, Counter]:
     ins, outs = _names(model, spec.kind)
-    arrays = [s for s in (*model.inputs, *model.outputs) if getattr(s, "shape", None)]
+    arrays = [(i.name, i.shape) for i in model.inputs if i.shape] + [(o.name, o.shape) for o in model.outputs
+                                                                     if o.shape]
     if arrays:
-        raise DatasetError(f"archiver data holds scalars only here; {arrays[0].name} has shape {list(arrays[0].shape)} "
+        raise DatasetError(f"archiver data holds scalars only here; {arrays[0][0]} has shape {list(arrays[0][1])} "
                            "(use recorded data or a file)")
     start = parse_time(arch.start) if arch.start is not None else spec.filters.start
     end = parse_time(arch.end) if arch.end is not None else spec.filters.end

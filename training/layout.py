@@ -1,22 +1,19 @@
-"""The tensor layout contract between training and the IOC, in one place.
+"""Training's side of the tensor layout contract with the IOC, in one place.
 
-Training and the IOC must agree on how named inputs and outputs (scalars, waveforms ``[n]``, images
-``[h, w]``) become the ONNX graph's tensors, how they are normalised, and what the manifest says about
-them. Every rule is here, so a change to the contract is a change to this module only.
+The IOC's rule (docs/how-to/model-store.md, "Arrays and images"; :class:`ioc.core.arrays.TensorLayout`,
+whose offsets this module uses): one ONNX input tensor ``x`` and one output tensor ``y``, batch first;
+the named inputs, in config order, each flattened row-major and concatenated into one flat vector
+reshaped to ``[batch, *onnx.input_shape]``; the output tensor read back flat and cut into the named
+outputs the same way; per signal a ``mean``/``std`` of one number (per channel) or one per element;
+test vectors are rows of the flat vectors.
 
-The rules (docs/how-to/model-store.md, "Arrays and images"):
+What training decides within it, here:
 
-* one ONNX input tensor ``x`` and one output tensor ``y``, batch first, float32;
-* the inputs, in config order, each flattened row-major, concatenated: ``x`` is ``[batch, N]`` —
-  except a model whose single input is an image ``[h, w]``: ``[batch, 1, h, w]``, and a ``cnn1d``
-  model whose single input is a waveform ``[n]``: ``[batch, 1, n]``;
-* the outputs likewise: ``y`` is ``[batch, M]`` (an image output is its h*w values, row-major);
-* the manifest's ``onnx`` section gives both tensor shapes without the batch dimension
-  (``input_shape``, ``output_shape``); each input/output entry has ``name``, ``shape`` (absent for a
-  scalar), ``units``, ``mean`` and ``std``: one number (the same for every element: per channel) or a
-  list of one per element (row-major); the IOC normalises before the graph, ``(x - mean) * (1/std)``,
-  and de-normalises after it, as for scalars;
-* test vectors are flattened rows: N raw input values in, M raw output values out.
+* the input tensor a network takes (``onnx.input_shape``): ``[1, h, w]`` for a model whose single
+  input is an image, ``[1, n]`` for a ``cnn1d`` model's single waveform, else the flat ``[N]``;
+  the output tensor is always flat ``[M]``;
+* the manifest's signal entries (``shape``, and a per-channel normalisation written as one number);
+* flattening batches of named signals into rows and back.
 """
 
 from __future__ import annotations
@@ -26,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ioc.core.arrays import TensorLayout
 
 Shape = tuple[int, ...]
 
@@ -52,12 +51,10 @@ def _signals(items) -> tuple[Signal, ...]:
 
 
 def slices(signals: tuple[Signal, ...]) -> dict[str, slice]:
-    """Each signal's columns in the flattened, concatenated rows."""
-    out, start = {}, 0
-    for s in signals:
-        out[s.name] = slice(start, start + s.size)
-        start += s.size
-    return out
+    """Each signal's columns in the flattened, concatenated rows (the IOC's :class:`TensorLayout` offsets)."""
+    flat = TensorLayout.of(signals)
+    return {name: slice(offset, offset + s.size)
+            for name, offset, s in zip(flat.names, flat.offsets, signals, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -98,11 +95,12 @@ class Layout:
 
     @property
     def n_in(self) -> int:
-        return sum(s.size for s in self.inputs)
+        """Elements of the flat input vector (the IOC's :class:`TensorLayout` total)."""
+        return TensorLayout.of(self.inputs).total
 
     @property
     def n_out(self) -> int:
-        return sum(s.size for s in self.outputs)
+        return TensorLayout.of(self.outputs).total
 
     @property
     def output_tensor(self) -> Shape:
@@ -141,13 +139,11 @@ class Layout:
     @staticmethod
     def unflatten(signals: tuple[Signal, ...], flat: np.ndarray) -> dict[str, np.ndarray]:
         """Inverse of :meth:`flatten`: rows (b, total size) -> per-signal arrays (b, *shape)."""
-        out, start = {}, 0
-        for s in signals:
-            out[s.name] = flat[:, start:start + s.size].reshape(len(flat), *s.shape)
-            start += s.size
-        if start != flat.shape[1]:
-            raise ValueError(f"{flat.shape[1]} columns, the signals take {start}")
-        return out
+        total = sum(s.size for s in signals)
+        if total != flat.shape[1]:
+            raise ValueError(f"{flat.shape[1]} columns, the signals take {total}")
+        return {s.name: flat[:, cols].reshape(len(flat), *s.shape)
+                for s, cols in zip(signals, slices(signals).values(), strict=True)}
 
     # ------------------------------------------------------------------ normalisation in the manifest
 

@@ -236,3 +236,12 @@ def test_simulator_array_data_must_match_the_simulators_shapes(tmp_path):
     config = _config(tmp_path, ["screen"], ["dcor1"], {"data": {"source": "simulator"}})
     with pytest.raises(DatasetError, match=r"give it shape: \[64, 64\]"):
         build_dataset(config.model("m"), load_spec(config, "m"), None)
+
+
+def test_archiver_data_for_an_array_model_is_refused_clearly(tmp_path):
+    archiver = {"url": "http://archiver.invalid:17668", "start": 1.8e9, "end": 1.8e9 + 60,
+                "pvs": {"w": "X:ORBIT", "y": "X:Y"}}
+    config = _config(tmp_path, [{"name": "w", "shape": [4]}], ["y"],
+                     {"data": {"source": "archiver", "archiver": archiver}})
+    with pytest.raises(DatasetError, match=r"archiver data holds scalars only here; w has shape \[4\]"):
+        build_dataset(config.model("m"), load_spec(config, "m"), None)
