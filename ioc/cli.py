@@ -100,6 +100,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             sim.prefix,
             args.rate_hz or sim.rate_hz,
             sim.seed if args.seed is None else args.seed,
+            image_hz=args.image_hz or sim.image_hz,
             ca_port=args.ca_port or sim.ca_port,
             pva_port=args.pva_port or sim.pva_port,
             interfaces=args.interfaces.split() if args.interfaces else None,
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p)
     p.add_argument("--rate-hz", type=float, help="update rate [simulator.rate_hz]")
     p.add_argument("--seed", type=int, help="random seed [simulator.seed]")
+    p.add_argument("--image-hz", type=float, help="screen image rate [simulator.image_hz, else the update rate]")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("check", help="validate a config and its models without serving")

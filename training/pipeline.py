@@ -31,12 +31,13 @@ import torch
 
 from ioc.core.config import Config, ModelConfig
 from ioc.core.engine import EngineError, build_model
-from ioc.core.manifest import ManifestError, parse_manifest
+from ioc.core.manifest import ManifestError, parse_manifest, read_manifest
 from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
-from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
+from training.export import Parity, build_manifest, check_parity, export_onnx, manifest_kind, onnx_session
 from training.gate import Decision, decide, load_champion
+from training.layout import Layout
 from training.models import WarmStartError, architecture, load_onnx_weights
 from training.models import build_model as build_net
 from training.spec import TrainSpec
@@ -90,8 +91,8 @@ class Reporter:
         return lambda stats: None
 
 
-def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, model: ModelConfig, n_in: int,
-                n_out: int, x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
+def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, layout: Layout,
+                x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
     """(description, champion normalisation, parent version, parent sha) — or scratch with the reason."""
     if spec.warm_start == "scratch":
         return "scratch (warm_start: scratch)", None, None, None
@@ -101,24 +102,23 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
         why = "no champion"
     else:
         try:
-            from ioc.core.manifest import read_manifest
-
-            man = read_manifest(store.manifest_path(number))
+            man = read_manifest(store.manifest_path(number)).raw
         except ManifestError as exc:
             why = f"champion v{number} manifest unreadable: {exc}"
         else:
-            arch = man.provenance.get("architecture")
-            if arch != architecture(spec, n_in, n_out):
-                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, n_in, n_out)}"
-            elif man.kind != spec.kind:
-                why = f"champion v{number} is a {man.kind} model"
+            arch = man.get("provenance", {}).get("architecture")
+            if arch != architecture(spec, layout):
+                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, layout)}"
+            elif man.get("kind", "regression") != manifest_kind(spec.kind):
+                why = f"champion v{number} is a {man.get('kind')} model"
     if why is None:
         try:
             load_onnx_weights(net, store.onnx_path(number))
-            norm = Normalisation(np.array([s.mean for s in man.inputs]), np.array([s.std for s in man.inputs]),
-                                 np.array([s.mean for s in man.outputs]), np.array([s.std for s in man.outputs]))
-            xn = ((x_check - norm.x_mean) / norm.x_std).astype(np.float32)
-            ref = onnx_session(str(store.onnx_path(number))).run([man.onnx_output], {man.onnx_input: xn})[0]
+            norm = Normalisation.from_manifest(layout, man)
+            xn = layout.to_input_tensor((x_check - norm.x_mean) / norm.x_std)
+            onnx = man.get("onnx", {})
+            ref = onnx_session(str(store.onnx_path(number))).run([onnx.get("output", "y")],
+                                                                  {onnx.get("input", "x"): xn})[0]
             diff = float(np.abs(predict(net, xn) - ref).max())
             if not diff <= spec.gate.parity_atol:
                 raise WarmStartError(f"loaded weights differ from the champion's ONNX by {diff:.2e}")
@@ -131,12 +131,14 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
     return f"scratch ({why})", None, None, None
 
 
-def normalise_split(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
-    """x/y of each part of the split in normalised units, float32 (what training and the gate use)."""
+def normalise_split(split: Split, norm: Normalisation, layout: Layout | None = None) -> dict[str, np.ndarray]:
+    """x/y of each part of the split in normalised units, float32 (what training and the gate use); the
+    inputs in the graph's input tensor shape (``layout``; default: flat rows)."""
     out = {}
     for name in ("train", "val", "test"):
         part = getattr(split, name)
-        out[f"x_{name}"] = ((part.x - norm.x_mean) / norm.x_std).astype(np.float32)
+        x = (part.x - norm.x_mean) / norm.x_std
+        out[f"x_{name}"] = layout.to_input_tensor(x) if layout is not None else x.astype(np.float32)
         out[f"y_{name}"] = ((part.y - norm.y_mean) / norm.y_std).astype(np.float32)
     return out
 
@@ -173,11 +175,11 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
 
     client = registry.setup(uri, spec.experiment_name)
     seed_everything(spec.seed)
-    n_in, n_out = len(dataset.input_names), len(dataset.output_names)
-    net = build_net(spec, n_in, n_out)
-    warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
-    norm = champ_norm or Normalisation.fit(split.train)
-    arrays = normalise_split(split, norm)
+    layout = Layout.from_model(model, spec.kind)
+    net = build_net(spec, layout)
+    warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, layout, split.test.x[:256])
+    norm = champ_norm or Normalisation.fit(split.train, per_element=spec.normalise == "element")
+    arrays = normalise_split(split, norm, layout)
     code = registry.code_version()
     env = registry.environment()
 
@@ -203,6 +205,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         mlflow.log_params({k: v[:6000] for k, v in params.items()})
         _log_dataset(mlflow, spec, dataset, split)
         mlflow.log_dict(spec.to_dict(), "spec.json")
+        mlflow.log_dict(layout.to_dict(), "layout.json")
         mlflow.log_dict(norm.to_dict(), "normalisation.json")
         mlflow.log_dict(env, "environment.json")
         mlflow.log_dict(code, "code_version.json")
@@ -238,7 +241,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
 
         reporter.stage("exporting ONNX and checking parity")
         t = time.perf_counter()
-        onnx_bytes = export_onnx(result.net, n_in)
+        onnx_bytes = export_onnx(result.net, layout.input_tensor)
         torch_test = predict(result.net, arrays["x_test"])
         parity = check_parity(onnx_bytes, torch_test, arrays["x_test"], spec.gate.parity_atol)
         timings["export_s"] = time.perf_counter() - t
@@ -255,7 +258,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "code_version": code,
             "environment": registry.key_versions(env),
             "hardware": {k: hw[k] for k in ("cpu", "device") if k in hw},
-            "architecture": architecture(spec, n_in, n_out),
+            "architecture": architecture(spec, layout),
             "seed": spec.seed,
             "warm_start": warm,
             "parent_version": parent,
@@ -264,7 +267,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         }
         if options.tuning is not None:
             provenance["tuning"] = options.tuning
-        manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance)
+        manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
         decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
@@ -308,25 +311,31 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
 
 
 def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> None:
-    frame = dataset.to_frame()
     source = json.dumps(dataset.source, sort_keys=True, default=str)
     import warnings
 
+    # MLflow's dataset entity infers a schema cell by cell: minutes for list columns (arrays), so array
+    # data are identified by the digest tag and dataset/metadata.json alone.
+    frame = dataset.to_frame() if spec.log_dataset or not dataset.shapes else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a plain string is
-            ds = mlflow.data.from_pandas(frame, source=dataset.source.get("directory") or dataset.source.get("path")
-                                         or dataset.source.get("url") or dataset.source["kind"],
-                                         name=f"{spec.model}-{dataset.digest[:12]}")
-            mlflow.log_input(ds, context="training")
+        if dataset.shapes:
+            log.info("array data: no MLflow dataset entity (its schema inference is too slow for list columns)")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a plain string is
+                ds = mlflow.data.from_pandas(frame, source=dataset.source.get("directory")
+                                             or dataset.source.get("path") or dataset.source.get("url")
+                                             or dataset.source["kind"], name=f"{spec.model}-{dataset.digest[:12]}")
+                mlflow.log_input(ds, context="training")
     except Exception as exc:  # the dataset entity is a convenience; the digest and artifact are what count
         log.warning("mlflow.log_input failed: %s", exc)
     mlflow.log_dict({"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
                      "source_json": source, "filtered": dataset.filtered,
+                     "shapes": {k: list(v) for k, v in dataset.shapes.items()},
                      "split": {"train": [float(split.train.time[0]), float(split.train.time[-1])],
                                "test": [float(split.test.time[0]), float(split.test.time[-1])]}},
                     "dataset/metadata.json")
-    if spec.log_dataset:
+    if frame is not None and spec.log_dataset:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "data.parquet"
             frame.to_parquet(path, index=False)

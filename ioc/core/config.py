@@ -270,6 +270,7 @@ class SimulatorConfig:
     seed: int = 0
     ca_port: int | None = None
     pva_port: int | None = None
+    image_hz: float | None = None  # the screen image's rate (None: rate_hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +304,7 @@ _ACCESS = ("acf", "control", "users", "hosts", "groups")
 _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", "metrics_port",
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
-_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
+_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port", "image_hz")
 _MODEL = ("name", "prefix", "description", "store", "store_template", "trigger", "inputs", "outputs", "record",
           "training", "rollback_after_faults", "drift")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
@@ -402,6 +403,7 @@ def _parse_sim(c: Checker, raw: Any) -> SimulatorConfig | None:
         seed=c.number(d.get("seed"), (*path, "seed"), integer=True, nonneg=True, default=0),
         ca_port=_port(c, d.get("ca_port"), (*path, "ca_port")),
         pva_port=_port(c, d.get("pva_port"), (*path, "pva_port")),
+        image_hz=c.number(d.get("image_hz"), (*path, "image_hz"), positive=True),
     )
 
 
