@@ -46,14 +46,14 @@ class RichReporter:
         self.progress = Progress(TextColumn("  epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.fields[loss]}"), console=self.console,
                                  transient=False)
-        task = self.progress.add_task("train", total=epochs, loss="")
-        self.progress.start()
+        progress = self.progress
+        task = progress.add_task("train", total=epochs, loss="")
+        progress.start()
 
         def on_epoch(stats) -> None:
-            self.progress.update(task, advance=1,
-                                 loss=f"train {stats.train_loss:.4g}  val {stats.val_loss:.4g}")
+            progress.update(task, advance=1, loss=f"train {stats.train_loss:.4g}  val {stats.val_loss:.4g}")
             if stats.epoch == epochs:
-                self.progress.stop()
+                progress.stop()
                 self.progress = None
 
         return on_epoch

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -79,6 +79,14 @@ class Outcome:
     store_version: int | None = None
     registry_version: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Progress(Protocol):
+    """What :func:`run` tells about its progress (the CLI's progress bar implements it)."""
+
+    def stage(self, text: str) -> None: ...
+
+    def training(self, epochs: int) -> Callable[[EpochStats], None]: ...
 
 
 class Reporter:
@@ -143,7 +151,7 @@ def normalise_split(split: Split, norm: Normalisation, layout: Layout | None = N
     return out
 
 
-def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Reporter | None = None,
+def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Progress | None = None,
         *, archiver_session=None) -> Outcome:
     """One training run; raises :class:`TrainError` (or DatasetError/TrackingError) on unusable input."""
     import dataclasses
