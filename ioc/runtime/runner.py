@@ -64,6 +64,8 @@ class CycleStats:
 
 CycleListener = Callable[[CycleRecord], None]
 ModelListener = Callable[["LoadedModel | None"], None]  # the model served from the next cycle on
+# (snapshot timestamp, challenger outputs, challenger version): each successful shadow prediction.
+ChallengerListener = Callable[[float, np.ndarray, str], None]
 
 
 MAD_WINDOW = 100  # cycles over which CHALLENGER:MAD:<output> averages |challenger - champion|
@@ -150,6 +152,7 @@ class ModelRunner:
         self.run_on_input_change = False  # set by the model's trigger (ioc.runtime.triggers): on_change
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
+        self.challenger_listeners: list[ChallengerListener] = []  # the challenger's live error
         self.consecutive_faults = 0
         self.on_fault_streak: Callable[[int, str], None] | None = None  # (faults in a row, last error)
         self.on_enable: Callable[[bool], None] | None = None  # e.g. autosave
@@ -496,6 +499,11 @@ class ModelRunner:
         for pv, value in zip(self.challenger_out_pvs, values, strict=True):
             pv.post(value, ts, tag=version)
         self._mad.add([abs(a - b) for a, b in zip(values, champion_values, strict=True)])
+        for listener in self.challenger_listeners:
+            try:
+                listener(ts, result, version)
+            except Exception:  # a broken listener must not stop the shadow run
+                log.exception("%s: challenger listener %r failed", self.config.name, listener)
 
     def _set_status(self, status: ModelStatus, message: str, now: float) -> None:
         if status is not self.status:
