@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ioc.core.config import ModelConfig
-from training.dataset import Normalisation, Split, reference_stats
+from training.dataset import Dataset, Normalisation, Split, reference_stats
 from training.spec import TrainSpec
 
 OPSET = 18
@@ -74,11 +74,12 @@ def check_parity(onnx_bytes: bytes, torch_pred_norm: np.ndarray, x_norm: np.ndar
 
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, split: Split, onnx_bytes: bytes,
-                   provenance: dict[str, Any]) -> dict[str, Any]:
+                   provenance: dict[str, Any], reference: Dataset | None = None) -> dict[str, Any]:
     """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``."""
     units_in = {i.name: i.units for i in model.inputs}
     units_out = {o.name: o.units for o in model.outputs} | ({} if spec.kind == "regression" else units_in)
     names_in, names_out = split.train.input_names, split.train.output_names
+    ref = split.train if reference is None else reference
     # Test vectors: raw-unit rows of the test split through the exported graph and the manifest's
     # normalisation: exactly the arithmetic the IOC's engine does, so the IOC's check must reproduce them.
     tv_x = split.test.x[: spec.gate.test_vectors]
@@ -94,9 +95,10 @@ def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, spl
         "outputs": [{"name": n, "units": units_out.get(n, ""), "mean": float(m), "std": float(s)}
                     for n, m, s in zip(names_out, norm.y_mean, norm.y_std, strict=True)],
         "reference": {
-            "source": "training split",
-            "inputs": {n: reference_stats(split.train.x[:, i]) for i, n in enumerate(names_in)},
-            "outputs": {n: reference_stats(split.train.y[:, j]) for j, n in enumerate(names_out)},
+            # A drift run's reference is the new regime's rows (training/pipeline.py, --reference-since).
+            "source": "training split" if reference is None else f"{len(reference)} rows of the new regime",
+            "inputs": {n: reference_stats(ref.x[:, i]) for i, n in enumerate(names_in)},
+            "outputs": {n: reference_stats(ref.y[:, j]) for j, n in enumerate(names_out)},
         },
         "test_vectors": {"inputs": tv_x.tolist(), "outputs": tv_y.tolist(), "rtol": 1e-4, "atol": 1e-5},
         "provenance": {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -93,6 +93,7 @@ class RetrainStatus:
     finished: float | None = None
     host: str = ""  # where the run (or the watcher that hands runs to Airflow) lives
     pid: int | None = None  # the watcher's pid on that host
+    run_pid: int | None = None  # the local run's pid (its process group) on that host
     version: int | None = None  # the store version the run published, if any
     log: str = ""  # path of the run's log file on the watcher's host
 
