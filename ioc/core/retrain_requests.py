@@ -164,7 +164,8 @@ class RequestBox:
                 if not isinstance(request.time, (int, float)) or request.trigger not in TRIGGERS:
                     raise ValueError(f"{name}: bad time or trigger")
             except (ValueError, TypeError) as exc:
-                self.problems.append(str(exc))
+                text = str(exc)
+                self.problems.append(text if text.startswith(name) else f"{name}: {text}")
                 continue
             out.append((path, request))
         return out
