@@ -12,8 +12,7 @@ import pytest
 
 from ioc.core.configfile import load_config
 from ioc.core.retrain_requests import RequestBox, RetrainRequest
-from tests.support.configs import model, write_config
-from tests.support.loop import TRAINING, events, record_synthetic, start_watcher, status
+from tests.support.loop import events, offline_loop, record_synthetic, start_watcher, status
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -27,18 +26,8 @@ def _show_logs(processes):
 
 
 def _setup(tmp_path, *, epochs: int, timeout_s: float = 240, record: bool = True):
-    from tests.support.demo import demo_store_copy
-    from tests.support.loop import demo_inputs_list
-
-    sim = "NOSIM:"
-    entry = model("NOIOC:", name="beam", store=demo_store_copy(tmp_path), trigger={"scan_hz": 10},
-                  inputs=demo_inputs_list(sim), outputs=["sigma_x", "sigma_y", "loss"],
-                  record={"dir": "rec", "targets": {n: f"ca://{sim}{n}" for n in ("sigma_x", "sigma_y", "loss")}},
-                  training=TRAINING | {"epochs": epochs},
-                  retrain={"cooldown_s": 0, "timeout_s": timeout_s, "window_s": 36000, "poll_s": 0.2})
-    config = write_config(tmp_path / "faults.yaml", entry, ioc={"metrics_port": 0})
-    if record:
-        record_synthetic(load_config(config).models[0], rows=600)
+    retrain = {"cooldown_s": 0, "timeout_s": timeout_s, "window_s": 36000, "poll_s": 0.2}
+    config = offline_loop(tmp_path, epochs=epochs, retrain=retrain, record=record)
     return config, tmp_path / "beam-store", RequestBox(tmp_path / "beam-store")
 
 

@@ -106,3 +106,21 @@ def run_async(coro):
 def mlioc(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ioc", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def offline_loop(tmp: Path, *, epochs: int, retrain: dict[str, Any], record: bool = True) -> Path:
+    """The demo model with a recording written offline (no simulator, no IOC), for watcher and
+    Airflow tests; returns the config path (store: ``tmp/beam-store``)."""
+    from ioc.core.configfile import load_config
+    from tests.support.configs import model, write_config
+
+    sim = "NOSIM:"
+    outs = ("sigma_x", "sigma_y", "loss")
+    entry = model("NOIOC:", name="beam", store=demo_store_copy(tmp), trigger={"scan_hz": 10},
+                  inputs=demo_inputs_list(sim), outputs=list(outs),
+                  record={"dir": "rec", "targets": {n: f"ca://{sim}{n}" for n in outs}},
+                  training=TRAINING | {"epochs": epochs}, retrain=retrain)
+    config = write_config(tmp / "offline.yaml", entry, ioc={"metrics_port": 0})
+    if record:
+        record_synthetic(load_config(config).models[0], rows=600)
+    return config
