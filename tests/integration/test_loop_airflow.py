@@ -124,6 +124,18 @@ def test_the_watcher_hands_a_run_to_airflow_over_rest(tmp_path, airflow_env, pro
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:
+            pass
+        # standalone's children (scheduler, API server, DAG processor) share its process group
+        try:
+            wait_until(lambda: _group_gone(server.pid), timeout=20, what="airflow's processes to exit")
+        except TimeoutError:
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
         log.close()
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
