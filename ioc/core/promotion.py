@@ -45,7 +45,7 @@ class LiveComparison:
 class Verdict:
     ready: bool
     action: str  # "none" | "promote" | "retire"
-    reason: str  # for $(P)RETRAIN:MESSAGE / the log / events.jsonl
+    reason: str  # PROMOTE:READY's alarm message (fits 39 characters), the log, events.jsonl
     improvement: float | None  # None until judged
     losing_since: float | None  # keep and pass back on the next call
 
@@ -72,17 +72,16 @@ def evaluate(policy: PromotionPolicy, live: LiveComparison | None, *, now: float
     if live is None:
         return Verdict(False, "none", "no challenger", None, None)
     if live.samples < policy.min_samples:
-        return Verdict(False, "none", f"challenger judged after {policy.min_samples} samples ({live.samples} so far)",
-                       None, losing_since)
+        return Verdict(False, "none", f"{live.samples}/{policy.min_samples} samples with truth", None, losing_since)
     gain = improvement(live.champion_mae, live.challenger_mae)
     gain_text = f"{gain:+.1%}" if math.isfinite(gain) else "n/a"
     if live.challenger_drift_alarm:
-        why = f"challenger {gain_text} but its own drift is MAJOR"
+        why = f"challenger {gain_text}, own drift MAJOR"
     elif gain < policy.margin:
-        why = f"challenger {gain_text} vs champion, needs {policy.margin:+.1%}"
+        why = f"challenger {gain_text}, needs {policy.margin:+.1%}"
     else:
         action = "promote" if policy.mode == "auto" else "none"
-        return Verdict(True, action, f"challenger {gain_text} over {live.samples} samples: ready", gain, None)
+        return Verdict(True, action, f"ready: {gain_text} over {live.samples} samples", gain, None)
     since = now if losing_since is None else losing_since
     if now - since >= policy.max_hours * 3600.0:
         return Verdict(False, "retire", f"{why}; losing for {policy.max_hours:g} h: retired", gain, since)

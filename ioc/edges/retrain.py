@@ -15,7 +15,6 @@ can read the newest cycles; the IOC rolls its recorder and answers (``flushed.js
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from ioc.core.retrain_requests import RequestBox, RetrainRequest, RetrainState, 
 from ioc.core.store import ModelStore
 from ioc.edges.recorder import Recorder
 from ioc.runtime.runner import ModelRunner
+from ioc.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("mlioc.retrain")
 
@@ -61,11 +61,8 @@ class RetrainEdge:
         self._task = self.loop.create_task(self._poll(), name=f"retrain-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # ------------------------------------------------------------------ RETRAIN
 

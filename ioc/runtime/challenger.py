@@ -21,12 +21,10 @@ champion or the challenger changes (the comparison is between those two versions
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -39,6 +37,7 @@ from ioc.core.pvmodel import PV, AlarmLimits, PVDatabase, Severity, Status, clip
 from ioc.core.thresholds import Debouncer, ar1_phi, calibrate
 from ioc.runtime.monitor import TruthBuffer
 from ioc.runtime.runner import CycleRecord, ModelRunner
+from ioc.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("mlioc.challenger")
 
@@ -118,31 +117,15 @@ class ChallengerMonitor:
 
     def truth_sink(self, index: int):
         """A source sink for the truth PV of the ``index``-th output with truth (client thread)."""
-        buffer = self.truth[index]
-
-        def sink(value: Any, severity: Severity, timestamp: float, connected: bool) -> None:
-            buffer.connected = bool(connected)
-            if not connected or value is None or severity >= Severity.INVALID:
-                return
-            try:
-                v = float(value)
-            except (TypeError, ValueError):
-                return
-            if math.isfinite(v):
-                buffer.append(float(timestamp), v)
-
-        return sink
+        return self.truth[index].sink()
 
     def start(self) -> None:
         self._invalidate("no challenger")
         self._task = self.loop.create_task(self._run(), name=f"challenger-{self.config.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # ------------------------------------------------------------------ per cycle (hot path)
 

@@ -13,19 +13,18 @@ import math
 import pytest
 
 from tests.support.configs import write_config
-from tests.support.loop import events, loop_model, start_watcher, status
+from tests.support.loop import (
+    events,
+    loop_model,
+    show_logs,  # noqa: F401 - the fixture
+    start_watcher,
+    status,
+)
 from tests.support.wait import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("show_logs"),
+              pytest.mark.timeout(420)]
 
-
-@pytest.fixture(autouse=True)
-def _show_logs_on_failure(request, processes):
-    """A failed loop test shows what the watcher and the IOC said (pytest prints captured output only
-    for failures)."""
-    yield
-    for proc in processes:
-        print(f"----- {proc.name}\n" + "\n".join(proc.lines[-80:]))
 
 
 def _loop(tmp_path, launch, prefix, retrain):
@@ -72,7 +71,7 @@ def test_drift_retrains_on_the_recorded_window_and_auto_promotes_then_drift_clea
     champion.wait_for(lambda u: str(u.value) == "2", timeout=60)
     promote = events(store, "promote")[-1]
     assert (promote["to_version"], promote["user"], promote["host"]) == (2, "mlioc", "auto-promote")
-    assert promote["reason"].startswith("auto: challenger")
+    assert promote["reason"].startswith("auto: ready: +")
     assert any(e["action"] == "challenger-ready" for e in events(store))
     # DRIFT clears on the new champion: its reference is the new regime
     mark = drift.mark()

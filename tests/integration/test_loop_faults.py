@@ -12,17 +12,19 @@ import pytest
 
 from ioc.core.configfile import load_config
 from ioc.core.retrain_requests import RequestBox, RetrainRequest
-from tests.support.loop import events, offline_loop, record_synthetic, start_watcher, status
+from tests.support.loop import (
+    events,
+    offline_loop,
+    record_synthetic,
+    show_logs,  # noqa: F401 - the fixture
+    start_watcher,
+    status,
+)
 from tests.support.wait import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("show_logs"),
+              pytest.mark.timeout(300)]
 
-
-@pytest.fixture(autouse=True)
-def _show_logs(processes):
-    yield
-    for proc in processes:
-        print(f"----- {proc.name}\n" + "\n".join(proc.lines[-60:]))
 
 
 def _setup(tmp_path, *, epochs: int, timeout_s: float = 240, record: bool = True):

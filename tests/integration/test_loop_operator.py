@@ -14,16 +14,17 @@ import math
 import pytest
 
 from tests.support.configs import write_config
-from tests.support.loop import events, loop_model, start_watcher, status
+from tests.support.loop import (
+    events,
+    loop_model,
+    show_logs,  # noqa: F401 - the fixture
+    start_watcher,
+    status,
+)
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("show_logs"),
+              pytest.mark.timeout(400)]
 
-
-@pytest.fixture(autouse=True)
-def _show_logs(processes):
-    yield
-    for proc in processes:
-        print(f"----- {proc.name}\n" + "\n".join(proc.lines[-60:]))
 
 
 def test_operator_retrain_then_manual_promotion(tmp_path, launch, ca, pva, prefix):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from tests.support.demo import demo_inputs, demo_store_copy
 from tests.support.procs import ROOT, ServerProcess, server_env
@@ -124,3 +125,12 @@ def offline_loop(tmp: Path, *, epochs: int, retrain: dict[str, Any], record: boo
     if record:
         record_synthetic(load_config(config).models[0], rows=600)
     return config
+
+
+@pytest.fixture
+def show_logs(processes):
+    """After a loop test, print what the watcher, the IOC and the simulator said (pytest shows captured
+    output only for a failed test). Use with ``pytestmark = pytest.mark.usefixtures("show_logs")``."""
+    yield
+    for proc in processes:
+        print(f"----- {proc.name}\n" + "\n".join(proc.lines[-80:]))
