@@ -445,6 +445,9 @@ class Watcher:
             for w in self.models:
                 w.stop()
             self.mirror.sync()
+            from ioc.edges.clients import close_clients
+
+            close_clients()
 
     def stop(self) -> None:
         self._stop.set()
