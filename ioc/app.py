@@ -18,11 +18,15 @@ from pathlib import Path
 
 from ioc.core.access import build_access
 from ioc.core.config import Config, ModelConfig
+from ioc.core.layout import ModelNames
 from ioc.core.pvmodel import PVDatabase
-from ioc.core.store import ModelStore
+from ioc.core.store import ModelStore, model_store
 from ioc.edges.actions.controller import ActionController, start_actions
 from ioc.edges.autosave import Autosave
 from ioc.edges.clients import close_clients
+from ioc.edges.dirlock import DirLock
+from ioc.edges.duplicates import DuplicatePVs, find_servers
+from ioc.edges.host import local_addresses
 from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
 from ioc.edges.promotion import PromotionEdge
@@ -49,6 +53,7 @@ class ServeOptions:
     pva_broadcast_port: int | None = None
     interfaces: list[str] | None = None
     metrics_port: int | None = None
+    allow_duplicates: bool = False  # serve even if another server answers for this IOC's PV names
 
 
 @dataclass
@@ -71,12 +76,20 @@ class Ioc:
     triggers: list[Trigger] = field(default_factory=list)
     challengers: list[ChallengerMonitor] = field(default_factory=list)
     retrain_edges: list[RetrainEdge] = field(default_factory=list)
+    locks: list[DirLock] = field(default_factory=list)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         opts = self.options
-        self.db.access = build_access(cfg.access)  # AccessError: refuse to start, like a bad config
+        # DirectoryLocked: another IOC uses this state directory (autosave, registry mirrors).
+        self.locks.append(DirLock(cfg.ioc.state_dir, "state directory").acquire())
+        # Is another server answering for these PV names? Asked now, answered before our servers listen;
+        # meanwhile everything else is built and the models load.
+        search = None if opts.allow_duplicates else loop.run_in_executor(
+            None, find_servers, [ModelNames(m.prefix).status for m in cfg.models])
+        # AccessError: refuse to start, like a bad config. "localhost" is every address of this host.
+        self.db.access = build_access(cfg.access, local_addresses())
         log.info("access security from %s", self.db.access.source)
         for line in self.db.access.describe():
             log.info("  access group %s", line)
@@ -102,6 +115,8 @@ class Ioc:
             self._start_loop(runner, manager)
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
         self._make_actions()
+        if search is not None and (answers := await search):
+            raise DuplicatePVs(answers)
 
         interfaces = opts.interfaces or (list(cfg.ioc.interfaces) if cfg.ioc.interfaces else None)
         if "ca" in cfg.ioc.protocols:
@@ -152,7 +167,7 @@ class Ioc:
             store = ModelStore(Path(cfg.ioc.state_dir) / "registry" / model.name)
             refresh = RegistryMirror(model.store, store, interval_s=cfg.ioc.registry_poll_s).refresh
         else:
-            store = ModelStore(model.store_path)
+            store = model_store(model)
         return ModelManager(runner, store, cfg.ioc.inference, asyncio.get_running_loop(),
                             poll_s=cfg.ioc.store_poll_s, on_result=self.metrics.reload_result, refresh=refresh)
 
@@ -168,15 +183,18 @@ class Ioc:
                 self.actions.append(controller)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
-        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs."""
+        """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs, but a
+        directory another process records into refuses the start (DirectoryLocked)."""
         model = runner.config
+        record = model.record
+        assert record is not None
+        self.locks.append(DirLock(record.dir, "recording directory").acquire())
         try:
-            recorder = Recorder(model, model.record,
-                                lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
+            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
         except RecorderError as exc:
             log.error("%s", exc)
             return
-        for index, (_name, ref) in enumerate(model.record.targets):
+        for index, (_name, ref) in enumerate(record.targets):
             # The sink stores one tuple into a list slot: safe straight from the client thread.
             source = make_source(ref, recorder.target_sink(index))
             source.start()
@@ -243,6 +261,11 @@ class Ioc:
                 source = make_source(inp.source, functools.partial(runner.feed.push, index))
                 source.start()
                 self._sources.append(source)
+            for element, ref in enumerate(inp.gather):  # a vector gathered from scalar PVs, in order
+                deliver = functools.partial(_push_element, runner.feed.push, index, element)
+                source = make_source(ref, deliver)
+                source.start()
+                self._sources.append(source)
         trigger = make_trigger(runner, model.trigger, make_source)
         runner.run_on_input_change = trigger.on_input_change
         trigger.start()
@@ -290,6 +313,13 @@ class Ioc:
             await self.pva.stop()
         self.metrics.close()
         close_clients()
+        for lock in self.locks:
+            lock.release()
+
+
+def _push_element(push, index: int, element: int, value, severity, timestamp: float, connected: bool) -> None:
+    """A source's delivery for one element of a gathered input (any thread)."""
+    push(index, value, severity, timestamp, connected, element)
 
 
 async def serve(config: Config, options: ServeOptions | None = None, stop: asyncio.Event | None = None) -> None:

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ioc.client_cli import ClientError
 from ioc.core.access import AccessError
 from ioc.core.config import Config, ConfigError, default_config_path
 from ioc.core.configfile import load_config
@@ -75,9 +76,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pva_broadcast_port=args.pva_broadcast_port,
         interfaces=args.interfaces.split() if args.interfaces else None,
         metrics_port=args.metrics_port,
+        allow_duplicates=args.allow_duplicates,
     )
+    from ioc.edges.dirlock import DirectoryLocked
+    from ioc.edges.duplicates import DuplicatePVs
+
     log.info("serving %s", config.path)
-    return _run_until_signal(lambda stop: serve(config, options, stop))
+    try:
+        return _run_until_signal(lambda stop: serve(config, options, stop))
+    except (DuplicatePVs, DirectoryLocked) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -100,24 +109,37 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ioc.core.engine import EngineError, load_champion
+    from ioc.core.access import build_access
+    from ioc.core.configfile import where
+    from ioc.core.engine import EngineError, SignatureMismatch, load_champion
+    from ioc.core.inputs import range_warnings
+    from ioc.edges.host import local_addresses
 
     config = _load(args.config)
-    from ioc.core.access import build_access
-
-    access = build_access(config.access)
-    print(f"{config.path}: configuration OK ({len(config.models)} model(s)); access from {access.source}")
+    access = build_access(config.access, local_addresses())
+    n = len(config.models)
+    print(f"{config.path}: {n} model(s); access from {access.source}")
     failed = 0
-    for model in config.models:
+    for index, model in enumerate(config.models):
         try:
             loaded = load_champion(model, config.ioc.inference)
+        except SignatureMismatch as exc:  # the config disagrees with the model: point at the key to change
+            print(f"  {model.name}: FAIL: {where(config.path, ('models', index, *exc.key))}: {exc}; fix: {exc.fix}")
+            failed += 1
+            continue
         except EngineError as exc:
             print(f"  {model.name}: FAIL: {exc}")
             failed += 1
-        else:
-            print(f"  {model.name}: v{loaded.version} OK on {loaded.provider} "
-                  f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
-    return EXIT_FAIL if failed else EXIT_OK
+            continue
+        print(f"  {model.name}: v{loaded.version} OK on {loaded.provider} "
+              f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
+        for warning in range_warnings(model.inputs, loaded.manifest.reference, loaded.version):
+            print(f"  {model.name}: warning: {warning}")
+    if failed:
+        print(f"{config.path}: {failed} of {n} model(s) FAILED")
+        return EXIT_FAIL
+    print(f"{config.path}: configuration OK ({n} model(s))")
+    return EXIT_OK
 
 
 def cmd_pvs(args: argparse.Namespace) -> int:
@@ -145,6 +167,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from training.watch import watch_command  # lazily: the daemon lives with the training sidecar
 
     return watch_command(args)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from training.cli import tune_command  # lazily: only the sidecar loads torch, MLflow and Optuna
+
+    return tune_command(args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -225,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p)
     p.add_argument("--pva-broadcast-port", type=int, help="PVA UDP search port [EPICS_PVAS_BROADCAST_PORT, 5076]")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off) [config ioc.metrics_port]")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="serve even when another server already answers for this IOC's PV names")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sim", help="run the simulated machine IOC the demo's inputs come from")
@@ -262,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger", help="why this run happened (schedule, drift, operator): an MLflow tag")
     p.add_argument("--requested-by", help="who asked for it (user@host): an MLflow tag")
     p.add_argument("--result", metavar="FILE", help="write the outcome (run id, decision, store version) as JSON")
+    p.add_argument("--params", choices=("best",), help="best: train with the best trial of the model's "
+                   "`mlioc tune` study (recorded in the run and the manifest's provenance)")
+    p.add_argument("--study", help="with --params best: the study [training.search.study, mlioc-<model>]")
+    p.add_argument("--storage", help="with --params best: the study's storage URL [sqlite optuna.db beside "
+                   "MLflow's database]")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("watch", help="retrain on schedule, drift and RETRAIN requests (the loop's daemon)")
@@ -274,14 +309,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a run waits for the IOC to close its recording file (0: do not ask) [15]")
     p.set_defaults(func=cmd_watch)
 
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) as nested MLflow runs (docs/how-to/training.md)")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--model", required=True, help="model name in the config (its training.search is searched)")
+    p.add_argument("--trials", type=int, help="stop when the study has this many trials [training.search.trials]")
+    p.add_argument("--storage", help="Optuna storage URL shared by all workers, e.g. postgresql://user:pw@host/db "
+                   "[sqlite optuna.db beside MLflow's database]")
+    p.add_argument("--study", help="study name; the same name resumes or joins it [training.search.study, "
+                   "mlioc-<model>]")
+    p.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--data", help="as for train (default: the config's training.data.source)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("reproduce", help="retrain a logged run and report how far it lands from the original")
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an `mlioc train` run")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
+    from ioc.client_cli import add_parser as add_client_parser
     from ioc.models_cli import add_parser as add_models_parser
 
+    add_client_parser(sub)
     add_models_parser(sub)
     _add_generate(sub)
     return parser
@@ -320,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         return _report_config_error(exc)
     except AccessError as exc:
         return _report_access_error(exc)
+    except ClientError as exc:  # mlioc get|put|monitor: a PV that does not connect, a refused write
+        print(f"mlioc {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -44,8 +44,8 @@ def _store(path: str, must_exist: bool = True) -> ModelStore:
 def _config_from_manifest(m: Manifest, store: Path) -> ModelConfig:
     """When no config is given, validate a version against its own declared signature."""
     return ModelConfig(name=m.model or store.name, prefix="", store=str(store), trigger=TriggerConfig("on_change"),
-                       inputs=tuple(InputConfig(s.name, units=s.units) for s in m.inputs),
-                       outputs=tuple(OutputConfig(s.name, units=s.units) for s in m.outputs))
+                       inputs=tuple(InputConfig(s.name, units=s.units, shape=s.shape) for s in m.inputs),
+                       outputs=tuple(OutputConfig(s.name, units=s.units, shape=s.shape) for s in m.outputs))
 
 
 def _model_config(args: argparse.Namespace, manifest: Manifest,
@@ -63,14 +63,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args.store)
     champion, challenger = store.champion(), store.challenger()
     history = store.champion_history()
-    print(f"{'':2} {'version':>7}  {'created':20} {'sha256':12}  {'run / source':34} metrics")
+    # The MLflow run id is what `mlioc reproduce RUN_ID` takes: shown whole.
+    print(f"{'':2} {'version':>7}  {'created':20} {'sha256':12}  {'MLflow run (or source)':34} metrics")
     for n in store.versions():
         mark = "C " if n == champion else ("c " if n == challenger else "  ")
         try:
             m = read_manifest(store.manifest_path(n))
             prov = m.provenance
             created = str(prov.get("created_at", ""))[:19]
-            source = str(prov.get("mlflow_run_id") or prov.get("run_id") or prov.get("created_by") or "")[:34]
+            logged = prov.get("mlflow")
+            mlflow: dict = logged if isinstance(logged, dict) else {}
+            source = str(mlflow.get("run_id") or prov.get("mlflow_run_id") or prov.get("run_id")
+                         or prov.get("created_by") or "")[:34]
             metrics = prov.get("metrics", {}) or {}
             shown = ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:3] if isinstance(v, (int, float)))
             sha = m.sha256[:12]

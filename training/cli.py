@@ -20,7 +20,7 @@ from ioc.core.config import ConfigError
 from ioc.core.configfile import load_config
 from training.dataset import DatasetError
 from training.registry import TrackingError
-from training.spec import load_spec, parse_time
+from training.spec import load_spec_and_search, parse_time
 
 log = logging.getLogger("mlioc.training")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -75,18 +75,36 @@ def train_command(args: argparse.Namespace) -> int:
     from training.pipeline import Options, TrainError, run
 
     err = Console(stderr=True)
+    params = getattr(args, "params", None)
+    if params is None and (getattr(args, "study", None) or getattr(args, "storage", None)):
+        _error("--study and --storage go with --params best")
+        return EXIT_USAGE
     try:
         config = load_config(args.config)
         try:
-            spec = load_spec(config, args.model)
+            spec, search = load_spec_and_search(config, args.model)
         except KeyError as exc:
             _error(exc.args[0])
             return EXIT_USAGE
+        tuning = None
+        if params == "best":
+            from training.tune import TuneError, apply_overrides, best_trial
+
+            try:
+                best = best_trial(args.model, search, study=args.study, storage=args.storage,
+                                  tracking_uri=args.tracking_uri)
+                spec = apply_overrides(spec, best.overrides)
+            except TuneError as exc:
+                _error(str(exc))
+                return EXIT_FAIL
+            tuning = best.provenance()
+            err.print(f"[bold]•[/bold] parameters of trial {best.number} of study {best.study!r} "
+                      f"(val loss {best.value:.5g}): {best.overrides}")
         tags = {k: v for k, v in (("mlioc.trigger", getattr(args, "trigger", None)),
                                   ("mlioc.requested_by", getattr(args, "requested_by", None))) if v}
         options = Options(data=args.data, push=args.push, tracking_uri=args.tracking_uri, epochs=args.epochs,
                           seed=args.seed, start=_time_arg(args.start, "--start"), end=_time_arg(args.end, "--end"),
-                          promote_to=getattr(args, "promote_to", None), tags=tags,
+                          tuning=tuning, promote_to=getattr(args, "promote_to", None), tags=tags,
                           reference_since=_time_arg(getattr(args, "reference_since", None), "--reference-since"))
         reporter = RichReporter(err, enabled=not args.no_progress)
         outcome = run(config, args.model, spec, options, reporter)
@@ -151,6 +169,97 @@ def print_summary(outcome) -> None:
     elif d.promote:
         table.add_row("pushed", "no (dry run: add --push)")
     table.add_row("tracking", outcome.tracking_uri)
+    out.print(table)
+
+
+class RichTuneReporter:
+    """One line per trial started / finished on stderr (works in logs and pipes too)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    def stage(self, text: str) -> None:
+        self.console.print(f"[bold]•[/bold] {text}", highlight=False, soft_wrap=True)
+
+    def trial_started(self, number: int, params: dict, worker: str) -> None:
+        from training.tune import format_params
+
+        self.console.print(f"  trial {number} started: {format_params(params)}", highlight=False, soft_wrap=True)
+
+    def trial_finished(self, record, done: int, target: int, pruned: int, best) -> None:
+        value = f"val loss {record.value:.5g}" if record.value is not None else "no value"
+        what = {"COMPLETE": f"complete, {value}", "PRUNED": f"pruned at epoch {record.epochs}, {value}"}.get(
+            record.state, f"{record.state.lower()}")
+        best_txt = f"best #{best.number} {best.value:.5g}" if best is not None else "no best yet"
+        self.console.print(f"  trial {record.number} {what} ({record.seconds:.1f} s) | {done}/{target} done, "
+                           f"{pruned} pruned | {best_txt}", highlight=False, soft_wrap=True)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """``mlioc tune``: 0 the search ran (or the study already had its trials); 1 bad config, storage, data,
+    tracking or a study that is not this search's; 2 usage; 128 + signal when stopped by SIGINT / SIGTERM."""
+    if args.trials is not None and args.trials <= 0:
+        _error(f"--trials must be > 0, got {args.trials}")
+        return EXIT_USAGE
+    if args.timeout is not None and not args.timeout > 0:
+        _error(f"--timeout must be > 0, got {args.timeout}")
+        return EXIT_USAGE
+    from training.spec import load_search
+    from training.tune import TuneError, TuneOptions, tune
+
+    err = Console(stderr=True)
+    try:
+        config = load_config(args.config)
+        try:
+            spec, search = load_search(config, args.model)
+        except KeyError as exc:
+            _error(exc.args[0])
+            return EXIT_USAGE
+        options = TuneOptions(trials=args.trials, storage=args.storage, study=args.study, timeout=args.timeout,
+                              tracking_uri=args.tracking_uri, data=args.data)
+        outcome = tune(config, args.model, spec, search, options, RichTuneReporter(err))
+    except ConfigError as exc:
+        _error(f"invalid configuration {exc.path}:")
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAIL
+    except (DatasetError, TrackingError, TuneError) as exc:
+        _error(str(exc))
+        return EXIT_FAIL
+    nxt = f"mlioc train {args.config} --model {args.model} --params best"
+    if args.study:
+        nxt += f" --study {args.study}"
+    if args.storage:
+        nxt += " --storage " + (outcome.storage if "***" not in outcome.storage else "<the same URL>")
+    print_tune_summary(outcome, nxt)
+    if outcome.interrupted is not None:
+        _error(f"stopped by signal {outcome.interrupted}; run the same command again to resume study "
+               f"{outcome.study!r}")
+        return 128 + outcome.interrupted
+    return EXIT_OK
+
+
+def print_tune_summary(outcome, next_command: str) -> None:
+    out = Console(width=120)
+    table = Table(title=f"mlioc tune: study {outcome.study}", show_lines=False)
+    table.add_column("", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("storage", outcome.storage)
+    table.add_row("trials", f"{outcome.count('COMPLETE')} complete, {outcome.count('PRUNED')} pruned, "
+                  f"{outcome.count('FAIL')} failed, {outcome.count('RUNNING')} running (target {outcome.target}); "
+                  f"this worker ran {len(outcome.mine)}")
+    if outcome.epochs_saved:
+        table.add_row("pruning", f"{outcome.epochs_saved} epochs not trained by pruned trials")
+    if outcome.best is not None:
+        from training.tune import format_params
+
+        b = outcome.best
+        table.add_row("best", f"trial {b.number}: val loss {b.value:.5g} ({format_params(b.params)}), run {b.run_id}")
+    if outcome.parent_run_id:
+        table.add_row("MLflow", f"parent run {outcome.parent_run_id} ({outcome.parent_status}) at "
+                      f"{outcome.tracking_uri}")
+    if outcome.best is not None:
+        table.add_row("next", next_command)
     out.print(table)
 
 

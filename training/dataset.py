@@ -26,7 +26,7 @@ import numpy as np
 
 from ioc.core.config import ModelConfig
 from ioc.core.pvmodel import Severity
-from ioc.edges.recorder import INPROGRESS, SUFFIX
+from ioc.edges.recorder import INPROGRESS, SUFFIX, in_progress_files, read_stream_table
 from training.spec import SEVERITIES, DataSpec, FilterSpec, SplitSpec, TrainSpec
 
 log = logging.getLogger("mlioc.training.dataset")
@@ -120,20 +120,48 @@ def _sev_columns(df, names: list[str]) -> np.ndarray:
 
 
 def recorded_files(directory: Path) -> list[Path]:
-    """Complete recording files (``*.parquet``; files still being written are ``.*.inprogress``)."""
+    """Every recording in ``directory``: the finished ``*.parquet`` files, then the files the IOC is
+    still writing (``.*.inprogress``, Arrow IPC streams whose flushed rows are readable at any time)."""
     if not directory.is_dir():
-        raise DatasetError(f"recorded data directory {directory} does not exist")
-    return sorted(p for p in directory.glob(f"*{SUFFIX}") if not p.name.endswith(INPROGRESS))
+        raise DatasetError(f"recorded data directory {directory} does not exist (has the IOC recorded yet? "
+                           "a model records with a record: section in its config)")
+    complete = sorted(p for p in directory.glob(f"*{SUFFIX}") if not p.name.endswith(INPROGRESS))
+    return complete + in_progress_files(directory)
+
+
+def _read_recorded(files: list[Path], directory: Path):
+    """The recorded rows as one DataFrame, and what was read from each file (for the run's provenance)."""
+    import pandas as pd
+
+    frames, read = [], []
+    for f in files:
+        if f.name.endswith(INPROGRESS):
+            table = read_stream_table(f)
+            if table is None:
+                continue  # opened, nothing flushed yet
+            df = table.to_pandas()
+            read.append({"name": f.name, "bytes": f.stat().st_size, "rows": len(df), "in_progress": True})
+        else:
+            df = _read_table(f)
+            read.append({"name": f.name, "bytes": f.stat().st_size, "rows": len(df)})
+        frames.append(df)
+    if not frames:
+        waiting = [f.name for f in files]
+        raise DatasetError(
+            f"no recorded rows in {directory} yet: " + (
+                f"the IOC is recording into {', '.join(waiting)} but has not flushed a row to it yet (it writes "
+                "every record.flush_s seconds): try again shortly" if waiting else
+                "no recorded files (*.parquet, or a file in progress .*.inprogress): is the IOC running with "
+                "this model's record: section?"))
+    return pd.concat(frames, ignore_index=True), read
 
 
 def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
-    """The IOC's own recordings (``ioc/edges/recorder.py`` columns); rows with no fresh target are dropped."""
+    """The IOC's own recordings (``ioc/edges/recorder.py`` columns), including the rows already flushed to
+    the file it is writing now; rows with no fresh target are dropped."""
     import pandas as pd
 
-    files = recorded_files(directory)
-    if not files:
-        raise DatasetError(f"no recorded files (*.parquet) in {directory}")
-    df = pd.concat([_read_table(f) for f in files], ignore_index=True)
+    df, read = _read_recorded(recorded_files(directory), directory)
     ins, outs = _names(model, spec.kind)
     where = str(directory)
     dropped: Counter = Counter()
@@ -171,8 +199,7 @@ def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple
         dup = pd.Series(key).duplicated().to_numpy()
     dropped["repeated snapshot"] += int((dup & keep).sum())
     keep &= ~dup
-    source = {"kind": "recorded", "directory": str(directory),
-              "files": [{"name": f.name, "bytes": f.stat().st_size} for f in files]}
+    source = {"kind": "recorded", "directory": str(directory), "files": read}
     ds = Dataset(t[keep], x[keep], y[keep], ins, outs, source)
     return ds, sev[keep], dropped
 

@@ -32,7 +32,7 @@ import torch
 from ioc.core.config import Config, ModelConfig
 from ioc.core.engine import EngineError, build_model
 from ioc.core.manifest import ManifestError, parse_manifest
-from ioc.core.store import ModelStore, StoreError, sha256_file
+from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
@@ -61,6 +61,7 @@ class Options:
     seed: int | None = None
     start: float | None = None
     end: float | None = None
+    tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
     # The continual-learning loop (training/watch.py): where a winner goes, why the run happened, and
     # for a drift run the time the new regime began (the drift reference is taken from there on).
     promote_to: str | None = None  # None: training.gate.promote_to
@@ -136,7 +137,8 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
     return f"scratch ({why})", None, None, None
 
 
-def _normalise(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+def normalise_split(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
+    """x/y of each part of the split in normalised units, float32 (what training and the gate use)."""
     out = {}
     for name in ("train", "val", "test"):
         part = getattr(split, name)
@@ -168,7 +170,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             end=options.end if options.end is not None else spec.filters.end))
     if model.store_is_registry:
         raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
-    store = ModelStore(model.store_path)
+    store = model_store(model)
     uri = registry.resolve_tracking_uri(options.tracking_uri)
 
     reporter.stage("loading data")
@@ -183,7 +185,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     net = build_net(spec, n_in, n_out)
     warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
     norm = champ_norm or Normalisation.fit(split.train)
-    arrays = _normalise(split, norm)
+    arrays = normalise_split(split, norm)
     code = registry.code_version()
     env = registry.environment()
 
@@ -195,6 +197,12 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
                          "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
                          "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest}
                         | options.tags)
+        if options.tuning is not None:
+            t = options.tuning
+            mlflow.set_tags({"mlioc.tune.study": t["study"], "mlioc.tune.storage": t["storage"],
+                             "mlioc.tune.trial": str(t["trial"]), "mlioc.tune.trial_run_id": t["trial_run_id"],
+                             "mlioc.tune.parent_run_id": t["parent_run_id"]})
+            mlflow.log_dict(t, "tuning.json")
         params = registry.flatten({k: v for k, v in spec.to_dict().items() if k not in ("data",)})
         params |= registry.flatten({"dataset": {"digest": dataset.digest, "rows": len(dataset),
                                                 "train_rows": len(split.train), "val_rows": len(split.val),
@@ -264,6 +272,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "parent_sha256": parent_sha,
             "metrics": metrics,
         }
+        if options.tuning is not None:
+            provenance["tuning"] = options.tuning
         reference = _reference_rows(dataset, options.reference_since)
         manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance, reference=reference)
 

@@ -29,7 +29,8 @@ PROMOTE_TO = ("champion", "challenger")
 DEVICES = ("auto", "cpu", "cuda")
 
 _TRAINING = ("kind", "hidden", "bottleneck", "activation", "epochs", "batch_size", "lr", "weight_decay", "seed",
-             "warm_start", "device", "experiment", "data", "filters", "split", "gate", "reproduce", "log_dataset")
+             "warm_start", "device", "experiment", "data", "filters", "split", "gate", "reproduce", "log_dataset",
+             "search")
 _DATA = ("source", "path", "samples", "seed", "shift", "archiver")
 _ARCHIVER = ("url", "pvs", "start", "end", "max_age_s", "align_to")
 _FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_skew_s")
@@ -341,14 +342,273 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
     )
 
 
-def load_spec(config: Config, model_name: str) -> TrainSpec:
-    """The validated :class:`TrainSpec` of ``model_name``; raise :class:`ConfigError` listing every problem."""
+# ----------------------------------------------------------------------------- hyperparameter search
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "successive_halving", "none")
+_SEARCH = ("trials", "study", "epochs", "sampler", "pruner", "space")
+_SAMPLER = ("type", "seed", "startup_trials")
+_PRUNER = ("type", "startup_trials", "warmup_epochs", "min_epochs", "reduction_factor")
+_RANGE = ("low", "high", "log", "step")
+# key -> (value type, what a value must be); conv_channels is for array models (convolutional layers).
+_SPACE: dict[str, tuple[str, str]] = {
+    "lr": ("float", "positive"),
+    "weight_decay": ("float", "nonneg"),
+    "width": ("int", "positive"),
+    "depth": ("int", "positive"),
+    "activation": ("activation", ""),
+    "batch_size": ("int", "positive"),
+    "bottleneck": ("int", "positive"),
+    "conv_channels": ("channels", ""),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One key of the search space: ``fixed`` (not searched), a ``float`` / ``int`` range, or a ``choice``."""
+
+    kind: str
+    value: Any = None  # fixed
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+
+    @property
+    def searched(self) -> bool:
+        return self.kind != "fixed"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """``training.search``: what ``mlioc tune`` searches and how (docs/how-to/training.md)."""
+
+    trials: int = 20  # the study stops at this many complete or pruned trials
+    study: str = ""  # Optuna study name (default mlioc-<model>)
+    epochs: int = 200  # cap: each trial trains at most this many epochs (the pruner's budget)
+    sampler: str = "tpe"
+    seed: int = 0  # sampler seed (default training.seed)
+    startup_trials: int = 10  # tpe: random trials before the model-based ones
+    pruner: str = "median"
+    pruner_startup_trials: int = 5  # median: trials that are never pruned
+    warmup_epochs: int = 5  # median: epochs before a trial can be pruned
+    min_epochs: int = 5  # successive_halving: the first rung
+    reduction_factor: int = 3  # successive_halving
+    space: dict[str, Param] = field(default_factory=dict)
+
+    def study_name(self, model: str) -> str:
+        return self.study or f"mlioc-{model}"
+
+    def searched(self) -> dict[str, Param]:
+        return {k: p for k, p in self.space.items() if p.searched}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_array_model(model: ModelConfig) -> bool:
+    """A model with an input of more than one element (a waveform): only those have convolutional layers."""
+    return any((getattr(i, "shape", None) or ()) not in ((), (1,)) or (getattr(i, "nelm", 1) or 1) > 1
+               for i in model.inputs)
+
+
+def _space_value(c: Checker, key: str, value: Any, path) -> Any:
+    """One value of a space key (a fixed value or one choice), validated; None when invalid."""
+    vtype, rule = _SPACE[key]
+    if vtype == "activation":
+        if value not in ACTIVATIONS:
+            c.error(path, f"expected one of {', '.join(ACTIVATIONS)}, got {value!r}")
+            return None
+        return value
+    if vtype == "channels":
+        if (not isinstance(value, list) or not value
+                or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value)):
+            c.error(path, f"expected a list of channel counts per convolution layer, e.g. [8, 16], got {value!r}")
+            return None
+        return tuple(value)
+    before = len(c.problems)
+    v = c.number(value, path, integer=vtype == "int", positive=rule == "positive", nonneg=rule == "nonneg")
+    return v if len(c.problems) == before else None
+
+
+def _space_param(c: Checker, key: str, value: Any, path) -> Param | None:
+    vtype, rule = _SPACE[key]
+    if isinstance(value, dict):
+        if vtype in ("activation", "channels"):
+            c.error(path, "expected a list of choices (this key has no range)")
+            return None
+        d = c.mapping(value, path, _RANGE, required=("low", "high"))
+        if "low" not in d or "high" not in d:
+            return None
+        integer = vtype == "int"
+        before = len(c.problems)
+        lo = c.number(d.get("low"), (*path, "low"), integer=integer)
+        hi = c.number(d.get("high"), (*path, "high"), integer=integer)
+        log = d.get("log", key == "lr")
+        if not isinstance(log, bool):
+            c.error((*path, "log"), f"expected true or false, got {log!r}")
+        step = c.number(d.get("step"), (*path, "step"), integer=integer, positive=True)
+        if len(c.problems) > before or lo is None or hi is None:
+            return None
+        if not lo < hi:
+            c.error(path, f"low ({lo:g}) must be < high ({hi:g}); for a fixed value write `{key}: {lo:g}`")
+            return None
+        if rule == "positive" and lo <= 0:
+            c.error((*path, "low"), f"must be > 0, got {lo:g}")
+            return None
+        if rule == "nonneg" and lo < 0:
+            c.error((*path, "low"), f"must be >= 0, got {lo:g}")
+            return None
+        if log and lo <= 0:
+            c.error((*path, "log"), f"a log scale needs low > 0, got {lo:g}")
+            return None
+        if log and step is not None:
+            c.error(path, "log and step cannot be combined")
+            return None
+        if step is not None:
+            n = (hi - lo) / step
+            if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+                c.error((*path, "step"), f"high - low ({hi - lo:g}) must be a multiple of step ({step:g})")
+                return None
+        return Param(vtype if vtype == "int" else "float", low=lo, high=hi, log=bool(log), step=step)
+    channels_hint = "a list of choices, each a list of channel counts (e.g. [[8, 16], [16, 32]])"
+    if isinstance(value, list):
+        if not value:
+            c.error(path, "empty list of choices")
+            return None
+        if vtype == "channels" and not all(isinstance(v, list) for v in value):
+            c.error(path, f"expected {channels_hint}, got {value!r}")
+            return None
+        choices = [_space_value(c, key, v, (*path, i)) for i, v in enumerate(value)]
+        if any(v is None for v in choices):
+            return None
+        dupes = sorted({str(v) for v in choices if choices.count(v) > 1})
+        if dupes:
+            c.error(path, f"duplicate choice(s) {', '.join(dupes)}")
+            return None
+        return Param("choice", choices=tuple(choices))
+    if vtype == "channels":
+        c.error(path, f"expected {channels_hint}, got {value!r}")
+        return None
+    v = _space_value(c, key, value, path)
+    return None if v is None else Param("fixed", value=v)
+
+
+def parse_search(raw: Any, spec: TrainSpec, model: ModelConfig, c: Checker, path: tuple) -> SearchSpec:
+    """Validate ``training.search`` (``raw`` is the mapping under that key; numbers already coerced)."""
+    d = c.mapping(raw, path, _SEARCH)
+    epochs = c.number(d.get("epochs"), (*path, "epochs"), integer=True, positive=True, default=spec.epochs)
+    trials = c.number(d.get("trials"), (*path, "trials"), integer=True, positive=True, default=20)
+    study = c.string(d.get("study"), (*path, "study"), default="")
+    if "study" in d and not str(d.get("study") or "").strip():
+        c.error((*path, "study"), "must not be empty (leave the key out for the default mlioc-<model>)")
+
+    sp = (*path, "sampler")
+    sd = d.get("sampler")
+    sd = {"type": sd} if isinstance(sd, str) else sd
+    sd = c.mapping(sd, sp, _SAMPLER)
+    s = _SpecChecker(c)
+    sampler = s.choice(sd.get("type"), (*sp, "type"), SAMPLERS, "tpe")
+    seed = c.number(sd.get("seed"), (*sp, "seed"), integer=True, nonneg=True, default=spec.seed)
+    startup = c.number(sd.get("startup_trials"), (*sp, "startup_trials"), integer=True, nonneg=True, default=10)
+    if sampler != "tpe" and "startup_trials" in sd:
+        c.error((*sp, "startup_trials"), "only for the tpe sampler")
+
+    pp = (*path, "pruner")
+    pd = d.get("pruner")
+    pd = {"type": pd} if isinstance(pd, str) else pd
+    pd = c.mapping(pd, pp, _PRUNER)
+    pruner = s.choice(pd.get("type"), (*pp, "type"), PRUNERS, "median")
+    p_startup = c.number(pd.get("startup_trials"), (*pp, "startup_trials"), integer=True, nonneg=True, default=5)
+    warmup = c.number(pd.get("warmup_epochs"), (*pp, "warmup_epochs"), integer=True, nonneg=True,
+                      default=min(5, max(epochs - 1, 0)))
+    min_epochs = c.number(pd.get("min_epochs"), (*pp, "min_epochs"), integer=True, positive=True,
+                          default=max(1, min(5, epochs // 3)))
+    factor = c.number(pd.get("reduction_factor"), (*pp, "reduction_factor"), integer=True, positive=True, default=3)
+    own = {"median": ("startup_trials", "warmup_epochs"), "successive_halving": ("min_epochs", "reduction_factor"),
+           "none": ()}[pruner]
+    for key in ("startup_trials", "warmup_epochs", "min_epochs", "reduction_factor"):
+        if key in pd and key not in own:
+            c.error((*pp, key), f"not a setting of the {pruner} pruner" + (f" (it takes {', '.join(own)})" if own
+                                                                            else ""))
+    if pruner == "median" and warmup >= epochs:
+        c.error((*pp, "warmup_epochs"), f"must be < search.epochs ({epochs}), or the pruner never prunes")
+    if pruner == "successive_halving":
+        if min_epochs >= epochs:
+            c.error((*pp, "min_epochs"), f"must be < search.epochs ({epochs}), or the pruner never prunes")
+        if factor < 2:
+            c.error((*pp, "reduction_factor"), f"must be >= 2, got {factor}")
+
+    spp = (*path, "space")
+    raw_space = d.get("space")
+    space: dict[str, Param] = {}
+    if raw_space is None or raw_space == {}:
+        c.error(spp, "empty search space: give at least one key a range ({low, high}) or a list of choices")
+    else:
+        before = len(c.problems)
+        sd = c.mapping(raw_space, spp, tuple(_SPACE))
+        for key, value in sd.items():
+            if key not in _SPACE:
+                continue
+            if key == "bottleneck" and spec.kind != "autoencoder":
+                c.error((*spp, key), f"only for autoencoder models (this one is a {spec.kind})")
+                continue
+            param = _space_param(c, key, value, (*spp, key))
+            if param is None:
+                continue
+            if key == "conv_channels" and not _is_array_model(model):
+                c.error((*spp, key), f"only for array models (convolution over a waveform input); model "
+                        f"{model.name}'s inputs are scalars")
+                continue
+            space[key] = param
+        if len(c.problems) == before and not any(p.searched for p in space.values()):
+            c.error(spp, "nothing to search: every key is fixed; give at least one a range ({low, high}) or a "
+                    "list of choices")
+    return SearchSpec(trials=trials, study=study, epochs=epochs, sampler=sampler, seed=seed, startup_trials=startup,
+                      pruner=pruner, pruner_startup_trials=p_startup, warmup_epochs=warmup, min_epochs=min_epochs,
+                      reduction_factor=factor, space=space)
+
+
+def _load(config: Config, model_name: str) -> tuple[TrainSpec, SearchSpec | None, Checker, tuple]:
     model = config.model(model_name)  # KeyError names the models there are
     text = Path(config.path).read_text()
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     c = Checker(Path(config.path), line_index(node) if node is not None else {})
     index = [m.name for m in config.models].index(model_name)
-    spec = parse_spec(model, model.training, c, Path(config.path).parent, ("models", index, "training"))
+    path = ("models", index, "training")
+    spec = parse_spec(model, model.training, c, Path(config.path).parent, path)
+    raw = _coerce_numbers(model.training) if isinstance(model.training, dict) else {}
+    search = parse_search(raw.get("search"), spec, model, c, (*path, "search")) if "search" in raw else None
+    return spec, search, c, path
+
+
+def load_spec(config: Config, model_name: str) -> TrainSpec:
+    """The validated :class:`TrainSpec` of ``model_name``; raise :class:`ConfigError` listing every problem.
+
+    The ``search:`` section is validated too (a config is either valid or not), though training ignores it.
+    """
+    spec, _search, c, _path = _load(config, model_name)
     if c.problems:
         raise ConfigError(config.path, c.problems)
     return spec
+
+
+def load_spec_and_search(config: Config, model_name: str) -> tuple[TrainSpec, SearchSpec | None]:
+    """:func:`load_spec` and the ``search:`` section when there is one."""
+    spec, search, c, _path = _load(config, model_name)
+    if c.problems:
+        raise ConfigError(config.path, c.problems)
+    return spec, search
+
+
+def load_search(config: Config, model_name: str) -> tuple[TrainSpec, SearchSpec]:
+    """The model's :class:`TrainSpec` and its ``training.search`` (required here); :class:`ConfigError` else."""
+    spec, search, c, path = _load(config, model_name)
+    if search is None and not c.problems:
+        c.error((*path, "search"), "missing: `mlioc tune` needs a search section (docs/how-to/training.md, "
+                "\"Hyperparameter search\")")
+    if c.problems:
+        raise ConfigError(config.path, c.problems)
+    assert search is not None
+    return spec, search

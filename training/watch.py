@@ -42,7 +42,7 @@ from ioc.core.configfile import load_config
 from ioc.core.cron import parse_cron
 from ioc.core.layout import ModelNames
 from ioc.core.retrain_requests import RequestBox, RetrainState, RetrainStatus
-from ioc.core.store import ModelStore
+from ioc.core.store import ModelStore, model_store
 from ioc.core.yamlcheck import PVRef
 from training.retrain_runs import (
     AirflowClient,
@@ -95,7 +95,7 @@ class ModelWatch:
         self.options = options
         self.clock = clock
         self.name = model.name
-        self.store = ModelStore(model.store_path)
+        self.store = model_store(model)  # the demo's working store is created from its template on first use
         self.box = RequestBox(self.store.root)
         self.gate = RunGate(self.settings.cooldown_s)
         on_drift = self.settings.on_drift_s

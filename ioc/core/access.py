@@ -10,7 +10,10 @@ PROMOTE, RELOAD (and ACTIONS), ``INPUTS`` for writable inputs, ``DEFAULT`` for e
 
 Hosts are matched on the client's **IP address** (as pvxs does, and rsrv with ``asCheckClientIP``):
 a client can claim any host name over CA, but not its address. Names in a host group are resolved to
-addresses when the list is loaded.
+addresses when the list is loaded. ``localhost`` means *this host*: the loopback addresses and every
+address of the host's network interfaces (passed in by the caller: enumerating interfaces is I/O at
+the edge), because a client on the IOC's host that finds it by broadcast connects through the host's
+network address, not through loopback.
 
 The list comes from the config's ``access:`` section or an EPICS ACF file (the common subset: UAG,
 HAG, ASG with RULE(level, NONE|READ|WRITE[, TRAPWRITE]) and UAG()/HAG() inside rules; CALC/INP rules
@@ -33,6 +36,28 @@ class AccessError(Exception):
     """An access configuration that cannot be used; the message says where and why."""
 
 
+def canonical_host(host: str) -> str:
+    """A client address as access lists hold it: no brackets, an IPv4-mapped IPv6 address as IPv4.
+
+    pvxs reports a client on a dual-stack socket as ``[::ffff:192.0.2.2]``; the same client over CA is
+    ``192.0.2.2``. Both must match the same host group.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower().startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host
+
+
+def host_of(peer: str) -> str:
+    """The address part of a ``HOST:PORT`` peer (``1.2.3.4:5``, ``[::1]:5``), canonical."""
+    if peer.startswith("["):
+        return canonical_host(peer[: peer.find("]") + 1])
+    if peer.count(":") == 1:
+        peer = peer.rsplit(":", 1)[0]
+    return canonical_host(peer)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     access: int  # NONE, READ or WRITE
@@ -52,6 +77,7 @@ class AccessList:
 
     def level(self, asg: str, user: str, host: str) -> int:
         rules = self.asg.get(asg, self.asg.get("DEFAULT", ()))
+        host = canonical_host(host)
         best = NONE
         for rule in rules:
             if rule.uags and not any(user in self.uag.get(g, ()) for g in rule.uags):
@@ -94,10 +120,21 @@ def resolve(name: str) -> list[str]:
         out.update(LOCAL_HOSTS)
     try:
         for info in socket.getaddrinfo(name, None):
-            out.add(info[4][0])
+            out.add(canonical_host(str(info[4][0])))
     except OSError:
         pass  # unresolvable: it can still match a client that is identified by this name
     return sorted(out)
+
+
+def this_host_resolver(local_addresses: Iterable[str], resolver: Resolver = resolve) -> Resolver:
+    """``resolver``, with ``localhost`` also standing for every address of this host's interfaces."""
+    own = sorted({canonical_host(a) for a in local_addresses})
+
+    def resolve_here(name: str) -> list[str]:
+        found = list(resolver(name))
+        return sorted({*found, *own}) if name.lower() == "localhost" else found
+
+    return resolve_here
 
 
 def _hag(hosts: Iterable[str], resolver: Resolver) -> frozenset[str]:
@@ -115,7 +152,8 @@ def default_access(control_users: Iterable[str] = (), control_hosts: Iterable[st
     """Inputs writable by anyone; control PVs writable only by the listed users/hosts; all readable.
 
     With no users listed, any user on a listed host may write the control PVs; the default host list
-    is the IOC's own host, so a fresh config is safe on a shared network.
+    is the IOC's own host (``localhost``: see :func:`this_host_resolver`), so a fresh config is safe on
+    a shared network and works for a user on the IOC's host whichever address their client uses.
     """
     users = tuple(control_users)
     hosts = tuple(control_hosts)
@@ -286,14 +324,24 @@ def parse_acf(text: str, path: str = "<acf>", resolver: Resolver = resolve) -> A
     return AccessList(uag=uag, hag=hag, asg=asg, source=path)
 
 
-def build_access(settings) -> AccessList:
-    """The access list a config asks for (``ioc.core.config.AccessSettings``); AccessError if unusable."""
+def build_access(settings, local_addresses: Iterable[str] = ()) -> AccessList:
+    """The access list a config asks for (``ioc.core.config.AccessSettings``); AccessError if unusable.
+
+    ``local_addresses``: this host's interface addresses, which ``localhost`` in any host list stands for
+    (``ioc.edges.host.local_addresses()``).
+    """
+    local = tuple(local_addresses)
+    resolver = this_host_resolver(local)
     if settings.acf:
         try:
             text = open(settings.acf).read()  # noqa: SIM115 - small file, read once
         except OSError as exc:
             raise AccessError(f"cannot read access security file {settings.acf}: {exc.strerror or exc}") from exc
-        return parse_acf(text, settings.acf)
-    if settings.mapping is not None:
-        return from_mapping(settings.mapping, "access")
-    return default_access()
+        acl = parse_acf(text, settings.acf, resolver)
+    elif settings.mapping is not None:
+        acl = from_mapping(settings.mapping, "access", resolver)
+    else:
+        acl = default_access(resolver=resolver)
+    if local:
+        acl.source += f"; localhost = this host: {', '.join(sorted({*LOCAL_HOSTS[:2], *map(canonical_host, local)}))}"
+    return acl

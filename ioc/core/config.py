@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ioc.core.arrays import DTYPES, MAX_ELEMENTS, size_of
 from ioc.core.cron import CronError, parse_cron
 from ioc.core.promotion import MODES
 from ioc.core.yamlcheck import (
@@ -50,6 +51,13 @@ class AlarmConfig:
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
+    """One model input. ``shape`` ``()`` is a scalar; ``(n,)`` a waveform; ``(h, w)`` an image.
+
+    Its value comes from ``source`` (one PV: a scalar, or for an array a CA waveform, a PVA
+    NTScalarArray or NTNDArray), from ``gather`` (scalar PVs gathered in order into a ``[n]`` vector),
+    or, with neither, from client writes.
+    """
+
     name: str
     source: PVRef | None = None
     units: str = ""
@@ -60,6 +68,21 @@ class InputConfig:
     initial: float | None = None
     mdel: float = 0.0
     adel: float = 0.0
+    shape: tuple[int, ...] = ()
+    gather: tuple[PVRef, ...] = ()
+    dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
+
+    @property
+    def writable(self) -> bool:
+        """No source at all: clients write it (caput / pvput)."""
+        return self.source is None and not self.gather
+
+    @property
+    def source_text(self) -> str | None:
+        """The source as a person reads it (None: writable)."""
+        if self.gather:
+            return f"{self.gather[0]} .. {self.gather[-1]} ({len(self.gather)} PVs)"
+        return str(self.source) if self.source is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +123,8 @@ class OutputConfig:
     adel: float = 0.0
     truth: PVRef | None = None  # measured ground truth: rolling MAE/RMSE PVs (ioc.runtime.monitor)
     action: ActionConfig | None = None  # closed loop: write this output to a machine setpoint
+    shape: tuple[int, ...] = ()  # () a scalar, (n,) a waveform / profile, (h, w) an image
+    dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +246,19 @@ class ModelConfig:
     # Roll back to the previous champion automatically after this many consecutive failed inferences
     # (the model raising, or returning NaN/Inf); None: never, an operator decides.
     rollback_after_faults: int | None = None
+    # A store to copy into ``store`` when that does not exist yet (resolved path; the demo's shipped model
+    # stays pristine while its working copy takes pushes, promotions and events).
+    store_template: str | None = None
     # The training sidecar's section, kept as the raw mapping: training/spec.py validates it (the IOC
     # never needs it, and must not import training to check it).
     training: Any = field(default=None, hash=False, compare=False)
     drift: DriftConfig | None = None
     retrain: RetrainConfig | None = None
+
+    @property
+    def has_arrays(self) -> bool:
+        """Some input or output is a waveform or an image."""
+        return any(s.shape for s in (*self.inputs, *self.outputs))
 
     @property
     def monitored(self) -> bool:
@@ -312,12 +345,22 @@ _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", 
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
 _SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
-_MODEL = ("name", "prefix", "description", "store", "trigger", "inputs", "outputs", "record", "training",
-          "rollback_after_faults", "drift", "retrain")
+_MODEL = ("name", "prefix", "description", "store", "store_template", "trigger", "inputs", "outputs", "record",
+          "training", "rollback_after_faults", "drift", "retrain")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
-_INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel")
-_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action")
+_INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape",
+          "dtype")
+_OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action", "shape",
+           "dtype")
+# Keys an array input / output does not take, and why (the fix goes into the error message).
+_NOT_FOR_ARRAYS = {
+    "mdel": "an array posts on every change, as an EPICS waveform does; remove 'mdel'",
+    "adel": "an array posts on every change, as an EPICS waveform does; remove 'adel'",
+    "alarm": "arrays have no limit alarms (an EPICS waveform has none); INVALID marks a NaN/Inf element",
+    "truth": "ground-truth errors are scalar; remove 'truth' from the array output",
+    "action": "an action drives one scalar setpoint; remove 'action' from the array output",
+}
 _ACTION = ("target", "min", "max", "max_step", "max_rate_hz", "deadband", "readback", "tolerance", "settle_s", "mode",
            "max_held", "drift_limit")
 ACTION_MODES = ("dry_run", "write")
@@ -486,15 +529,68 @@ def _parse_named_list(c: Checker, raw: Any, path: KeyPath, parse: Callable[[dict
     return out
 
 
+def _parse_shape(c: Checker, d: dict, path: KeyPath) -> tuple[int, ...]:
+    """``shape: [n]`` or ``[h, w]``: positive integers, rank 1 or 2 (absent: a scalar)."""
+    raw = d.get("shape")
+    if raw is None:
+        return ()
+    if (not isinstance(raw, list) or not 1 <= len(raw) <= 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in raw)):
+        c.error((*path, "shape"), f"expected [n] (a waveform) or [height, width] (an image) of positive integers, "
+                f"got {raw!r}")
+        return ()
+    if size_of(raw) > MAX_ELEMENTS:
+        c.error((*path, "shape"), f"{size_of(raw)} elements; at most {MAX_ELEMENTS} per array")
+        return ()
+    return tuple(raw)
+
+
+def _parse_dtype(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> str:
+    dtype = c.string(d.get("dtype"), (*path, "dtype"), default="float64")
+    if "dtype" in d and not shape:
+        c.error((*path, "dtype"), "only an array (with 'shape') has a dtype; remove it or add 'shape'")
+    if dtype not in DTYPES:
+        c.error((*path, "dtype"), f"expected float64 (FTVL DOUBLE) or float32 (FTVL FLOAT), got {dtype!r}")
+        return "float64"
+    return dtype
+
+
+def _refuse_for_arrays(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> None:
+    if shape:
+        for key, why in _NOT_FOR_ARRAYS.items():
+            if key in d:
+                c.error((*path, key), why)
+
+
+def _parse_source(c: Checker, raw: Any, path: KeyPath, shape: tuple[int, ...]
+                  ) -> tuple[PVRef | None, tuple[PVRef, ...]]:
+    """One PV, or a list of scalar PVs gathered in order into a ``[n]`` vector."""
+    if not isinstance(raw, list):
+        return c.pvref(raw, path), ()
+    if not raw:
+        c.error(path, "an empty list; give one PV or a list of scalar PVs")
+        return None, ()
+    refs = [c.pvref(item, (*path, i)) for i, item in enumerate(raw)]
+    if len(shape) != 1:
+        c.error(path, f"a list of {len(raw)} PVs is gathered into a vector: add 'shape: [{len(raw)}]'"
+                if not shape else f"a list of PVs is gathered into a vector [n], not an image {list(shape)}")
+    elif shape[0] != len(raw):
+        c.error(path, f"{len(raw)} PVs for shape [{shape[0]}]: the list must name exactly {shape[0]} PVs "
+                f"(or set 'shape: [{len(raw)}]')")
+    return None, tuple(r for r in refs if r is not None)
+
+
 def _parse_input(c: Checker, raw: Any, path: KeyPath) -> InputConfig | None:
     d = c.mapping(raw, path, _INPUT, required=("name",))
     name = c.string(d.get("name"), (*path, "name"), pattern=NAME_PATTERN, what="input name (letters, digits, _)")
     if not name:
         return None
+    shape = _parse_shape(c, d, path)
+    _refuse_for_arrays(c, d, path, shape)
     rng = c.pair(d.get("range"), (*path, "range"), "valid range")
     initial = c.number(d.get("initial"), (*path, "initial"))
-    source = c.pvref(d.get("source"), (*path, "source"))
-    if initial is not None and source is not None:
+    source, gather = _parse_source(c, d.get("source"), (*path, "source"), shape)
+    if initial is not None and (source is not None or gather):
         c.error((*path, "initial"), "an input with a source takes its value from the source; drop 'initial'")
     return InputConfig(
         name=name,
@@ -507,6 +603,9 @@ def _parse_input(c: Checker, raw: Any, path: KeyPath) -> InputConfig | None:
         initial=initial,
         mdel=c.number(d.get("mdel"), (*path, "mdel"), default=0.0),
         adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
+        shape=shape,
+        gather=gather,
+        dtype=_parse_dtype(c, d, path, shape),
     )
 
 
@@ -515,6 +614,8 @@ def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
     name = c.string(d.get("name"), (*path, "name"), pattern=NAME_PATTERN, what="output name (letters, digits, _)")
     if not name:
         return None
+    shape = _parse_shape(c, d, path)
+    _refuse_for_arrays(c, d, path, shape)
     prec = c.number(d.get("prec"), (*path, "prec"), integer=True, nonneg=True, default=3)
     if prec is not None and prec > 17:
         c.error((*path, "prec"), f"precision must be 0..17, got {prec}")
@@ -529,6 +630,8 @@ def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
         adel=c.number(d.get("adel"), (*path, "adel"), default=0.0),
         truth=c.pvref(d.get("truth"), (*path, "truth")),
         action=_parse_action(c, d.get("action"), (*path, "action")),
+        shape=shape,
+        dtype=_parse_dtype(c, d, path, shape),
     )
 
 
@@ -619,6 +722,13 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         store = str((base / os.path.expanduser(store)).resolve())
     elif store and not re.match(r"^models:/[A-Za-z0-9_.\-]+@[A-Za-z0-9_\-]+$", store):
         c.error((*path, "store"), f"registry stores look like models:/NAME@ALIAS, got {store!r}")
+    template = c.string(d.get("store_template"), (*path, "store_template")) or None
+    if template is not None:
+        template = str((base / os.path.expanduser(template)).resolve())
+        if store and store.startswith("models:/"):
+            c.error((*path, "store_template"), "a registry store (models:/...) has no template")
+        elif not Path(template, "versions").is_dir():
+            c.error((*path, "store_template"), f"{template} is not a model store (no versions/ directory)")
     inputs = _parse_named_list(c, d.get("inputs"), (*path, "inputs"), lambda r, p: _parse_input(c, r, p))
     outputs = _parse_named_list(c, d.get("outputs"), (*path, "outputs"), lambda r, p: _parse_output(c, r, p))
     trigger = _parse_trigger(c, d.get("trigger"), (*path, "trigger"))
@@ -628,6 +738,17 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         c.error((*path, "training"), f"expected a mapping, got {typename(training)}")
         training = None
     drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
+    if any(s.shape for s in (*inputs, *outputs)):
+        # Arrays are served and run; drift scores, ground-truth errors and recording assume one element
+        # per signal and are not built for arrays yet (issue 14).
+        for key, what, given in (("drift", "drift scores", drift), ("record", "recording", record)):
+            if given is not None:
+                c.error((*path, key), f"{what} of a model with array inputs/outputs is not supported yet; "
+                        f"remove '{key}'")
+        for j, out in enumerate(outputs):
+            if out.truth is not None and not out.shape:
+                c.error((*path, "outputs", j, "truth"), "ground-truth errors of a model with array inputs/outputs "
+                        "are not supported yet; remove 'truth'")
     retrain = _parse_retrain(c, d.get("retrain"), (*path, "retrain"), d, drift, outputs)
     if not name or prefix is None:
         return None
@@ -644,6 +765,7 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         rollback_after_faults=c.number(d.get("rollback_after_faults"), (*path, "rollback_after_faults"),
                                        integer=True, positive=True),
         drift=drift,
+        store_template=template,
         retrain=retrain,
     )
 
@@ -885,5 +1007,5 @@ def read_config(path: str | os.PathLike,
 
 
 def default_config_path() -> Path:
-    """The shipped demo config: ``config/demo.yaml`` beside the package (source checkout)."""
-    return Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+    """The shipped demo config: ``config/demo.yaml`` beside the ``ioc`` package (source checkout)."""
+    return Path(__file__).resolve().parents[2] / "config" / "demo.yaml"

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ioc.core.arrays import TensorLayout
 from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.manifest import Manifest, ManifestError, read_manifest
-from ioc.core.store import ModelStore, StoreError, sha256_file
+from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 
 log = logging.getLogger("mlioc.engine")
 
@@ -39,6 +40,19 @@ WARMUP_BUDGET_S = 0.3
 
 class EngineError(Exception):
     """A model version cannot be served; the message says which check failed."""
+
+
+class SignatureMismatch(EngineError):
+    """The model and the config disagree on one key of the model's config entry.
+
+    ``key`` is the path inside the model's entry (e.g. ``("inputs", 0, "shape")``) and ``fix`` what to
+    change, so ``mlioc check`` can print ``FILE:LINE: models[i].inputs[0].shape: ... fix: ...``.
+    """
+
+    def __init__(self, message: str, key: tuple[str | int, ...], fix: str):
+        super().__init__(message)
+        self.key = key
+        self.fix = fix
 
 
 def _require_ort():
@@ -81,7 +95,12 @@ def _session_options(threads: int):
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A validated, warmed-up model version, ready to run one input vector at a time."""
+    """A validated, warmed-up model version, ready to run one input vector at a time.
+
+    Inputs and outputs cross this class as flat float64 vectors (every named signal flattened, in
+    order: :class:`ioc.core.arrays.TensorLayout`); :meth:`run` reshapes to the ONNX tensors' shapes
+    (``in_shape``/``out_shape``, batch first) and applies the per-element normalisation.
+    """
 
     model: str
     version: str
@@ -94,6 +113,10 @@ class LoadedModel:
     in_scale: np.ndarray = field(repr=False)
     out_mean: np.ndarray = field(repr=False)
     out_std: np.ndarray = field(repr=False)
+    in_shape: tuple[int, ...] = ()  # the input tensor's shape after the batch axis
+    out_shape: tuple[int, ...] = ()
+    in_identity: bool = False  # mean 0 and std 1 everywhere: no normalisation pass
+    out_identity: bool = False
     warm_median_ms: float = 0.0
     warm_p99_ms: float = 0.0
     sha256: str = ""
@@ -112,14 +135,25 @@ class LoadedModel:
         Normalisation from the manifest is applied on both sides of the graph. Thread-safe:
         ONNX Runtime sessions may be run concurrently, and this object is never mutated.
         """
-        xn = ((x - self.in_mean) * self.in_scale).astype(np.float32).reshape(1, -1)
-        y = self.session.run([self.output_name], {self.input_name: xn})[0]
-        return y[0] * self.out_std + self.out_mean
+        if self.in_identity:  # e.g. a CNN that normalises inside its graph: one pass, not three
+            xn = x.astype(np.float32)
+        else:
+            t = x - self.in_mean  # in float64: x - mean may be a small difference of large numbers
+            t *= self.in_scale
+            xn = t.astype(np.float32)
+        y = self.session.run([self.output_name], {self.input_name: xn.reshape(1, *self.in_shape)})[0].reshape(-1)
+        if self.out_identity:
+            return y.astype(np.float64)
+        out = y * self.out_std
+        out += self.out_mean
+        return out
 
     def run_batch(self, xs: np.ndarray) -> np.ndarray:
-        xn = ((np.asarray(xs, dtype=np.float64) - self.in_mean) * self.in_scale).astype(np.float32)
+        """Flat raw-unit inputs (k, n_inputs) -> flat raw-unit outputs (k, n_outputs)."""
+        xs = np.asarray(xs, dtype=np.float64)
+        xn = ((xs - self.in_mean) * self.in_scale).astype(np.float32).reshape(len(xs), *self.in_shape)
         y = self.session.run([self.output_name], {self.input_name: xn})[0]
-        return y.astype(np.float64) * self.out_std + self.out_mean
+        return y.astype(np.float64).reshape(len(xs), -1) * self.out_std + self.out_mean
 
 
 def _dim_ok(dim, expected: int) -> bool:
@@ -140,33 +174,50 @@ def _check_signature(session, manifest: Manifest, where: str) -> tuple[str, str]
             f"{where}: ONNX tensors are {tin.name!r} -> {tout.name!r}, manifest says "
             f"{manifest.onnx_input!r} -> {manifest.onnx_output!r}"
         )
-    for t, n, what in ((tin, len(manifest.inputs), "input"), (tout, len(manifest.outputs), "output")):
+    for t, dims, what in ((tin, manifest.input_shape, "input"), (tout, manifest.output_shape, "output")):
         if t.type != "tensor(float)":
             raise EngineError(f"{where}: {what} tensor {t.name!r} is {t.type}, expected tensor(float)")
         shape = list(t.shape)
-        if len(shape) != 2 or not _dim_ok(shape[1], n):
-            raise EngineError(f"{where}: {what} tensor {t.name!r} has shape {shape}, expected [batch, {n}]")
+        if len(shape) != 1 + len(dims) or not all(_dim_ok(d, n) for d, n in zip(shape[1:], dims, strict=True)):
+            key = "onnx.input_shape" if what == "input" else "onnx.output_shape"
+            raise EngineError(f"{where}: {what} tensor {t.name!r} has shape {shape}, expected "
+                              f"[batch, {', '.join(map(str, dims))}] (manifest {key})")
     return tin.name, tout.name
 
 
+def _shape_mismatch(where: str, what: str, index: int, sig_shape: tuple, cfg_shape: tuple) -> SignatureMismatch:
+    model, config = list(sig_shape) or "a scalar", list(cfg_shape) or "a scalar"
+    fix = (f"set 'shape: {list(sig_shape)}'" if sig_shape else "remove 'shape'") + \
+        f" on this {what[:-1]}, or push a model trained on {config}"
+    return SignatureMismatch(f"{where}: {what[:-1]} shape is {model} in the model, {config} in the config",
+                             (what, index, "shape"), fix)
+
+
 def check_against_config(manifest: Manifest, config: ModelConfig, where: str) -> None:
-    """The manifest's inputs/outputs must be the config's, in the same order, in the same units."""
+    """The manifest's inputs/outputs must be the config's, in the same order, shapes and units."""
     want_in = tuple(i.name for i in config.inputs)
     want_out = tuple(o.name for o in config.outputs)
     if manifest.input_names != want_in:
-        raise EngineError(f"{where}: model inputs {list(manifest.input_names)} != config inputs {list(want_in)}")
+        raise SignatureMismatch(f"{where}: model inputs {list(manifest.input_names)} != config inputs {list(want_in)}",
+                                ("inputs",), "list the model's inputs in its order, or push the matching model")
     if manifest.output_names != want_out:
-        raise EngineError(
-            f"{where}: model outputs {list(manifest.output_names)} != config outputs {list(want_out)}"
-        )
-    for sig, cfg in zip(manifest.inputs, config.inputs, strict=True):
-        if sig.units and cfg.units and sig.units != cfg.units:
-            raise EngineError(f"{where}: input {sig.name} is in {sig.units!r} in the model, {cfg.units!r} in config")
-    for sig, cfg in zip(manifest.outputs, config.outputs, strict=True):
-        if sig.units and cfg.units and sig.units != cfg.units:
-            raise EngineError(
-                f"{where}: output {sig.name} is in {sig.units!r} in the model, {cfg.units!r} in config"
-            )
+        raise SignatureMismatch(
+            f"{where}: model outputs {list(manifest.output_names)} != config outputs {list(want_out)}",
+            ("outputs",), "list the model's outputs in its order, or push the matching model")
+    for what, sigs, cfgs in (("inputs", manifest.inputs, config.inputs), ("outputs", manifest.outputs, config.outputs)):
+        for index, (sig, cfg) in enumerate(zip(sigs, cfgs, strict=True)):
+            if sig.shape != cfg.shape:
+                raise _shape_mismatch(where, what, index, sig.shape, cfg.shape)
+            if sig.units and cfg.units and sig.units != cfg.units:
+                raise SignatureMismatch(
+                    f"{where}: {what[:-1]} {sig.name} is in {sig.units!r} in the model, {cfg.units!r} in config",
+                    (what, index, "units"), f"set 'units: {sig.units}' or push a model trained in {cfg.units}")
+
+
+def _normalisation(signals) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element (mean, std) of the flat vector of ``signals``."""
+    means, stds = zip(*(s.normalisation() for s in signals), strict=True)
+    return np.concatenate(means), np.concatenate(stds)
 
 
 def build_model(
@@ -201,6 +252,8 @@ def build_model(
     provider = session.get_providers()[0]
     if providers[0] == CUDA and provider != CUDA:
         log.warning("%s: CUDA provider not usable, running on %s", where, provider)
+    in_mean, in_std = _normalisation(manifest.inputs)
+    out_mean, out_std = _normalisation(manifest.outputs)
     model = LoadedModel(
         model=config.name,
         version=version,
@@ -209,10 +262,14 @@ def build_model(
         provider=provider,
         input_name=in_name,
         output_name=out_name,
-        in_mean=np.array([s.mean for s in manifest.inputs], dtype=np.float64),
-        in_scale=np.array([1.0 / s.std for s in manifest.inputs], dtype=np.float64),
-        out_mean=np.array([s.mean for s in manifest.outputs], dtype=np.float64),
-        out_std=np.array([s.std for s in manifest.outputs], dtype=np.float64),
+        in_mean=in_mean,
+        in_scale=1.0 / in_std,
+        out_mean=out_mean,
+        out_std=out_std,
+        in_shape=manifest.input_shape,
+        out_shape=manifest.output_shape,
+        in_identity=bool(not in_mean.any() and (in_std == 1.0).all()),
+        out_identity=bool(not out_mean.any() and (out_std == 1.0).all()),
         sha256=digest,
     )
     _check_test_vectors(model, where)
@@ -230,9 +287,8 @@ def _check_test_vectors(model: LoadedModel, where: str) -> None:
             if not np.all(np.isfinite(y)):
                 raise EngineError(f"{where}: non-finite output at the reference mean input: {y.tolist()}")
             return
-        xs = np.array(tv.inputs, dtype=np.float64)
-        want = np.array(tv.outputs, dtype=np.float64)
-        got = model.run_batch(xs)
+        want = tv.outputs
+        got = model.run_batch(tv.inputs)
     except EngineError:
         raise
     except Exception as exc:
@@ -245,7 +301,7 @@ def _check_test_vectors(model: LoadedModel, where: str) -> None:
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise EngineError(
-            f"{where}: test vector {i} output {model.manifest.outputs[j].name} = {got[i, j]:.6g}, "
+            f"{where}: test vector {i} output {TensorLayout.of(model.manifest.outputs).locate(j)} = {got[i, j]:.6g}, "
             f"expected {want[i, j]:.6g} (rtol {tv.rtol}, atol {tv.atol}); {int(bad.sum())} mismatches"
         )
 
@@ -288,13 +344,13 @@ def load_version(store: ModelStore, number: int, config: ModelConfig, inference:
 
 def load_champion(config: ModelConfig, inference: InferenceConfig) -> LoadedModel:
     """Load the store's champion; raise :class:`EngineError` if there is none or it fails."""
-    store = ModelStore(config.store_path)
+    store = model_store(config)
     if not store.exists():
-        raise EngineError(f"{config.name}: model store {store.root} does not exist")
+        raise EngineError(f"{config.name}: {store.root}: no such store")
     try:
         champion = store.champion()
     except StoreError as exc:
         raise EngineError(f"{config.name}: {exc}") from exc
     if champion is None:
-        raise EngineError(f"{config.name}: no champion in {store.root}")
+        raise EngineError(f"{config.name}: {store.root}: no champion")
     return load_version(store, champion, config, inference)

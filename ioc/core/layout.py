@@ -50,6 +50,13 @@ class ModelNames:
     def output(self, name: str) -> str:
         return f"{self.prefix}OUT:{name}"
 
+    def input_shape(self, name: str) -> str:
+        """``[h, w]`` of an image input (CA clients reshape the flat waveform with it)."""
+        return f"{self.prefix}IN:{name}:SHAPE"
+
+    def output_shape(self, name: str) -> str:
+        return f"{self.prefix}OUT:{name}:SHAPE"
+
     def challenger_output(self, name: str) -> str:
         return f"{self.prefix}CHALLENGER:OUT:{name}"
 
@@ -166,12 +173,22 @@ def _alarm_limits(output: OutputConfig) -> AlarmLimits | None:
     return AlarmLimits(lolo=a.lolo, low=a.low, high=a.high, hihi=a.hihi, hyst=a.hyst)
 
 
+FTVL = {"float64": "DOUBLE", "float32": "FLOAT"}
+
+
+def _array_fields(sig: InputConfig | OutputConfig) -> dict:
+    """An array signal is a waveform PV (shape, FTVL); a scalar an ai."""
+    if not sig.shape:
+        return dict(kind=Kind.AI)
+    return dict(kind=Kind.WAVEFORM, shape=sig.shape, ftvl=FTVL[sig.dtype])
+
+
 def input_spec(names: ModelNames, inp: InputConfig) -> PVSpec:
-    writable = inp.source is None
-    desc = inp.description or (f"{inp.name} from {inp.source.name}"[:40] if inp.source else f"input {inp.name}")
+    writable = inp.writable
+    origin = f"{len(inp.gather)} PVs" if inp.gather else inp.source.name if inp.source is not None else None
+    desc = inp.description or (f"{inp.name} from {origin}"[:40] if origin else f"input {inp.name}")
     return PVSpec(
         name=names.input(inp.name),
-        kind=Kind.AI,
         desc=desc,
         egu=inp.units,
         prec=inp.prec,
@@ -182,13 +199,13 @@ def input_spec(names: ModelNames, inp: InputConfig) -> PVSpec:
         adel=inp.adel,
         scan="Passive" if writable else "I/O Intr",
         asg=INPUT_ASG,
+        **_array_fields(inp),
     )
 
 
 def output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
     return PVSpec(
         name=names.output(out.name),
-        kind=Kind.AI,
         desc=out.description or f"prediction {out.name}",
         egu=out.units,
         prec=out.prec,
@@ -198,13 +215,13 @@ def output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
         mdel=out.mdel,
         adel=out.adel,
         version_field=True,
+        **_array_fields(out),
     )
 
 
 def challenger_output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
     return PVSpec(
         name=names.challenger_output(out.name),
-        kind=Kind.AI,
         desc=f"challenger {out.description or out.name}"[:40],
         egu=out.units,
         prec=out.prec,
@@ -214,7 +231,14 @@ def challenger_output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
         mdel=out.mdel,
         adel=out.adel,
         version_field=True,
+        **_array_fields(out),
     )
+
+
+def shape_spec(name: str, sig: InputConfig | OutputConfig) -> PVSpec:
+    """``$(P)IN:<name>:SHAPE`` / ``$(P)OUT:<name>:SHAPE`` of an image: ``[h, w]`` (waveform LONG)."""
+    return PVSpec(name=name, kind=Kind.WAVEFORM, shape=(2,), ftvl="LONG", desc=f"[height, width] of {sig.name}"[:40],
+                  initial=tuple(sig.shape))
 
 
 def _action(name: str, verb: str, desc: str) -> PVSpec:
@@ -274,8 +298,15 @@ def monitor_pv_specs(model: ModelConfig) -> list[PVSpec]:
 def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
     """Every PV one model serves, in a stable order (inputs, outputs, control, diagnostics)."""
     n = ModelNames(model.prefix)
-    specs = [input_spec(n, i) for i in model.inputs]
-    specs += [output_spec(n, o) for o in model.outputs]
+    specs = []
+    for i in model.inputs:
+        specs.append(input_spec(n, i))
+        if len(i.shape) == 2:
+            specs.append(shape_spec(n.input_shape(i.name), i))
+    for o in model.outputs:
+        specs.append(output_spec(n, o))
+        if len(o.shape) == 2:
+            specs.append(shape_spec(n.output_shape(o.name), o))
     specs += [
         PVSpec(name=n.enable, kind=Kind.BO, desc=f"enable model {model.name}"[:40], choices=ENABLE_CHOICES,
                writable=True, initial=1, scan="Passive", asg=CONTROL_ASG, audit=True),

@@ -5,6 +5,11 @@ normalisation the engine applies around the graph), the reference distribution o
 output from the training data (for drift scores), test vectors that must reproduce, and the
 provenance that makes the version traceable (MLflow run, dataset digest, code version, environment).
 Parsing is strict: a version whose manifest is malformed is rejected, never guessed at.
+
+Arrays (docs/how-to/model-store.md, "Arrays and images"): a signal may carry a ``shape``; its normalisation
+is one number (per channel) or one per element; ``onnx.input_shape`` / ``onnx.output_shape`` give the
+tensors' shapes after the batch axis, and test-vector rows are the flat vectors of the tensor layout
+rule (:class:`ioc.core.arrays.TensorLayout`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from ioc.core.arrays import size_of
 
 FORMAT = 1
 KINDS = ("regression", "autoencoder")
@@ -25,20 +34,41 @@ class ManifestError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """One model input or output: its name, units and normalisation (x_norm = (x - mean) / std)."""
+    """One model input or output: its name, units, shape and normalisation (x_norm = (x - mean) / std).
+
+    ``shape`` ``()`` is a scalar, ``(n,)`` a waveform, ``(h, w)`` an image. For an array, ``mean`` and
+    ``std`` are either one number (per channel: every element alike) or one number per element
+    (row-major, a tuple of ``size`` numbers).
+    """
 
     name: str
     units: str = ""
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
+    shape: tuple[int, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return size_of(self.shape)
+
+    def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) expanded to one value per element (float64), whichever form the manifest used."""
+        n = self.size
+        return (np.broadcast_to(np.asarray(self.mean, dtype=np.float64), (n,)),
+                np.broadcast_to(np.asarray(self.std, dtype=np.float64), (n,)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class TestVectors:
-    """Raw-unit inputs and the outputs the full engine path must reproduce within tolerance."""
+    """Raw-unit inputs and the outputs the full engine path must reproduce within tolerance.
 
-    inputs: tuple[tuple[float, ...], ...]
-    outputs: tuple[tuple[float, ...], ...]
+    ``inputs`` (k, n_in) and ``outputs`` (k, n_out) are float64 arrays of flat rows: an image's
+    test vectors are megabytes, which Python floats would multiply by four, for as long as the
+    version is served.
+    """
+
+    inputs: np.ndarray
+    outputs: np.ndarray
     rtol: float = 1e-4
     atol: float = 1e-5
 
@@ -52,11 +82,15 @@ class Manifest:
     onnx_output: str
     inputs: tuple[Signal, ...]
     outputs: tuple[Signal, ...]
-    test_vectors: TestVectors | None = None
+    test_vectors: TestVectors | None = field(default=None, compare=False)
+    # The ONNX tensors' shapes after the batch axis (the tensor layout rule, docs/how-to/model-store.md):
+    # default one flat vector of every input (output) element.
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
     reference: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # less its test vectors
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -65,6 +99,15 @@ class Manifest:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.outputs)
+
+    @property
+    def n_in(self) -> int:
+        """Elements of the flat input vector: every input flattened, in order."""
+        return sum(s.size for s in self.inputs)
+
+    @property
+    def n_out(self) -> int:
+        return sum(s.size for s in self.outputs)
 
 
 def _req(d: dict, key: str, where: str) -> Any:
@@ -79,6 +122,33 @@ def _finite(value: Any, where: str) -> float:
     return float(value)
 
 
+def _shape(raw: Any, where: str) -> tuple[int, ...]:
+    if (not isinstance(raw, list) or not raw
+            or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in raw)):
+        raise ManifestError(f"{where}: expected a list of positive integers, got {raw!r}")
+    return tuple(raw)
+
+
+def _per_element(value: Any, shape: tuple[int, ...], where: str, positive: bool = False) -> float | tuple[float, ...]:
+    """A normalisation number: one for the whole signal, or (an array) one per element."""
+    if not isinstance(value, list):
+        x = _finite(value, where)
+        if positive and x <= 0:
+            raise ManifestError(f"{where}: must be > 0, got {x}")
+        return x
+    if not shape:
+        raise ManifestError(f"{where}: a list is only allowed for an array signal (one with 'shape')")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: expected numbers") from None
+    if arr.shape not in (shape, (size_of(shape),)):
+        raise ManifestError(f"{where}: {list(arr.shape)} numbers for shape {list(shape)}")
+    if not np.isfinite(arr).all() or (positive and (arr <= 0).any()):
+        raise ManifestError(f"{where}: every element must be finite{' and > 0' if positive else ''}")
+    return tuple(arr.reshape(-1).tolist())
+
+
 def _signals(raw: Any, where: str) -> tuple[Signal, ...]:
     if not isinstance(raw, list) or not raw:
         raise ManifestError(f"{where}: expected a non-empty list")
@@ -90,15 +160,31 @@ def _signals(raw: Any, where: str) -> tuple[Signal, ...]:
         name = _req(item, "name", w)
         if not isinstance(name, str) or not name:
             raise ManifestError(f"{w}.name: expected a string")
-        std = _finite(item.get("std", 1.0), f"{w}.std")
-        if std <= 0:
-            raise ManifestError(f"{w}.std: must be > 0, got {std}")
+        shape = _shape(item["shape"], f"{w}.shape") if item.get("shape") is not None else ()
         out.append(Signal(name=name, units=str(item.get("units", "")),
-                          mean=_finite(item.get("mean", 0.0), f"{w}.mean"), std=std))
+                          mean=_per_element(item.get("mean", 0.0), shape, f"{w}.mean"),
+                          std=_per_element(item.get("std", 1.0), shape, f"{w}.std", positive=True),
+                          shape=shape))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ManifestError(f"{where}: duplicate names {names}")
     return tuple(out)
+
+
+def _rows(raw: Any, n: int, where: str) -> np.ndarray:
+    """Test-vector rows: each the flat vector of every signal (the tensor layout rule), ``n`` numbers."""
+    out = np.empty((len(raw), n))
+    for i, row in enumerate(raw):
+        if not isinstance(row, list) or len(row) != n:
+            raise ManifestError(f"{where}[{i}]: expected {n} numbers")
+        try:
+            out[i] = np.asarray(row, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}[{i}]: expected {n} numbers") from None
+        if not np.isfinite(out[i]).all():
+            raise ManifestError(f"{where}[{i}]: expected {n} finite numbers")
+    out.flags.writeable = False
+    return out
 
 
 def _vectors(raw: Any, n_in: int, n_out: int) -> TestVectors | None:
@@ -109,19 +195,25 @@ def _vectors(raw: Any, n_in: int, n_out: int) -> TestVectors | None:
     xs, ys = _req(raw, "inputs", "test_vectors"), _req(raw, "outputs", "test_vectors")
     if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or not xs:
         raise ManifestError("test_vectors: inputs and outputs must be non-empty lists of equal length")
-    rows_in, rows_out = [], []
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        if not isinstance(x, list) or len(x) != n_in:
-            raise ManifestError(f"test_vectors.inputs[{i}]: expected {n_in} numbers")
-        if not isinstance(y, list) or len(y) != n_out:
-            raise ManifestError(f"test_vectors.outputs[{i}]: expected {n_out} numbers")
-        rows_in.append(tuple(_finite(v, f"test_vectors.inputs[{i}]") for v in x))
-        rows_out.append(tuple(_finite(v, f"test_vectors.outputs[{i}]") for v in y))
+    rows_in = _rows(xs, n_in, "test_vectors.inputs")
+    rows_out = _rows(ys, n_out, "test_vectors.outputs")
     rtol = _finite(raw.get("rtol", 1e-4), "test_vectors.rtol")
     atol = _finite(raw.get("atol", 1e-5), "test_vectors.atol")
     if rtol < 0 or atol < 0:
         raise ManifestError("test_vectors: rtol and atol must be >= 0")
-    return TestVectors(tuple(rows_in), tuple(rows_out), rtol, atol)
+    return TestVectors(rows_in, rows_out, rtol, atol)
+
+
+def _tensor_shape(onnx: dict, key: str, n: int, what: str) -> tuple[int, ...]:
+    """``onnx.input_shape`` / ``output_shape``: the tensor's dims after the batch axis; they must hold
+    exactly the ``n`` elements of the flat vector."""
+    if onnx.get(key) is None:
+        return (n,)
+    shape = _shape(onnx[key], f"onnx.{key}")
+    if size_of(shape) != n:
+        raise ManifestError(f"onnx.{key}: {list(shape)} holds {size_of(shape)} elements, but the {what} "
+                            f"flatten to {n}")
+    return shape
 
 
 def parse_manifest(raw: Any) -> Manifest:
@@ -162,11 +254,13 @@ def parse_manifest(raw: Any) -> Manifest:
         onnx_output=str(onnx.get("output", "y")),
         inputs=inputs,
         outputs=outputs,
-        test_vectors=_vectors(raw.get("test_vectors"), len(inputs), len(outputs)),
+        test_vectors=_vectors(raw.get("test_vectors"), sum(s.size for s in inputs), sum(s.size for s in outputs)),
+        input_shape=_tensor_shape(onnx, "input_shape", sum(s.size for s in inputs), "inputs"),
+        output_shape=_tensor_shape(onnx, "output_shape", sum(s.size for s in outputs), "outputs"),
         reference=reference,
         provenance=provenance,
         version=version,
-        raw=raw,
+        raw={k: v for k, v in raw.items() if k != "test_vectors"},  # they are kept once, as arrays
     )
 
 

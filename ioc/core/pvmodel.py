@@ -15,19 +15,44 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, IntFlag, StrEnum
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
+
 audit_log = logging.getLogger("mlioc.audit")
 
+FTVL_DTYPES = {"DOUBLE": "float64", "FLOAT": "float32", "LONG": "int32"}  # waveform FTVL -> numpy dtype
 MESSAGE_LEN = 39  # a CA DBR_STRING holds 39 characters + NUL; both protocols serve the same text
 
 
+_PATH = re.compile(r"/[^\s:,;'\"()]*/[^\s:,;'\"()]+")  # an absolute path of two or more parts
+
+
 def clip_message(text: str) -> str:
-    """A message as a string PV can serve it: at most MESSAGE_LEN characters, ``~`` marking a cut."""
-    return text if len(text) <= MESSAGE_LEN else text[: MESSAGE_LEN - 1] + "~"
+    """A message as a string PV can serve it: at most MESSAGE_LEN characters.
+
+    The useful end of a path is kept: ``/opt/site/models/beam: no champion`` becomes
+    ``.../models/beam: no champion`` (leading directories go first, the tail as long as it fits);
+    what still does not fit is cut, ``~`` marking the cut. Callers log the whole text.
+    """
+    if len(text) <= MESSAGE_LEN:
+        return text
+    for match in _PATH.finditer(text):
+        path = match.group()
+        parts = path.split("/")
+        for keep in range(len(parts) - 2, 0, -1):  # longest tail first
+            short = "..." + "/".join(["", *parts[-keep:]])
+            shortened = text[: match.start()] + short + text[match.end():]
+            if len(shortened) <= MESSAGE_LEN or keep == 1:
+                text = shortened
+                break
+        if len(text) <= MESSAGE_LEN:
+            return text
+    return text[: MESSAGE_LEN - 1] + "~"
 
 
 class Severity(IntEnum):
@@ -75,10 +100,16 @@ class Kind(StrEnum):
     MBBI = "mbbi"
     STRINGIN = "stringin"
     LONGIN = "longin"
+    WAVEFORM = "waveform"  # an array ``[n]`` or an image ``[h, w]`` (PVSpec.shape, PVSpec.ftvl)
 
     @property
     def is_numeric(self) -> bool:
+        """A scalar number (ai/ao/longin): limits, deadbands and alarm evaluation apply."""
         return self in (Kind.AI, Kind.AO, Kind.LONGIN)
+
+    @property
+    def is_array(self) -> bool:
+        return self is Kind.WAVEFORM
 
     @property
     def is_enum(self) -> bool:
@@ -170,7 +201,7 @@ class PVSpec:
     choices: tuple[str, ...] = ()
     choice_severities: tuple[Severity, ...] = ()
     writable: bool = False
-    initial: float | int | str = 0
+    initial: float | int | str | tuple = 0
     mdel: float = 0.0
     adel: float = 0.0
     scan: str = "I/O Intr"
@@ -178,14 +209,61 @@ class PVSpec:
     audit: bool = False
     max_length: int = 40
     version_field: bool = False  # PVA carries the model version that made each value (Reading.tag)
+    # A waveform: ``(n,)`` (CA waveform / PVA NTScalarArray) or ``(h, w)`` (CA waveform of h*w elements,
+    # row-major / PVA NTNDArray); FTVL DOUBLE, FLOAT or LONG. Its values are numpy arrays of that shape.
+    # ``initial`` is a fill value, or a tuple of every element.
+    shape: tuple[int, ...] = ()
+    ftvl: str = "DOUBLE"
 
     def __post_init__(self) -> None:
         if self.kind.is_enum and not self.choices:
             raise ValueError(f"{self.name}: a {self.kind} PV needs choices")
+        if self.kind.is_array and (not 1 <= len(self.shape) <= 2 or self.ftvl not in FTVL_DTYPES):
+            raise ValueError(f"{self.name}: a waveform needs a shape [n] or [h, w] and FTVL in {list(FTVL_DTYPES)}")
 
-    def coerce(self, value: Any) -> float | int | str:
+    @property
+    def nelm(self) -> int:
+        """NELM: the elements a waveform holds (h*w for an image)."""
+        return math.prod(self.shape) if self.kind.is_array else 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(FTVL_DTYPES[self.ftvl])
+
+    def initial_value(self) -> Any:
+        """The value before the first post (a numpy array for a waveform)."""
+        if not self.kind.is_array:
+            return self.initial
+        if isinstance(self.initial, tuple):
+            return np.array(self.initial, dtype=self.dtype).reshape(self.shape)
+        return np.full(self.shape, self.initial, dtype=self.dtype)
+
+    def _coerce_array(self, value: Any) -> np.ndarray:
+        """A written array in this waveform's type: numbers only, at most NELM of them. An image
+        written as a flat waveform of h*w elements takes the image's shape; any other count is kept
+        (the input it feeds names it as unusable)."""
+        if isinstance(value, (str, bytes)):
+            raise PutRejected(f"not an array of numbers: {value!r}")
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):
+            raise PutRejected(f"not an array of numbers: {value!r}") from None
+        if arr.dtype.kind not in "iufb":
+            raise PutRejected(f"not an array of numbers ({arr.dtype})")
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.size > self.nelm:
+            raise PutRejected(f"{arr.size} elements; {self.name} holds at most {self.nelm} (NELM)")
+        arr = arr.astype(self.dtype)  # always a copy: a client's buffer is never kept
+        if len(self.shape) == 2 and arr.ndim == 1 and arr.size == self.nelm:
+            arr = arr.reshape(self.shape)
+        return arr
+
+    def coerce(self, value: Any) -> float | int | str | np.ndarray:
         """Turn a client-written value into this PV's Python type, or raise :class:`PutRejected`."""
         kind = self.kind
+        if kind is Kind.WAVEFORM:
+            return self._coerce_array(value)
         if kind in (Kind.AI, Kind.AO):
             if isinstance(value, bool):
                 return float(value)
@@ -233,9 +311,10 @@ class PVSpec:
 
 
 class Reading(NamedTuple):
-    """A PV's current state, as both protocols serve it."""
+    """A PV's current state, as both protocols serve it. A waveform's value is a numpy array that
+    nobody mutates once posted (a new value is a new array)."""
 
-    value: float | int | str
+    value: float | int | str | np.ndarray
     severity: Severity
     status: Status
     timestamp: float
@@ -297,6 +376,17 @@ _ALL = _VALUE | _LOG | _ALARM
 _isfinite = math.isfinite
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """No NaN/Inf in ``values``: one pass (a sum) when all are finite, an exact check otherwise (a
+    sum of finite values can overflow)."""
+    if values.dtype.kind != "f":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if _isfinite(float(values.sum())):
+            return True
+    return bool(np.isfinite(values).all())
+
+
 def _changed_beyond(old: Any, new: Any, deadband: float) -> bool:
     """EPICS monitor rule: post when |new - old| > deadband (a negative deadband posts always)."""
     if deadband < 0:
@@ -313,18 +403,19 @@ def _changed_beyond(old: Any, new: Any, deadband: float) -> bool:
 class PV:
     """One PV: its spec, its current reading, and the adapters listening to it."""
 
-    __slots__ = ("_adel_last", "_choice_severities", "_last_limit", "_listeners", "_mdel_last", "_numeric",
+    __slots__ = ("_adel_last", "_array", "_choice_severities", "_last_limit", "_listeners", "_mdel_last", "_numeric",
                  "_spec_listeners", "alarm_filter", "put_handler", "reading", "spec")
 
     def __init__(self, spec: PVSpec, timestamp: float = 0.0, put_handler: PutHandler | None = None):
         self.spec = spec
         self.put_handler = put_handler
         # Like an EPICS record before its first processing: undefined, INVALID.
-        self.reading = Reading(spec.initial, Severity.INVALID, Status.UDF, timestamp, "")
+        initial = spec.initial_value()
+        self.reading = Reading(initial, Severity.INVALID, Status.UDF, timestamp, "")
         self._listeners: list[Listener] = []
         self._spec_listeners: list[SpecListener] = []
-        self._mdel_last: Any = spec.initial
-        self._adel_last: Any = spec.initial
+        self._mdel_last: Any = initial
+        self._adel_last: Any = initial
         self._last_limit: float | None = None
         # Optional: filters the limit alarm in time (ioc.core.thresholds.Debouncer), so that CA and PVA
         # serve the same debounced severity. Not applied to the caller's severity or to INVALID.
@@ -333,6 +424,7 @@ class PV:
 
     def _cache_spec(self) -> None:
         self._numeric = self.spec.kind.is_numeric
+        self._array = self.spec.kind.is_array
         self._choice_severities = tuple(int(s) for s in self.spec.choice_severities) if self.spec.kind.is_enum else ()
 
     @property
@@ -365,6 +457,10 @@ class PV:
         severities give. A non-finite analog value is always INVALID. Every post updates the
         reading (a ``caget`` sees it); monitors are posted only for events that pass MDEL/ADEL,
         exactly as an EPICS record does. This is the hot path of every cycle: plain ints inside.
+
+        A waveform (a numpy array, never mutated once posted) is INVALID when any element is NaN/Inf,
+        has no limit alarms, and posts value and archive events on any change (EPICS waveform
+        semantics): a re-post of the same array carries only what else changed.
         """
         spec = self.spec
         sev = 0
@@ -389,6 +485,11 @@ class PV:
                 sev = 3
             if sev:
                 stat = 7  # STATE
+        elif self._array:
+            if value.__class__ is not np.ndarray:
+                value = np.asarray(value, dtype=spec.dtype)
+            if not all_finite(value):
+                sev, stat = 3, 17  # INVALID, UDF
         if severity and severity >= sev:
             sev = severity
             stat = status or 15  # SOFT
@@ -398,6 +499,15 @@ class PV:
         if force:
             events = _ALL
             self._mdel_last = self._adel_last = value
+        elif self._array:
+            events = 0
+            if value is not self._mdel_last and not np.array_equal(self._mdel_last, value):
+                events = _VALUE | _LOG
+                self._mdel_last = self._adel_last = value
+            if old.severity != sev or old.status != stat or old.message != message:
+                events |= _ALARM
+            if old.tag != tag:
+                events |= _VALUE
         else:
             events = 0
             if _changed_beyond(self._mdel_last, value, spec.mdel):

@@ -16,6 +16,10 @@ and a pointer change can be made conditional on its current value (compare-and-s
 Every change of the champion pointer, by whoever makes it, pushes the previous champion onto
 ``champion.history``; a rollback pops it, so repeated rollbacks walk back through the champions.
 This module does file I/O only: validation of what a version contains lives in :mod:`ioc.validation`.
+
+A config may name a ``store_template``: the store is then created as a copy of it on first use
+(:func:`model_store`), so the demo's shipped model stays as it was committed while its working copy
+takes the pushes, promotions and events of a session.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,11 +38,45 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("mlioc.store")
+
 ONNX_NAME = "model.onnx"
 MANIFEST_NAME = "manifest.json"
 POINTERS = ("champion", "challenger")
 HISTORY_NAME = "champion.history"
 _ANY = object()
+
+
+def seed_store(root: str | os.PathLike, template: str | os.PathLike) -> bool:
+    """Create the store ``root`` as a copy of ``template`` unless it exists; True if it was created.
+
+    Copied aside, then renamed into place: a concurrent first use (the IOC and a training run) ends with
+    one complete copy, never a half one.
+    """
+    root = Path(root)
+    if root.exists():
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.seeding-", dir=root.parent))
+    try:
+        shutil.copytree(template, staging / "store", ignore=shutil.ignore_patterns(".lock"))
+        try:
+            os.rename(staging / "store", root)
+        except OSError:
+            if not root.exists():
+                raise
+            return False  # someone else created it meanwhile
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def model_store(model) -> ModelStore:
+    """The store of a model's config (``ioc.core.config.ModelConfig``), created from its template if needed."""
+    if model.store_template and seed_store(model.store_path, model.store_template):
+        log.info("%s: created the model store %s as a copy of %s", model.name, model.store_path,
+                 model.store_template)
+    return ModelStore(model.store_path)
 
 
 class StoreError(Exception):

@@ -137,7 +137,7 @@ class ModelManager:
 
     def _read_pointers(self) -> tuple[int | None, int | None]:
         if not self.store.exists():
-            raise StoreError(f"model store {self.store.root} does not exist")
+            raise StoreError(f"{self.store.root}: no such store")
         return self.store.champion(), self.store.challenger()
 
     def _changed(self, current: Stamp | None, version: int) -> tuple[bool, Stamp | None]:
@@ -148,7 +148,7 @@ class ModelManager:
                              client: ClientInfo | None) -> None:
         if version is None:
             if self.runner.model is None:
-                self.runner.set_no_model(f"no champion in {self.store.root}")
+                self.runner.set_no_model(f"{self.store.root}: no champion")
             return
         changed, new_stamp = self._changed(self.champion, version)
         if not (changed or force) or self._skip_rejected(version, new_stamp, force):

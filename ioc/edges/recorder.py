@@ -17,16 +17,27 @@ Why it is built this way:
   Parquet is what pandas, the training sidecar and every data tool read directly, column-typed and
   compressed (zstd), with the column layout described in the file's own metadata.
 * **Rolling files.** ``roll: daily`` / ``hourly`` starts a new file when the UTC day / hour of the
-  rows changes, ``size`` when the file reaches ``max_mb`` (which also caps daily/hourly files).
-  A file is written as ``.<name>.inprogress`` and renamed to ``<name>.parquet`` when it is closed:
-  readers only ever see complete files (a Parquet footer is written at close).
-* **Nothing lost on a clean shutdown.** :meth:`Recorder.close` (called by ``Ioc.stop`` on SIGTERM /
-  SIGINT) writes every buffered row and closes the file. A hard kill loses the rows of the file in
-  progress; choose ``hourly`` or a small ``max_mb`` to bound that.
+  rows changes, ``size`` when the file in progress reaches ``max_mb`` (which also caps daily/hourly
+  files).
+* **No acknowledged row is lost, whatever the disk does** (issue 12.3). The file in progress,
+  ``.<name>.inprogress``, is an Arrow IPC *stream*: each flush appends one self-delimited record batch,
+  so everything up to the last complete batch stays readable at any moment, unlike a Parquet file,
+  whose footer is written only at close. A write that fails (disk full, file too large) is cut back
+  to the last complete batch and its rows are kept in memory and retried (the oldest dropped beyond
+  ``MAX_BACKLOG``, counted, alarmed and logged). When a file rolls or the IOC stops, its batches are
+  converted to ``<name>.parquet`` (written aside, then renamed: readers only see complete files) and
+  the stream is removed; a conversion that fails is retried, and a stream left by a crash or a full
+  disk is converted when the recorder next starts. Training reads the finished Parquet files *and*
+  the rows already flushed to the file in progress (:func:`read_stream`), so a nightly job can run
+  while the IOC records.
+* **Nothing lost on a clean shutdown** either: :meth:`Recorder.close` (called by ``Ioc.stop`` on
+  SIGTERM / SIGINT) writes every buffered row and converts the file. A hard kill loses only the rows
+  not yet flushed (at most ``flush_s`` worth).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -34,7 +45,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +61,87 @@ log = logging.getLogger("mlioc.recorder")
 FORMAT = 1
 FLUSH_ROWS = 50_000  # write early when this many rows are buffered
 MAX_BACKLOG = 500_000  # rows kept for retry while the disk fails (~a day at 5 Hz); older ones are dropped
+ROW_GROUP_ROWS = 100_000  # Parquet row group size when a stream is converted (bounds its memory too)
 SUFFIX = ".parquet"
-INPROGRESS = ".inprogress"
+INPROGRESS = ".inprogress"  # the file in progress: ``.<name>.inprogress``, an Arrow IPC stream
+_EOS = 8  # an IPC stream's end-of-stream marker (0xFFFFFFFF 0x00000000)
 
 
 class RecorderError(Exception):
     """Recording cannot start (missing pyarrow, unwritable directory)."""
+
+
+def final_name(stream: Path) -> Path:
+    """``dir/.NAME.inprogress`` -> ``dir/NAME.parquet``."""
+    return stream.with_name(stream.name[1:-len(INPROGRESS)] + SUFFIX)
+
+
+def in_progress_files(directory: Path) -> list[Path]:
+    """Streams still being written (or left by a crash), oldest name first."""
+    return sorted(p for p in directory.glob(f".*{INPROGRESS}") if not p.name.endswith(f"{SUFFIX}{INPROGRESS}"))
+
+
+def read_stream(source, max_batches: int | None = None) -> Iterator[Any]:
+    """The complete record batches of a file in progress (a path or a binary file object), in order.
+
+    Stops quietly at the end or at a batch that is still being written (or was cut short by a failed
+    write); ``max_batches`` stops after that many (the recorder knows how many it completed). The
+    stream's schema is ``read_stream(...)`` 's first item's ``.schema``.
+    """
+    import pyarrow as pa
+
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
+        try:
+            reader = pa.ipc.open_stream(f)
+        except (OSError, pa.ArrowInvalid):
+            return  # not even a complete schema yet
+        n = 0
+        while max_batches is None or n < max_batches:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowInvalid):
+                return  # an incomplete batch at the end: the writer is in the middle of it
+            n += 1
+
+
+def read_stream_table(path: Path):
+    """A file in progress as one pyarrow Table (the rows flushed so far); None if it has none yet."""
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        try:
+            schema = pa.ipc.open_stream(f).schema
+        except (OSError, pa.ArrowInvalid):
+            return None
+        f.seek(0)
+        batches = list(read_stream(f))
+    return pa.Table.from_batches(batches, schema=schema) if batches else None
+
+
+@dataclass
+class _Stream:
+    """The file in progress: an Arrow IPC stream, appended one record batch per flush.
+
+    ``size``/``batches``/``rows`` count only what was completely written: a failed write is cut back
+    to ``size``. The descriptor is kept open so the rows can be converted even if someone moves the file.
+    """
+
+    path: Path
+    final: Path
+    fd: int
+    key: str
+    size: int = 0
+    batches: int = 0
+    rows: int = 0
+
+    def in_place(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            return False
 
 
 def column_names(model: ModelConfig) -> list[str]:
@@ -105,12 +192,11 @@ class Recorder:
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._writer = None
-        self._file_key: str | None = None
-        self._file_path: Path | None = None
-        self._file_final: Path | None = None
+        self._stream: _Stream | None = None
+        self._unconverted: list[_Stream] = []  # closed streams whose Parquet file is still to be written
         self._seq = 0
-        self.rows_written = 0
+        self.rows_received = 0  # rows taken from cycles (acknowledged): each is written or counted dropped
+        self.rows_written = 0  # ... of which completely written to a file (in progress or converted)
         self.rows_dropped = 0
         self.error: str | None = None  # the current write failure, None while recording works
         # Told (from the writer thread) when recording starts failing (the error) and recovers (None).
@@ -118,6 +204,7 @@ class Recorder:
         self.files_closed: list[Path] = []
         self._roll_waiters: list[threading.Event] = []  # roll(): set once the file in progress is closed
         self.schema = self._schema()
+        self._stream_head = self._encode(None)  # the schema message every stream starts with
 
     # ------------------------------------------------------------------ loop side
 
@@ -139,6 +226,7 @@ class Recorder:
         )
         with self._lock:
             self._rows.append(row)
+            self.rows_received += 1
             n = len(self._rows)
         if n >= FLUSH_ROWS:
             self._wake.set()
@@ -178,8 +266,11 @@ class Recorder:
             self._thread = None
         else:  # never started: flush synchronously
             self.write_pending()
-            self._close_file()
-        log.info("%s: recorder closed, %d rows written", self.model.name, self.rows_written)
+            self._roll()
+        waiting = list(self._unconverted)
+        log.info("%s: recorder closed: %d rows received, %d written, %d dropped%s", self.model.name,
+                 self.rows_received, self.rows_written, self.rows_dropped,
+                 "".join(f"; {s.rows} rows wait in {s.path} (converted at the next start)" for s in waiting))
 
     def flush(self) -> None:
         """Ask the writer thread to write what is buffered now (does not wait)."""
@@ -203,6 +294,7 @@ class Recorder:
     # ------------------------------------------------------------------ writer thread
 
     def _run(self) -> None:
+        self._adopt_leftovers()
         while True:
             self._wake.wait(self.config.flush_s)
             self._wake.clear()
@@ -216,9 +308,9 @@ class Recorder:
             self._roll_if_asked()
             if closing:
                 try:
-                    self._close_file()
-                except Exception:
-                    log.exception("%s: closing the recording file failed", self.model.name)
+                    self._roll()
+                except Exception as exc:  # the rows stay in the stream; the next start converts it
+                    log.error("%s: converting the file in progress failed (%s)", self.model.name, exc)
                 return
 
     def _roll_if_asked(self) -> None:
@@ -239,39 +331,32 @@ class Recorder:
         m = re.search(r"\[errno \d+\] ([^\n]+)", str(exc))
         if m:
             text = m.group(1)
-        self._abandon_file()
+        if self.rows_dropped:
+            text = f"{text}; {self.rows_dropped} rows dropped"
         if self.error != text:
-            log.error("%s: recording to %s fails (%s); rows are kept and retried (at most %d)", self.model.name,
-                      self.directory, text, MAX_BACKLOG)
+            log.error("%s: recording to %s fails (%s); rows are kept and retried (at most %d, then the oldest are "
+                      "dropped and counted)", self.model.name, self.directory, text, MAX_BACKLOG)
             self.error = text
             if self.on_health is not None:
                 self.on_health(text)
 
     def _healthy(self) -> None:
         if self.error is not None:
-            log.warning("%s: recording works again (%d rows dropped while it did not)", self.model.name,
-                        self.rows_dropped)
+            (log.error if self.rows_dropped else log.warning)(
+                "%s: recording works again (%d rows dropped while it did not)", self.model.name, self.rows_dropped)
             self.error = None
             if self.on_health is not None:
                 self.on_health(None)
 
-    def _abandon_file(self) -> None:
-        """After a failed write the file in progress cannot be trusted: drop the writer, start anew."""
-        writer, self._writer, self._file_key = self._writer, None, None
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # the disk that failed the write may fail this too
-                pass
-
     def _flush(self) -> None:
         with self._lock:
             rows, self._rows = self._rows, []
-        if not rows:
-            return
+        start = 0
         try:
+            self._convert_unconverted()  # older rows first
+            if not rows:
+                return
             # Split the batch where the roll key (UTC day/hour) changes, so no file spans two periods.
-            start = 0
             key = self._key(rows[0][0])
             for i in range(1, len(rows)):
                 k = self._key(rows[i][0])
@@ -297,34 +382,133 @@ class Recorder:
         return t.strftime("%Y%m%d") if roll == "daily" else t.strftime("%Y%m%dT%H")
 
     def _write(self, rows: list[tuple], key: str) -> None:
-        """Write rows to the current file (``rows`` must all be written, or none: see _flush)."""
-        if self._writer is not None and key != self._file_key:
-            self._close_file()
-        if self._writer is None:
-            self._open_file(rows[0][0], key)
-        self._writer.write_table(self._table(rows))
+        """Append rows to the file in progress as one batch: all written, or none (see _flush)."""
+        if self._stream is not None and key != self._stream.key:
+            self._roll()
+        stream = self._stream or self._open_stream(rows[0][0], key)
+        if not stream.in_place():  # moved or deleted under us: convert it from the descriptor later
+            self._unconverted.append(stream)
+            self._stream = None
+            raise OSError(f"the file in progress {stream.path.name} was moved or deleted")
+        data = self._encode(self._table(rows))
+        try:
+            _write_all(stream.fd, data)
+        except BaseException:
+            with contextlib.suppress(OSError):  # back to the last complete batch (truncating needs no space)
+                os.ftruncate(stream.fd, stream.size)
+                os.lseek(stream.fd, stream.size, os.SEEK_SET)
+            raise
+        stream.size += len(data)
+        stream.batches += 1
+        stream.rows += len(rows)
         self.rows_written += len(rows)
-        if self._file_path.stat().st_size >= self.config.max_mb * 1e6:
-            self._close_file()
+        if stream.size >= self.config.max_mb * 1e6:
+            self._roll()
 
-    def _open_file(self, first_time: float, key: str) -> None:
+    def _open_stream(self, first_time: float, key: str) -> _Stream:
         t = dt.datetime.fromtimestamp(first_time if math.isfinite(first_time) else time.time(), dt.UTC)
         self._seq += 1
         name = f"{self.model.name}-{t.strftime('%Y%m%dT%H%M%S')}Z-{os.getpid()}-{self._seq:03d}"
-        self._file_final = self.directory / f"{name}{SUFFIX}"
-        self._file_path = self.directory / f".{name}{SUFFIX}{INPROGRESS}"
-        self._writer = self._pq.ParquetWriter(str(self._file_path), self.schema, compression="zstd")
-        self._file_key = key
+        path = self.directory / f".{name}{INPROGRESS}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, self._stream_head)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._stream = _Stream(path, final_name(path), fd, key, size=len(self._stream_head))
+        return self._stream
 
-    def _close_file(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        os.replace(self._file_path, self._file_final)
-        self.files_closed.append(self._file_final)
-        log.info("%s: recorded file %s closed", self.model.name, self._file_final.name)
-        self._writer = None
-        self._file_key = None
+    def _roll(self) -> None:
+        """Close the file in progress: it joins the streams to convert, and conversion starts now."""
+        if self._stream is not None:
+            if self._stream.batches:
+                self._unconverted.append(self._stream)
+            else:  # nothing in it: no file
+                self._discard(self._stream)
+            self._stream = None
+        self._convert_unconverted()
+
+    def _convert_unconverted(self) -> None:
+        while self._unconverted:
+            self._to_parquet(self._unconverted[0])
+            self._unconverted.pop(0)
+
+    def _to_parquet(self, stream: _Stream) -> None:
+        """Write the stream's complete batches as ``<name>.parquet`` (aside, then renamed), then remove it.
+
+        Reads through the descriptor, so a stream moved away is still converted (into the recording
+        directory). On failure the stream is untouched and the caller retries later.
+        """
+        pa, pq = self._pa, self._pq
+        final = self.directory / stream.final.name
+        tmp = final.with_name(f".{final.name}.tmp")
+        read = 0
+        with os.fdopen(os.dup(stream.fd), "rb") as f:
+            f.seek(0)
+            schema = pa.ipc.open_stream(f).schema
+            f.seek(0)
+            writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
+            try:
+                group: list = []
+                for batch in read_stream(f, stream.batches):
+                    group.append(batch)
+                    read += batch.num_rows
+                    if sum(b.num_rows for b in group) >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.Table.from_batches(group, schema=schema))
+                        group = []
+                if group:
+                    writer.write_table(pa.Table.from_batches(group, schema=schema))
+                writer.close()
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.close()
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+        if read != stream.rows:  # cannot happen unless someone wrote into our file: say so, count it
+            lost = stream.rows - read
+            self.rows_dropped += max(lost, 0)
+            log.error("%s: %s held %d rows, %d were readable (%d lost)", self.model.name, stream.path.name,
+                      stream.rows, read, lost)
+        self._discard(stream)
+        self.files_closed.append(final)
+        log.info("%s: recorded file %s closed (%d rows)", self.model.name, final.name, read)
+
+    def _discard(self, stream: _Stream) -> None:
+        if stream.in_place():
+            with contextlib.suppress(OSError):
+                stream.path.unlink()
+        os.close(stream.fd)
+
+    def _adopt_leftovers(self) -> None:
+        """Streams left by a crash or a full disk (another run's, or an earlier version of this one) are
+        converted with the first flush. Only safe because the directory is locked by this process."""
+        for path in in_progress_files(self.directory):
+            if final_name(path).exists():  # converted already; only its removal failed
+                log.warning("%s: %s was converted to %s already; removing it", self.model.name, path.name,
+                            final_name(path).name)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                log.error("%s: cannot open the leftover file in progress %s: %s", self.model.name, path, exc)
+                continue
+            with os.fdopen(os.dup(fd), "rb") as f:
+                batches = list(read_stream(f))
+            if not batches:
+                os.close(fd)
+                log.warning("%s: %s holds no complete rows; left as it is", self.model.name, path.name)
+                continue
+            rows = sum(b.num_rows for b in batches)
+            self._unconverted.append(_Stream(path, final_name(path), fd, "", batches=len(batches), rows=rows))
+            log.info("%s: %d rows of a recording interrupted earlier (%s) will be converted", self.model.name,
+                     rows, path.name)
 
     # ------------------------------------------------------------------ Arrow
 
@@ -351,6 +535,17 @@ class Recorder:
         }
         return pa.schema(fields, metadata=meta)
 
+    def _encode(self, table) -> bytes:
+        """One table as an IPC record-batch message (zstd); ``None``: the stream's schema message."""
+        pa = self._pa
+        sink = pa.BufferOutputStream()
+        writer = pa.ipc.new_stream(sink, self.schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
+        if table is not None:
+            writer.write_table(table, max_chunksize=max(1, table.num_rows))
+        writer.close()
+        data = sink.getvalue().to_pybytes()[:-_EOS]
+        return data if table is None else data[len(self._stream_head):]
+
     def _table(self, rows: list[tuple]):
         pa = self._pa
         cols: list[list] = [[r[0] for r in rows]]
@@ -363,3 +558,10 @@ class Recorder:
         cols += [[r[6] for r in rows], [r[7] for r in rows], [r[8] for r in rows], [r[9] for r in rows]]
         arrays = [pa.array(c, type=f.type) for c, f in zip(cols, self.schema, strict=True)]
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

@@ -6,6 +6,11 @@ PVA uses the p4p (pvxs) client. Both call ``deliver(value, severity, timestamp, 
 their own threads; the caller hands that to the event loop (see :mod:`ioc.runtime.feed`), so model state is
 only ever touched on the loop. A disconnect is delivered as ``connected=False``; pvxs reconnects by
 itself, CA channels are renewed until they do (see :class:`_CaChannel`).
+
+Arrays: a CA waveform arrives as a numpy array of its current length (``.NORD`` elements: the
+subscription asks for count 0, EPICS' dynamic array size, so a source that changes its size is seen
+as such); a PVA NTScalarArray as its value array; an NTNDArray as a ``[height, width]`` frame decoded
+by :func:`ioc.core.arrays.frame_from_ntndarray`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from ioc.core.arrays import frame_from_ntndarray, is_ntndarray
 from ioc.core.config import PVRef
 from ioc.core.pvmodel import Severity
 from ioc.edges.clients import CA_LOCK, ca_client, ca_module, pva_client
@@ -228,7 +236,8 @@ class CaSource:
 
 
 class PvaSource:
-    """A PVA monitor on one PV (NTScalar or NTEnum)."""
+    """A PVA monitor on one PV: NTScalar or NTEnum, NTScalarArray (its value array) or NTNDArray (the
+    frame as a ``[height, width]`` array, or a :class:`~ioc.core.arrays.BadArray` saying why not)."""
 
     def __init__(self, ref: PVRef, deliver: Deliver):
         self.ref = ref
@@ -255,9 +264,12 @@ class PvaSource:
             log.info("source %s connected", self.ref)
         self.connected = True
         try:
-            raw = value["value"]
-            if hasattr(raw, "get") or not isinstance(raw, (int, float, bool, str)):
-                raw = value["value.index"]
+            if is_ntndarray(value):  # a camera frame: pixels, dimension, codec, ColorMode
+                raw = frame_from_ntndarray(value)
+            else:
+                raw = value["value"]
+                if hasattr(raw, "get") or not isinstance(raw, (int, float, bool, str, np.ndarray)):
+                    raw = value["value.index"]
         except (KeyError, TypeError):
             raw = math.nan
         try:

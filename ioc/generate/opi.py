@@ -267,7 +267,7 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
         y += ROW
         _label(g, inp.name, 5, y, 110, tooltip=spec.desc)
         _value(g, s, spec, 120, y, 130)
-        _label(g, str(inp.source) if inp.source else "writable (caput / pvput)", 260, y, 250)
+        _label(g, inp.source_text or "writable (caput / pvput)", 260, y, 250)
         _label(g, _range_text(inp), 520, y, 150)
         _label(g, f"{inp.max_age_s:g} s" if inp.max_age_s else "-", 680, y, 80)
         if inp.name in drifts:

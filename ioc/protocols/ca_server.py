@@ -14,6 +14,10 @@ Three deliberate departures from caproto's own write/publish path:
   unbounded), which saves a task per update on the hot path;
 * updates honour the subscriber's event mask (DBE_VALUE / DBE_LOG / DBE_ALARM / DBE_PROPERTY),
   which caproto ignores, so MDEL/ADEL deadbands and archive-only events behave as in an EPICS IOC.
+
+A waveform PV (an array ``[n]`` or an image ``[h, w]``) is a ``waveform`` record: its value served
+flat (row-major), FTVL DOUBLE/FLOAT/LONG, with ``.NELM``, ``.NORD``, ``.FTVL``, ``.EGU``, ``.PREC``,
+``.HOPR``, ``.LOPR``; a put carries every element.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from caproto import (
     ChannelData,
     ChannelDouble,
     ChannelEnum,
+    ChannelFloat,
     ChannelInteger,
     ChannelString,
     ChannelType,
@@ -61,6 +66,9 @@ STATUS_CHOICES = tuple(s.name for s in Status)
 SCAN_CHOICES = ("Passive", "Event", "I/O Intr", "10 second", "5 second", "2 second", "1 second",
                 ".5 second", ".2 second", ".1 second")
 MBBI_PREFIXES = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", "EL", "TV", "TT", "FT", "FF")
+# menuFtype: a waveform's FTVL, served as an enum as an EPICS IOC serves it (caget X.FTVL -> DOUBLE)
+FTYPE_CHOICES = ("STRING", "CHAR", "UCHAR", "SHORT", "USHORT", "LONG", "ULONG", "INT64", "UINT64", "FLOAT", "DOUBLE",
+                 "ENUM")
 
 
 def drive(coro: Coroutine) -> Any:
@@ -102,10 +110,14 @@ class _MaskedPublish:
 
 
 class _Field(_MaskedPublish):
-    """A record field served as its own channel; read-only."""
+    """A record field served as its own channel; read-only, and readable by whoever may read the record."""
+
+    _main: _Bridge | None = None
 
     def check_access(self, hostname, username):
-        return AccessRights.READ
+        if self._main is None:
+            return AccessRights.READ
+        return self._main.check_access(hostname, username) & AccessRights.READ
 
     def set(self, value: Any) -> None:
         if self._data["value"] != value:
@@ -151,7 +163,7 @@ class _Bridge(_MaskedPublish):
                                             user_address=user_address)
         address = f"{user_address[0]}:{user_address[1]}" if user_address else ""
         client = ClientInfo(user=username or "", host=hostname or "", protocol="ca", address=address)
-        value = _decode(data, data_type, self.string_encoding)
+        value = self._decode_put(data, data_type)
         result = self._db.put(self._pv.name, value, client)
         if inspect.isawaitable(result):
             await result
@@ -173,6 +185,45 @@ class _Bridge(_MaskedPublish):
 
     def _to_channel(self, value: Any) -> Any:
         return value
+
+    def _decode_put(self, data: Any, data_type: ChannelType) -> Any:
+        return _decode(data, data_type, self.string_encoding)
+
+
+class _Waveform(_Bridge):
+    """A waveform record: the value is served flat (an image row-major, h*w elements), ``.NORD``
+    follows its current length. caproto converts it to the wire type once per post and data type
+    (``_content``), shared by every subscriber asking for that type."""
+
+    _nord: _FieldInteger
+
+    def _to_channel(self, value: Any) -> Any:
+        flat = value.reshape(-1)
+        if flat.size > self._max_length:  # a source frame larger than NELM: what fits, as a record would
+            flat = flat[: self._max_length]
+        if flat.size != self._nord.value:
+            self._nord.set(flat.size)
+        return flat
+
+    def _decode_put(self, data: Any, data_type: ChannelType) -> Any:
+        if native_type(data_type) in (ChannelType.STRING, ChannelType.CHAR):
+            return _decode(data, data_type, self.string_encoding)  # refused by the PV's coercion
+        return data  # every element (the PV copies it into its own array)
+
+
+class _CaWaveDouble(_Waveform, ChannelDouble):
+    pass
+
+
+class _CaWaveFloat(_Waveform, ChannelFloat):
+    pass
+
+
+class _CaWaveLong(_Waveform, ChannelInteger):
+    pass
+
+
+_WAVEFORMS: dict[str, type[_Waveform]] = {"DOUBLE": _CaWaveDouble, "FLOAT": _CaWaveFloat, "LONG": _CaWaveLong}
 
 
 class _CaDouble(_Bridge, ChannelDouble):
@@ -221,7 +272,7 @@ def _limit_metadata(spec: PVSpec) -> dict[str, Any]:
     a = spec.alarm
     md: dict[str, Any] = dict(units=spec.egu, lower_disp_limit=lo, upper_disp_limit=hi,
                               lower_ctrl_limit=clo, upper_ctrl_limit=chi)
-    if spec.kind is Kind.LONGIN:
+    if spec.kind is Kind.LONGIN or (spec.ftvl == "LONG" and spec.kind.is_array):
         md = {k: (int(v) if isinstance(v, float) else v) for k, v in md.items()}
         md.update(lower_alarm_limit=0, lower_warning_limit=0, upper_warning_limit=0, upper_alarm_limit=0)
         if a is not None:
@@ -238,6 +289,20 @@ def _limit_metadata(spec: PVSpec) -> dict[str, Any]:
     return md
 
 
+SUBSCRIPTION_BACKLOG_BYTES = 8 << 20  # per CA subscription of a waveform
+
+
+def subscription_backlog(spec: PVSpec) -> int:
+    """How many updates caproto may keep per subscription of this waveform.
+
+    caproto keeps the last ``max_subscription_backlog`` updates of every subscription (1000 by
+    default) in a deque, sent or not: for a 1 MB image that is 1 GB per subscriber, and the IOC's
+    memory grows by a frame per post until it gets there (measured: +30 MB/s at 30 Hz). Bounded by
+    bytes instead; a client too slow for the frame rate gets the newest frames, older ones are dropped.
+    """
+    return max(2, min(1000, SUBSCRIPTION_BACKLOG_BYTES // max(1, spec.nelm * spec.dtype.itemsize)))
+
+
 def _main_channel(pv: PV, db: PVDatabase) -> _Bridge:
     spec = pv.spec
     common = dict(reported_record_type=spec.kind.value)
@@ -246,6 +311,11 @@ def _main_channel(pv: PV, db: PVDatabase) -> _Bridge:
         ch: _Bridge = _CaDouble(value=value, precision=spec.prec, **_limit_metadata(spec), **common)
     elif spec.kind is Kind.LONGIN:
         ch = _CaInteger(value=int(spec.initial), **_limit_metadata(spec), **common)
+    elif spec.kind.is_array:
+        kw = {"precision": spec.prec} if spec.ftvl != "LONG" else {}
+        ch = _WAVEFORMS[spec.ftvl](value=spec.initial_value().reshape(-1), max_length=spec.nelm,
+                                   max_subscription_backlog=subscription_backlog(spec), **_limit_metadata(spec),
+                                   **kw, **common)
     elif spec.kind.is_enum:
         ch = _CaEnum(value=spec.choices[int(spec.initial)], enum_strings=list(spec.choices), **common)
     else:
@@ -270,6 +340,13 @@ def _double_field(value: float | None, spec: PVSpec | None = None) -> _FieldDoub
     return _FieldDouble(value=0.0 if value is None else float(value), **kw)
 
 
+def _display_fields(spec: PVSpec) -> dict[str, ChannelData]:
+    """.EGU, .PREC, .HOPR, .LOPR of a number or a waveform."""
+    lo, hi = spec.display or (0.0, 0.0)
+    return dict(EGU=_string_field(spec.egu), PREC=_FieldInteger(value=spec.prec), HOPR=_double_field(hi, spec),
+                LOPR=_double_field(lo, spec))
+
+
 def _fields(spec: PVSpec, main: _Bridge) -> dict[str, ChannelData]:
     """The record fields served for one PV, keyed by field name."""
     f: dict[str, ChannelData] = {
@@ -285,12 +362,8 @@ def _fields(spec: PVSpec, main: _Bridge) -> dict[str, ChannelData]:
     }
     if spec.kind.is_numeric:
         a = spec.alarm
-        lo, hi = spec.display or (0.0, 0.0)
         f.update(
-            EGU=_string_field(spec.egu),
-            PREC=_FieldInteger(value=spec.prec),
-            HOPR=_double_field(hi, spec),
-            LOPR=_double_field(lo, spec),
+            **_display_fields(spec),
             HIHI=_double_field(a.hihi if a else None, spec),
             HIGH=_double_field(a.high if a else None, spec),
             LOW=_double_field(a.low if a else None, spec),
@@ -306,6 +379,13 @@ def _fields(spec: PVSpec, main: _Bridge) -> dict[str, ChannelData]:
         if spec.kind is Kind.AO:
             clo, chi = spec.control or spec.display or (0.0, 0.0)
             f.update(DRVH=_double_field(chi, spec), DRVL=_double_field(clo, spec))
+    elif spec.kind.is_array:
+        f.update(
+            **_display_fields(spec),
+            NELM=_FieldInteger(value=spec.nelm),
+            NORD=_FieldInteger(value=spec.nelm),
+            FTVL=_enum_field(spec.ftvl, FTYPE_CHOICES),
+        )
     elif spec.kind is Kind.BO:
         f.update(ZNAM=_string_field(spec.choices[0]), ONAM=_string_field(spec.choices[1]))
         sev = spec.choice_severities or (Severity.NO_ALARM, Severity.NO_ALARM)
@@ -331,9 +411,13 @@ class CaServer:
             main = _main_channel(pv, db)
             fields = _fields(pv.spec, main)
             main._sevr, main._stat = fields["SEVR"], fields["STAT"]
+            if isinstance(main, _Waveform):
+                main._nord = fields["NORD"]
             self.pvdb[pv.name] = main
             for fname, channel in fields.items():
                 self.pvdb[f"{pv.name}.{fname}"] = channel
+                if channel is not main:
+                    channel._main = main  # .SEVR, .HIHI, .EGU ... follow the record's read rule
             self._fields[pv.name] = fields
             pv.subscribe(main.apply, self._on_spec)
             main.apply(pv, pv.reading, Event.NONE)

@@ -1,6 +1,6 @@
 """Small, isolated fixes for caproto 1.3.0's asyncio server (see docs/explanation/architecture.md, "caproto traps").
 
-Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/test_caproto_fixes.py``:
+Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/integration/test_caproto_fixes.py``:
 
 1. **TCP_NODELAY** is never set on accepted sockets (they are created with proto=0, so asyncio does
    not set it): a put that causes two server messages then waits ~22 ms for Nagle + delayed ACK.
@@ -25,6 +25,19 @@ Each fix was measured on loopback (FIELD-NOTES) and is tested in ``tests/test_ca
 6. **Refused writes log a traceback**: caproto logs every exception from a write handler with
    ``log.exception``. A refused write (bad value, read-only, access denied) is an operator's mistake,
    already logged once by the PV database; :class:`RefusedWriteFilter` drops caproto's copy.
+8. **A client that leaves leaves tasks behind** (ERROR "Task was destroyed but it is pending!" in the
+   log, later, whenever the garbage collector runs): caproto cancels a disconnected circuit's
+   subscription task and *awaits* it inside ``_on_disconnect``, so the ``CancelledError`` escapes into
+   the caller, and it never stops the command task at all. A disconnect noticed while a reply is sent
+   (a client that closes right after a refused ``caput``) skipped ``_on_disconnect`` entirely (fix 7
+   handles requests in the receiving task) and left the circuit's subscriptions in the context.
+   :meth:`FastCircuit._on_disconnect` cancels both tasks without awaiting them in the caller.
+9. **Clearing a monitored channel kills the client's monitors** (``KeyError`` in
+   ``subscription_queue_loop``, e.g. when ``caproto-monitor`` is stopped with Ctrl-C): caproto's
+   ClearChannel handler compares each subscription's channel *object* with the channel's *id*, so it
+   never removes the channel's subscriptions; the next update for them fails on the unknown channel
+   and the circuit's only subscription task dies, silently stopping every other monitor of that
+   client. :meth:`FastCircuit._process_command` removes them first, as EPICS' rsrv does.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import caproto as ca
 from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.asyncio.utils import _TransportWrapper
 from caproto.server.common import DisconnectedCircuit
+from caproto.server.common import VirtualCircuit as CommonCircuit
 
 log = logging.getLogger("mlioc.ca")
 
@@ -123,10 +137,33 @@ class FastCircuit(VirtualCircuit):
     """A circuit that sends queued monitor updates immediately instead of waiting to batch them,
     and runs writes inline instead of in a new task."""
 
+    _command_task: asyncio.Task | None = None
+
+    async def run(self):
+        self._command_task = self.tasks.create(self.command_queue_loop())
+        self._sub_task = self.tasks.create(self.subscription_queue_loop())
+
+    async def _on_disconnect(self):
+        """Fix 8: drop the subscriptions (caproto's common part, idempotent), close the socket, and stop
+        both of the circuit's loops without awaiting them here: the caller may be one of them, and an
+        awaited cancelled task would raise ``CancelledError`` into it. Write tasks in flight are left to
+        finish: an operator's PROMOTE must not be cut short because the client did not wait."""
+        await CommonCircuit._on_disconnect(self)
+        self.client.close()
+        current = asyncio.current_task()
+        for task in (self._command_task, self._sub_task):
+            if task is not None and task is not current:
+                task.cancel()
+        self._command_task = self._sub_task = None
+
     async def _start_write_task(self, handle_write):
         run_inline(handle_write(), self.tasks.create)
 
     async def _process_command(self, command):
+        if isinstance(command, ca.ClearChannelRequest):  # fix 9: the channel's monitors end with it
+            chan = self.circuit.channels_sid.get(command.sid)
+            if chan is not None:
+                await self._cull_subscriptions(self.context[chan.name], lambda sub: sub.channel is chan)
         response = await super()._process_command(command)
         if isinstance(command, ca.HostNameRequest):
             # Access lists match the client's address, not the host name it claims (anyone can claim
@@ -149,9 +186,13 @@ class FastCircuit(VirtualCircuit):
         commands, _ = self.circuit.recv(bytes_received)
         for command in commands:
             if self.command_queue.empty() and command is not ca.DISCONNECTED:
-                response = await self._command_queue_iteration(command)
-                if response is not None:
-                    await self.send(*response)
+                try:
+                    response = await self._command_queue_iteration(command)
+                    if response is not None:
+                        await self.send(*response)
+                except DisconnectedCircuit:  # as caproto's command loop does (fix 8)
+                    await self._on_disconnect()
+                    raise
             else:
                 try:
                     await self.command_queue.put(command)

@@ -6,6 +6,8 @@ Numeric PVs are NTScalar with ``alarm``, ``timeStamp``, ``display`` (with ``form
 model computed. PVA's ``alarm.status`` is a coarser enum than EPICS' alarm condition; the condition
 name (``HIHI``, ``LINK``, ``DISABLE`` ...) is the first word of ``alarm.message`` so both protocols say
 the same thing (details, such as which input is stale, follow after a colon).
+
+Arrays and images: see :class:`PvaServer`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import os
 from typing import Any
 
 from p4p import Type, Value
-from p4p.nt import NTEnum, NTScalar
+from p4p._p4p import logger_level_set, logLevelError  # noqa: PLC2701 - p4p has no public per-logger level
+from p4p.nt import NTEnum, NTNDArray, NTScalar
 from p4p.server import Server, StaticProvider
 from p4p.server.asyncio import SharedPV
 from p4p.server.raw import SharedPV as RawSharedPV
 
+from ioc.core.access import host_of
+from ioc.core.arrays import BadArray, frame_from_ntndarray, is_ntndarray
 from ioc.core.pvmodel import PV, ClientInfo, Event, Kind, PutRejected, PVDatabase, PVSpec, Reading, Status
 
 log = logging.getLogger("mlioc.pva")
@@ -54,7 +59,21 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+_NT_CODE = {"DOUBLE": "d", "FLOAT": "f", "LONG": "i"}
+_UNION_MEMBER = {"DOUBLE": "doubleValue", "FLOAT": "floatValue", "LONG": "intValue"}
+_NTNDARRAY_FIELDS = NTNDArray.buildType().aspy()  # ('S', id, fields); p4p's buildType(extra=) fails on it
+
+
+def _ndarray_type(extra: list) -> Type:
+    return Type(list(_NTNDARRAY_FIELDS[2]) + extra, id=_NTNDARRAY_FIELDS[1])
+
+
 def nt_type(spec: PVSpec) -> Type:
+    extra = [("version", "s")] if spec.version_field else []
+    if spec.kind.is_array:
+        if len(spec.shape) == 2:
+            return _ndarray_type(extra)
+        return NTScalar.buildType("a" + _NT_CODE[spec.ftvl], extra=extra, display=True, control=True, form=True)
     if spec.kind in (Kind.AI, Kind.AO):
         extra = [("version", "s")] if spec.version_field else []
         return NTScalar.buildType("d", extra=extra, display=True, control=True, valueAlarm=True, form=True)
@@ -70,7 +89,27 @@ def _time(ts: float) -> dict[str, int]:
     return {"secondsPastEpoch": int(sec), "nanoseconds": int((ts - sec) * 1e9)}
 
 
+def _dimension(shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """NTNDArray ``dimension`` for a numpy shape, areaDetector order: [0] is the fastest-varying axis
+    (an image's width), [1] the next (its height)."""
+    return [{"size": int(n), "offset": 0, "fullSize": int(n), "binning": 1, "reverse": False} for n in reversed(shape)]
+
+
+def _attributes(version: str) -> list[dict[str, Any]]:
+    """NTNDArray attributes: ColorMode 0 (mono) as areaDetector clients expect, and the model version."""
+    return [{"name": "ColorMode", "value": 0, "descriptor": "Color mode", "sourceType": 0, "source": ""},
+            {"name": "ModelVersion", "value": version, "descriptor": "model version that made this frame",
+             "sourceType": 0, "source": "mlioc"}]
+
+
 def _metadata(spec: PVSpec) -> dict[str, Any]:
+    if spec.kind.is_array:
+        if len(spec.shape) == 2:
+            return {}
+        lo, hi = spec.display or (0.0, 0.0)
+        return {"display": {"limitLow": lo, "limitHigh": hi, "description": spec.desc, "units": spec.egu,
+                            "precision": spec.prec, "form": {"index": 0, "choices": FORM_CHOICES}},
+                "control": {"limitLow": lo, "limitHigh": hi, "minStep": 0.0}}
     if spec.kind.is_numeric:
         lo, hi = spec.display or (0.0, 0.0)
         clo, chi = spec.control or spec.display or (0.0, 0.0)
@@ -110,6 +149,11 @@ def _converter(spec: PVSpec):
     """How a PV model value becomes this PV's ``value`` field."""
     if spec.kind.is_enum:
         return lambda v: {"index": int(v)}
+    if spec.kind.is_array:
+        if len(spec.shape) == 2:
+            member = _UNION_MEMBER[spec.ftvl]
+            return lambda v: (member, v.reshape(-1))
+        return lambda v: v.reshape(-1)
     if spec.kind is Kind.LONGIN:
         return int
     if spec.kind in (Kind.AI, Kind.AO):
@@ -129,12 +173,13 @@ class _Handler:
             raw = op.value()
             if self.pv.spec.kind.is_enum:
                 value = raw["value.index"] if raw.changed("value.index") else raw["value"]
+            elif self.pv.spec.kind.is_array:
+                value = _array_put(raw)
             else:
                 value = raw["value"]
             account = op.account() if hasattr(op, "account") else ""
             peer = op.peer() if hasattr(op, "peer") else ""
-            host = peer.rsplit(":", 1)[0] if peer else ""
-            client = ClientInfo(user=account, host=host, protocol="pva", address=peer)
+            client = ClientInfo(user=account, host=host_of(peer) if peer else "", protocol="pva", address=peer)
             result = self.db.put(self.pv.name, value, client)
         except PutRejected as exc:
             op.done(error=str(exc))
@@ -161,8 +206,24 @@ class _Handler:
         return finish()
 
 
+def _array_put(raw: Value) -> Any:
+    """The array a client wrote: an NTScalarArray's value, or an NTNDArray frame from its parts."""
+    if is_ntndarray(raw):
+        frame = frame_from_ntndarray(raw)
+        if isinstance(frame, BadArray):
+            raise PutRejected(frame.reason)
+        return frame
+    return raw["value"]
+
+
 class PvaServer:
-    """The p4p server for one PV database; create and start it inside the running event loop."""
+    """The p4p server for one PV database; create and start it inside the running event loop.
+
+    Arrays: ``[n]`` is an NTScalarArray (``display``, ``control``); an image ``[h, w]`` an NTNDArray
+    with ``dimension`` (areaDetector order), ``uniqueId`` (one more per new frame), ``timeStamp`` and
+    ``dataTimeStamp``, and attributes ``ColorMode`` (0, mono) and ``ModelVersion``. A post hands p4p one
+    copy of the array, shared by every subscriber (pvxs encodes it on its own threads).
+    """
 
     def __init__(self, db: PVDatabase, *, port: int | None = None, broadcast_port: int | None = None,
                  interfaces: list[str] | None = None):
@@ -173,6 +234,7 @@ class PvaServer:
         self.shared: dict[str, SharedPV] = {}
         self.types: dict[str, Type] = {}
         self._targets: dict[str, tuple] = {}
+        self._frames: dict[str, list] = {}  # image PVs: [uniqueId, shape, version] of the last post
         self.server: Server | None = None
         self.provider: StaticProvider | None = None
 
@@ -192,15 +254,44 @@ class PvaServer:
         }
         if spec.version_field:  # a model may have run before this server opened its PVs
             initial["version"] = reading.tag
+        if spec.kind.is_array and len(spec.shape) == 2:
+            initial.update(self._frame_fields(pv, reading, True))
         shared.open(Value(T, initial))
         return shared
+
+    def _frame_fields(self, pv: PV, reading: Reading, new_value: bool) -> dict[str, Any]:
+        """The NTNDArray fields a post of an image changes: uniqueId and dataTimeStamp with a new
+        frame; dimension when its shape changes; the attributes when the model version does."""
+        state = self._frames.setdefault(pv.name, [0, None, None])
+        fields: dict[str, Any] = {}
+        value = reading.value
+        if new_value:
+            state[0] += 1
+            fields["uniqueId"] = state[0]
+            fields["dataTimeStamp"] = _time(reading.timestamp)
+            nbytes = int(value.nbytes)
+            fields["compressedSize"] = fields["uncompressedSize"] = nbytes
+        if value.shape != state[1]:
+            state[1] = value.shape
+            fields["dimension"] = _dimension(value.shape)
+        if reading.tag != state[2]:
+            state[2] = reading.tag
+            fields["attribute"] = _attributes(reading.tag)
+        return fields
 
     def _post(self, pv: PV, reading: Reading, events: int) -> None:
         if not events & _POSTED or self.server is None:
             return
-        shared, T, convert, tagged = self._targets[pv.name]
+        shared, T, convert, tagged, array = self._targets[pv.name]
         update = T()
-        update["value"] = convert(reading.value)
+        if array:  # an alarm-only post (e.g. outputs invalidated) does not copy the array again
+            if array == 2:
+                for key, value in self._frame_fields(pv, reading, bool(events & Event.VALUE)).items():
+                    update[key] = value
+            if events & Event.VALUE:
+                update["value"] = convert(reading.value)
+        else:
+            update["value"] = convert(reading.value)
         if tagged:
             update["version"] = reading.tag
         status = reading.status
@@ -231,17 +322,27 @@ class PvaServer:
     async def start(self) -> None:
         for pv in self.db:
             self.shared[pv.name] = self._open(pv)
+            array = 2 if pv.name in self._frames else 1 if pv.spec.kind.is_array else 0  # image, array, scalar
             self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec),
-                                      pv.spec.version_field)
+                                      pv.spec.version_field, array)
             pv.subscribe(self._post, self._on_spec)
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():
             self.provider.add(name, shared)
+        # pvxs warns "unable to bind port 5075, falling back to [::]:N" whenever another PVA server on
+        # this host (the demo's simulator, a second IOC) has the TCP port. That is how EPICS hosts work,
+        # not a fault: say so below in plain words instead.
+        logger_level_set("pvxs.tcp.setup", logLevelError)
         self.server = Server(providers=[self.provider], conf=self._conf(), useenv=True)
         conf = self.server.conf()
+        wanted = self._conf().get("EPICS_PVAS_SERVER_PORT") or os.environ.get("EPICS_PVAS_SERVER_PORT") or "5075"
         log.info("PVA server listening on %s, TCP port %s, UDP port %s",
                  conf.get("EPICS_PVAS_INTF_ADDR_LIST"), conf.get("EPICS_PVAS_SERVER_PORT"),
                  conf.get("EPICS_PVAS_BROADCAST_PORT"))
+        if wanted not in ("0", conf.get("EPICS_PVAS_SERVER_PORT")):
+            log.info("PVA TCP port %s is taken (another PVA server on this host); clients find this one on "
+                     "port %s by the usual UDP search on port %s", wanted, conf.get("EPICS_PVAS_SERVER_PORT"),
+                     conf.get("EPICS_PVAS_BROADCAST_PORT"))
 
     @property
     def port(self) -> int | None:

@@ -9,6 +9,11 @@ snapshot when it starts, so a cycle never mixes two models or two moments, and a
 Every cycle ends in exactly one of the states of ``$(P)STATUS``. Whenever it is not OK, every output
 is served with INVALID severity and a status that says why (DISABLE, UDF, LINK, CALC), and
 ``$(P)MESSAGE`` names the cause, so no fault can leave STATUS OK with a wrong prediction.
+
+Arrays: a model with waveform or image inputs/outputs runs the same cycle. Its snapshot is one flat
+vector (every input flattened in config order: :class:`ioc.core.arrays.TensorLayout`), and the flat
+output vector is cut into the named outputs, each posted as one array (a NaN/Inf element is a FAULT
+naming it: ``non-finite profile[17]``). A model of scalars alone keeps the scalar path unchanged.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ioc.core.arrays import TensorLayout, first_nonfinite
 from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.engine import LoadedModel
-from ioc.core.inputs import InputState, Problem, Snapshot
+from ioc.core.inputs import GatheredInputState, InputState, Problem, Snapshot, input_state
 from ioc.core.layout import ModelNames, ModelStatus, model_pv_specs
 from ioc.core.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status, clip_message
 from ioc.runtime.feed import Feed
@@ -39,7 +46,10 @@ _SEVERITY_OF = {ModelStatus.DISABLED: Status.DISABLE, ModelStatus.NO_MODEL: Stat
 
 @dataclass(frozen=True, slots=True)
 class CycleRecord:
-    """What one cycle saw and produced: handed to cycle listeners (recorder, monitors, metrics)."""
+    """What one cycle saw and produced: handed to cycle listeners (recorder, monitors, metrics).
+
+    ``inputs`` / ``outputs`` are the flat vectors of the tensor layout rule (one element per scalar).
+    """
 
     timestamp: float
     inputs: np.ndarray
@@ -121,12 +131,21 @@ class ModelRunner:
         self.loop = loop
         self.offloader = Offloader(loop, inference.offload, inference.inline_budget_ms, config.name)
         now = clock()
-        self.inputs = [InputState.for_config(i, now) for i in config.inputs]
+        self.inputs = [input_state(i, now) for i in config.inputs]
         for spec in model_pv_specs(config):
             db.add(spec, now)
         n = self.names
         self.in_pvs: list[PV] = [db[n.input(i.name)] for i in config.inputs]
         self.out_pvs: list[PV] = [db[n.output(o.name)] for o in config.outputs]
+        # Arrays: None for a model of scalars alone (the scalar hot path), else where each signal sits.
+        in_layout, out_layout = TensorLayout.of(config.inputs), TensorLayout.of(config.outputs)
+        self.in_layout = None if in_layout.all_scalar else in_layout
+        self.out_layout = None if out_layout.all_scalar else out_layout
+        self._out_dtypes = [o.dtype if o.shape else None for o in config.outputs]
+        self._shape_pvs: dict[int, PV] = {i: db[n.input_shape(c.name)] for i, c in enumerate(config.inputs)
+                                          if len(c.shape) == 2}
+        self._out_shape_pvs: list[PV] = [db[n.output_shape(c.name)] for c in config.outputs if len(c.shape) == 2]
+        self._dirty_gathered: set[int] = set()
         self.enable_pv, self.status_pv, self.message_pv = db[n.enable], db[n.status], db[n.message]
         self.champion_pv = db[n.champion]
         self.challenger_pv, self.version_pv = db[n.challenger], db[n.version]
@@ -184,6 +203,8 @@ class ModelRunner:
             self._disabled_text = "disabled (restored at start-up)"
         for index, state in enumerate(self.inputs):
             self._post_input(index, state, now)
+        for pv in (*self._shape_pvs.values(), *self._out_shape_pvs):
+            pv.post(pv.value, now)
         self.enable_pv.post(int(enabled), now)
         self.champion_pv.post("", now)
         self.challenger_pv.post("", now)
@@ -244,16 +265,19 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ inputs
 
-    def update_input(self, index: int, value: float | None, severity: Severity, timestamp: float,
-                     connected: bool = True) -> None:
-        """A new value (or a disconnect) for input ``index``, then whatever the trigger says; on the loop."""
-        lost = self._apply_source_update(index, value, severity, timestamp, connected)
+    def update_input(self, index: int, value: Any, severity: Severity, timestamp: float,
+                     connected: bool = True, element: int | None = None) -> None:
+        """A new value (or a disconnect) for input ``index`` (``element`` of a gathered vector), then
+        whatever the trigger says; on the loop."""
+        lost = self._apply_source_update(index, value, severity, timestamp, connected, element)
         self._after_update(lost)
 
-    def _apply_source_update(self, index: int, value: float | None, severity: int, timestamp: float,
-                             connected: bool = True) -> bool:
+    def _apply_source_update(self, index: int, value: Any, severity: int, timestamp: float,
+                             connected: bool = True, element: int | None = None) -> bool:
         """Record an input update and post its PV; returns True if the input just lost its source."""
         state = self.inputs[index]
+        if state.__class__ is not InputState:
+            return self._apply_array_update(index, state, value, severity, timestamp, connected, element)
         lost = state.connected and not connected
         state.connected = connected
         state.ever_connected = state.ever_connected or connected
@@ -269,11 +293,33 @@ class ModelRunner:
         self._lost_any = self._lost_any or lost
         return lost
 
+    def _apply_array_update(self, index: int, state, value: Any, severity: int, timestamp: float,
+                            connected: bool, element: int | None) -> bool:
+        """An array arrived (or a gathered vector's element): judged once here, posted (a gathered
+        vector once per burst of element updates, in :meth:`_after_update`)."""
+        if element is not None:
+            lost = state.accept(element, value, severity, timestamp, connected)
+            self._dirty_gathered.add(index)
+        else:
+            lost = state.connected and not connected
+            state.connected = connected
+            state.ever_connected = state.ever_connected or connected
+            if connected and value is not None:
+                state.accept(value, severity, timestamp)
+            self._post_input(index, state, self.clock())
+        self._lost_any = self._lost_any or lost
+        return lost
+
     def _after_source_updates(self) -> None:
         lost, self._lost_any = self._lost_any, False
         self._after_update(lost)
 
     def _after_update(self, lost: bool) -> None:
+        if self._dirty_gathered:
+            now = self.clock()
+            for index in self._dirty_gathered:
+                self._post_input(index, self.inputs[index], now)
+            self._dirty_gathered.clear()
         if self.run_on_input_change:
             self.run_cycle()
         elif lost:
@@ -289,6 +335,8 @@ class ModelRunner:
         return handler
 
     def _post_input(self, index: int, state: InputState, now: float) -> None:
+        if state.__class__ is not InputState:
+            return self._post_array_input(index, state, now)
         problem = state.problem(now)
         self._input_problems[index] = problem
         pv = self.in_pvs[index]
@@ -297,6 +345,23 @@ class ModelRunner:
         else:
             pv.post(state.value, state.timestamp, state.severity,
                     Status.LINK if state.severity else Status.NO_ALARM, "")
+
+    def _post_array_input(self, index: int, state, now: float) -> None:
+        problem = state.problem(now)
+        self._input_problems[index] = problem
+        pv = self.in_pvs[index]
+        value = state.value
+        if state.__class__ is GatheredInputState:
+            value = value.copy()  # its elements change in place; a posted array never does
+        if problem is not None:
+            pv.post(value, state.timestamp or now, Severity.INVALID, problem.status, clip_message(str(problem)))
+        else:
+            pv.post(value, state.timestamp, state.severity, Status.LINK if state.severity else Status.NO_ALARM, "")
+        shape_pv = self._shape_pvs.get(index)
+        if shape_pv is not None:  # [h, w] of the frame served (a flat waveform of another size: one row)
+            shape = value.shape if value.ndim == 2 else (1, value.size)
+            if tuple(shape_pv.value) != shape:
+                shape_pv.post(np.array(shape, dtype=np.int32), state.timestamp or now)
 
     def _refresh_input_problems(self, now: float) -> None:
         """Re-post inputs whose validity changed with time alone (turned stale)."""
@@ -384,13 +449,20 @@ class ModelRunner:
             values.append(state.value)
             if state.defined and state.timestamp > newest:
                 newest = state.timestamp
-        return Snapshot(np.array(values), newest or now, first)
+        if self.in_layout is None:
+            return Snapshot(np.array(values), newest or now, first)
+        return Snapshot(np.concatenate([np.ravel(v) for v in values]).astype(np.float64, copy=False),
+                        newest or now, first)
 
     def _finish(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
                 error: BaseException | None, elapsed: float) -> None:
         self.in_flight = False
         values = None
-        if error is None and result is not None:
+        if error is None and result is not None and self.out_layout is not None:
+            values, problem = self._split(result)
+            if problem is not None:
+                error = ValueError(problem)
+        elif error is None and result is not None:
             values = result.tolist()
             if not all(map(math.isfinite, values)):
                 bad = [o.name for o, v in zip(self.config.outputs, values, strict=True) if not math.isfinite(v)]
@@ -424,6 +496,13 @@ class ModelRunner:
             if self.challenger is not None:
                 self._run_challenger(snapshot, values)
         self._run_again_if_asked()
+
+    def _split(self, result: np.ndarray) -> tuple[list | None, str | None]:
+        """The flat output vector of an array model as one value per output, or why it cannot be served."""
+        bad = first_nonfinite(result)
+        if bad is not None:
+            return None, f"non-finite {self.out_layout.locate(bad)}"
+        return self.out_layout.pieces(result, self._out_dtypes), None
 
     def _finish_invalid(self, status: ModelStatus, message: str, now: float, snapshot: Snapshot,
                         version: str | None = None) -> None:
@@ -490,15 +569,25 @@ class ModelRunner:
         if challenger is not self.challenger:
             return  # replaced while it ran
         ts = snapshot.timestamp
-        values = result.tolist() if error is None and result is not None else None
-        if values is None or not all(map(math.isfinite, values)):
-            text = f"challenger failed: {error}" if error is not None else "challenger: non-finite output"
+        values, bad = None, None
+        if error is None and result is not None:
+            if self.out_layout is not None:
+                values, bad = self._split(result)
+            else:
+                values = result.tolist()
+                bad = None if all(map(math.isfinite, values)) else "non-finite output"
+        if values is None or bad is not None:
+            text = f"challenger failed: {error}" if error is not None else f"challenger: {bad}"
             self._invalidate(self.challenger_out_pvs, Status.CALC, text, self.clock())
             return
         version = challenger.version
         for pv, value in zip(self.challenger_out_pvs, values, strict=True):
             pv.post(value, ts, tag=version)
-        self._mad.add([abs(a - b) for a, b in zip(values, champion_values, strict=True)])
+        if self.out_layout is None:
+            self._mad.add([abs(a - b) for a, b in zip(values, champion_values, strict=True)])
+        else:  # an array output's MAD: over its elements too
+            self._mad.add([float(np.mean(np.abs(np.asarray(a, dtype=np.float64) - b)))
+                           for a, b in zip(values, champion_values, strict=True)])
         for listener in self.challenger_listeners:
             try:
                 listener(ts, result, version)
@@ -510,7 +599,9 @@ class ModelRunner:
             previous = self.status
             self.status = status
             self.status_pv.post(int(status), now)
-            level = logging.INFO if status is ModelStatus.OK or self.model is None else logging.WARNING
+            # Start-up (no model yet, then inputs not yet connected) is not a problem: INFO, not WARNING.
+            starting = previous in (None, ModelStatus.NO_MODEL) and status is ModelStatus.INPUT_INVALID
+            level = logging.INFO if status is ModelStatus.OK or self.model is None or starting else logging.WARNING
             log.log(level, "%s: status %s -> %s: %s", self.config.name,
                     previous.name if previous is not None else "-", status.name, message)
         self._message(message, now)
@@ -520,9 +611,11 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
-        text = clip_message(text)
-        if self.message_pv.value != text:
-            self.message_pv.post(text, now)
+        shown = clip_message(text)
+        if self.message_pv.value != shown:
+            if shown != text:  # the PV holds 39 characters: the whole text goes to the log
+                log.info("%s: MESSAGE %r is short for: %s", self.config.name, shown, text)
+            self.message_pv.post(shown, now)
 
     # ------------------------------------------------------------------ staleness
 

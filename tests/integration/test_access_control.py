@@ -109,3 +109,14 @@ def test_a_broken_access_file_refuses_to_start(tmp_path, launch, prefix):
                        cwd=ROOT)
     assert r.returncode == 1
     assert "site.acf:1: CALC() rules are not supported" in r.stderr
+
+
+@pytest.mark.slow
+def test_ca_record_fields_follow_the_records_read_rule(tmp_path, launch, prefix):
+    """Issue 12.9: .SEVR, the limits and the units are readable exactly by those who may read the PV."""
+    ioc = ioc_with(tmp_path, launch, prefix, """access:
+          hosts: {consoles: [localhost]}
+          groups: {DEFAULT: [{access: READ, hosts: [consoles]}], INPUTS: [{access: WRITE}]}""")
+    for field in ("", ".SEVR", ".HIHI", ".EGU"):
+        assert as_client(ioc, "127.0.0.1", ME, f"{prefix}OUT:y{field}", 0)["read"] is True
+        assert as_client(ioc, "127.0.0.2", ME, f"{prefix}OUT:y{field}", 0)["read"] is False, field

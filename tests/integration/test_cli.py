@@ -90,7 +90,9 @@ def test_ioc_with_an_empty_store_serves_no_model(tmp_path, launch, ca, prefix):
         """)
     ioc = launch.ioc(cfg)
     assert ca.get(f"{prefix}STATUS", as_string=True) == "NO_MODEL"
-    assert ca.get(f"{prefix}MESSAGE").startswith("no model: model store")
+    # The PV keeps the useful end of the path and the reason (issue 19.8); the log has all of it.
+    assert ca.get(f"{prefix}MESSAGE") == "no model: .../nowhere: no such store"
+    assert f"no model: {tmp_path / 'nowhere'}: no such store" in ioc.output()
     assert ca.get_full(f"{prefix}OUT:y").severity == 3
     assert ca.get(f"{prefix}CHAMPION") == ""
     assert ioc.proc.poll() is None
@@ -102,7 +104,7 @@ def test_ioc_modules_never_import_torch_or_mlflow():
         "for m in pkgutil.walk_packages(ioc.__path__, 'ioc.'):\n"
         "    if not m.name.endswith('__main__'):\n"
         "        importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'mlflow', 'training'))\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'mlflow', 'optuna', 'training'))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
@@ -120,3 +122,27 @@ def test_running_ioc_process_has_no_torch_loaded(tmp_path, launch, prefix):
     maps = Path(f"/proc/{ioc.proc.pid}/maps").read_text()
     assert "onnxruntime" in maps  # the check can see what the process really loaded
     assert "libtorch" not in maps and "/torch/" not in maps and "mlflow" not in maps
+
+
+def test_check_warns_when_an_input_range_excludes_most_of_the_training_data(tmp_path):
+    from tests.support.demo import demo_store_copy
+
+    text = DEMO.read_text().replace("range: [0, 10], max_age_s: 2}", "range: [0, 4], max_age_s: 2}", 1)
+    text = text.replace("store: ../data/store/beam", f"store: {demo_store_copy(tmp_path)}")
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(text.replace("../", f"{ROOT}/"))
+    r = mlioc("check", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr  # a warning, not a failure
+    assert "beam: warning: input q1 range [0, 4] keeps 10% of the training data of v1" in r.stdout
+    assert "warning" not in mlioc("check", str(DEMO)).stdout  # the shipped demo's ranges fit its model
+
+
+def test_check_of_a_missing_store_fails_without_saying_ok_first(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", """
+        models:
+          - {name: m, prefix: "P:", store: nowhere, inputs: [{name: a}], outputs: [{name: y}]}
+        """)
+    r = mlioc("check", str(cfg))
+    assert r.returncode == 1
+    assert f"m: FAIL: m: {tmp_path / 'nowhere'}: no such store" in r.stdout
+    assert "OK" not in r.stdout and r.stdout.splitlines()[-1] == f"{cfg}: 1 of 1 model(s) FAILED"

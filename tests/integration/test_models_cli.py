@@ -70,3 +70,23 @@ def test_push_validates_like_the_ioc_and_refuses_bad_versions(tmp_path):
 def test_not_a_store_is_a_clear_error(tmp_path):
     r = mlioc("models", "list", str(tmp_path / "nowhere"))
     assert r.returncode == 1 and "is not a model store" in r.stderr
+
+
+def test_push_validates_an_array_model_against_its_own_signature(tmp_path):
+    import numpy as np
+
+    from tests.support.models import publish_array_linear
+
+    scratch, n = publish_array_linear(tmp_path / "scratch", [("screen", (3, 4))], [("profile", (5,))],
+                                      np.ones((5, 12)), np.zeros(5), input_shape=[1, 3, 4], pointer=None)
+    r = mlioc("models", "push", str(tmp_path / "store"), str(scratch.onnx_path(n)), str(scratch.manifest_path(n)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "version 1 as challenger" in r.stdout
+
+
+def test_list_shows_the_mlflow_run_id_that_reproduce_takes():
+    """The shipped demo model was made by `mlioc train`: its run id is what `mlioc reproduce` needs."""
+    manifest = json.loads((ROOT / "models" / "beam" / "versions" / "1" / "manifest.json").read_text())
+    run_id = manifest["provenance"]["mlflow"]["run_id"]
+    line = mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()[1]  # version 1
+    assert line.startswith("C ") and line.split()[4] == run_id and len(run_id) == 32

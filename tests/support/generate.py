@@ -81,9 +81,11 @@ def demo_like_config(tmp_path: Path, prefix: str) -> Path:
     doc = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     sim = f"{prefix}SIM:"
     doc["simulator"]["prefix"] = sim
+    doc["ioc"].pop("state_dir", None)  # beside this copy of the config, not the demo's data/
     for model in doc["models"]:
         model["prefix"] = f"{prefix}{model['name'].upper()}:"
         model["store"] = demo_store_copy(tmp_path)
+        model.pop("store_template", None)
         if "record" in model:
             model["record"]["dir"] = str(tmp_path / f"rec-{model['name']}")
         model.pop("training", None)

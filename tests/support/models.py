@@ -143,3 +143,104 @@ def sqrt_version(store: ModelStore, pointer: str | None = None) -> int:
     if pointer:
         store.write_pointer(pointer, n)
     return n
+
+
+# ----------------------------------------------------------------------------- arrays and images
+
+Signals = Sequence[tuple[str, tuple[int, ...]]]  # (name, shape) in order; shape () is a scalar
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+def array_linear_model(w: np.ndarray, b: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> bytes:
+    """y = flatten(x) @ W.T + b, reshaped: input tensor [batch, *in_shape], output [batch, *out_shape].
+
+    Serves every array layout a test needs: a waveform in, scalars out; an image [1, h, w] in (as a
+    CNN takes it); scalars in, a profile or an image out.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    n_out, n_in = w.shape
+    assert _size(in_shape) == n_in and _size(out_shape) == n_out
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "flat_in"], ["xf"]),
+         helper.make_node("MatMul", ["xf", "wt"], ["xw"]),
+         helper.make_node("Add", ["xw", "b"], ["yf"]),
+         helper.make_node("Reshape", ["yf", "shape_out"], ["y"])],
+        "array_linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *in_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *out_shape])],
+        initializer=[numpy_helper.from_array(w.T.copy(), "wt"), numpy_helper.from_array(b, "b"),
+                     numpy_helper.from_array(np.array([-1, n_in], dtype=np.int64), "flat_in"),
+                     numpy_helper.from_array(np.array([-1, *out_shape], dtype=np.int64), "shape_out")],
+    )
+    return _save(graph)
+
+
+def conv_mean_model(h: int, w: int, kernels: np.ndarray) -> bytes:
+    """A tiny CNN: input [batch, 1, h, w] -> Conv (k kernels, valid) -> mean over the image -> [batch, k]."""
+    kernels = np.asarray(kernels, dtype=np.float32)
+    k = kernels.shape[0]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "k"], ["c"]),
+         helper.make_node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=0)],
+        "conv_mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, h, w])],
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, ["batch", k])],
+        initializer=[numpy_helper.from_array(kernels.reshape(k, 1, *kernels.shape[1:]), "k")],
+    )
+    return _save(graph)
+
+
+def conv_mean(images: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """What :func:`conv_mean_model` computes, in numpy (valid cross-correlation, then the mean)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    kernels = np.asarray(kernels, dtype=np.float64)
+    windows = sliding_window_view(np.asarray(images, dtype=np.float64), kernels.shape[1:], axis=(-2, -1))
+    return np.einsum("bijkl,ckl->bijc", windows, kernels).mean(axis=(1, 2))
+
+
+def array_manifest(inputs: Signals, outputs: Signals, test_inputs: np.ndarray, test_outputs: np.ndarray, *,
+                   input_shape: Sequence[int] | None = None, output_shape: Sequence[int] | None = None,
+                   onnx_output: str = "y", norm: dict | None = None, units: dict | None = None) -> dict:
+    """A manifest with shaped signals; ``norm`` maps a name to (mean, std) (numbers or per-element lists)."""
+    norm, units = norm or {}, units or {}
+
+    def signal(name, shape):
+        mean, std = norm.get(name, (0.0, 1.0))
+        doc = {"name": name, "units": units.get(name, ""), "mean": mean, "std": std}
+        if shape:
+            doc["shape"] = list(shape)
+        return doc
+
+    onnx = {"input": "x", "output": onnx_output}
+    if input_shape is not None:
+        onnx["input_shape"] = list(input_shape)
+    if output_shape is not None:
+        onnx["output_shape"] = list(output_shape)
+    return {"format": 1, "model": "arrays", "kind": "regression", "onnx": onnx,
+            "inputs": [signal(n, s) for n, s in inputs], "outputs": [signal(n, s) for n, s in outputs],
+            "test_vectors": {"inputs": np.asarray(test_inputs).tolist(), "outputs": np.asarray(test_outputs).tolist(),
+                             "rtol": 1e-4, "atol": 1e-4},
+            "provenance": {"created_by": "tests"}}
+
+
+def publish_array_linear(root: Path, inputs: Signals, outputs: Signals, w, b, *, input_shape=None, output_shape=None,
+                         pointer: str | None = "champion", seed: int = 0) -> tuple[ModelStore, int]:
+    """Publish y = flat(inputs) @ W.T + b with shaped signals (test vectors computed here in numpy)."""
+    n_in = sum(_size(s) for _, s in inputs)
+    n_out = sum(_size(s) for _, s in outputs)
+    w = np.asarray(w, dtype=np.float64).reshape(n_out, n_in)
+    b = np.asarray(b, dtype=np.float64).reshape(n_out)
+    xs = np.random.default_rng(seed).uniform(-1, 1, size=(3, n_in))
+    ys = xs @ w.T + b
+    store = ModelStore(root)
+    onnx = array_linear_model(w, b, input_shape or (n_in,), output_shape or (n_out,))
+    number = store.add_version(onnx, array_manifest(inputs, outputs, xs, ys, input_shape=input_shape,
+                                                    output_shape=output_shape))
+    if pointer:
+        store.write_pointer(pointer, number)
+    return store, number

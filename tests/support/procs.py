@@ -41,8 +41,10 @@ class ServerProcess:
     """A child process whose combined output is collected line by line on a reader thread."""
 
     def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT, module: str = "ioc",
-                 preexec=None):
+                 preexec=None, command: list[str] | None = None, new_session: bool = False):
         self.module = module
+        self.command = command  # run this instead of `python -m MODULE ARGS` (e.g. a script)
+        self.new_session = new_session  # its own process group: signal_group() reaches its children too
         self.preexec = preexec
         self.args = args
         self.env = env
@@ -59,8 +61,9 @@ class ServerProcess:
         self._eof = False
         self.lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args], cwd=self.cwd, env=self.env,
+            self.command or [sys.executable, "-m", self.module, *self.args], cwd=self.cwd, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=self.preexec,
+            start_new_session=self.new_session,
         )
         threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True).start()
         return self
@@ -98,6 +101,11 @@ class ServerProcess:
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
+
+    def signal_group(self, sig: int) -> None:
+        """What a terminal's Ctrl-C does: ``sig`` to every process of the group (needs ``new_session``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:

@@ -86,3 +86,31 @@ def test_acf_subset():
 def test_acf_errors_say_where(text, message):
     with pytest.raises(AccessError, match=message.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|")):
         parse_acf(text, "site.acf", fake_resolver)
+
+
+# ----------------------------------------------------------------------------- this host (issue 19.1)
+
+
+def test_localhost_is_every_address_of_this_host_in_defaults_acf_and_yaml():
+    from ioc.core.access import build_access
+    from ioc.core.config import AccessSettings
+
+    here = ["192.0.2.2", "fd00::2"]
+    for settings in (AccessSettings(), AccessSettings(mapping={"control": {"hosts": ["localhost"]}})):
+        acl = build_access(settings, here)
+        assert acl.can_write("CONTROL", "anyone", "192.0.2.2")  # a client that found the IOC by broadcast
+        assert acl.can_write("CONTROL", "anyone", "fd00::2") and acl.can_write("CONTROL", "anyone", "127.0.0.1")
+        assert not acl.can_write("CONTROL", "anyone", "192.0.2.3")  # another host on the same network
+        assert "localhost = this host: 127.0.0.1, 192.0.2.2, ::1, fd00::2" in acl.source
+    assert not build_access(AccessSettings(), ()).can_write("CONTROL", "anyone", "192.0.2.2")
+
+
+def test_pva_peers_are_matched_like_ca_clients():
+    from ioc.core.access import canonical_host, host_of
+
+    assert host_of("[::ffff:192.0.2.2]:50202") == "192.0.2.2"  # pvxs on a dual-stack socket
+    assert host_of("192.0.2.2:50122") == "192.0.2.2" and host_of("[::1]:5075") == "::1"
+    assert canonical_host("[fd00::2]") == "fd00::2" and canonical_host("::ffff:127.0.0.1") == "127.0.0.1"
+    acl = default_access(resolver=fake_resolver)
+    assert acl.can_write("CONTROL", "anyone", "[::ffff:127.0.0.1]")
+    assert not acl.can_write("CONTROL", "anyone", "[::ffff:10.9.9.9]")

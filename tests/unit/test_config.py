@@ -30,6 +30,12 @@ models:
 """
 
 
+def test_the_default_config_is_the_shipped_demo():
+    from ioc.core.config import default_config_path
+
+    assert default_config_path() == ROOT / "config" / "demo.yaml"  # what `mlioc serve` / `mlioc pvs` use
+
+
 def test_demo_config_loads():
     cfg = load_config(ROOT / "config" / "demo.yaml")
     (model,) = cfg.models
@@ -37,7 +43,10 @@ def test_demo_config_loads():
     assert model.trigger.kind == "scan" and model.trigger.scan_hz == 10
     assert [i.name for i in model.inputs] == ["q1", "q2", "rf_phase", "charge"]
     assert model.inputs[0].source.protocol == "ca" and model.inputs[0].source.name == "SIM:Q1:I"
-    assert model.store_path == (ROOT / "models" / "beam").resolve()
+    # The demo works on an ignored copy of the shipped store (issue 19.6): the checkout stays clean.
+    assert model.store_path == (ROOT / "data" / "store" / "beam").resolve()
+    assert model.store_template == str((ROOT / "models" / "beam").resolve())
+    assert cfg.ioc.state_dir == str((ROOT / "data" / "state").resolve())
     assert cfg.simulator.prefix == "SIM:"
 
 
@@ -117,3 +126,16 @@ def test_two_models_cannot_serve_the_same_pv(tmp_path):
 def test_registry_store_is_kept_as_uri(tmp_path):
     cfg = load_config(write_yaml(tmp_path / "c.yaml", GOOD.replace("store: store", 'store: "models:/beam@champion"')))
     assert cfg.models[0].store == "models:/beam@champion" and cfg.models[0].store_is_registry
+
+
+def test_store_template_must_be_a_store_and_not_for_a_registry(tmp_path):
+    doc = """
+        models:
+          - {{name: m, prefix: "P:", store: {store}, store_template: {template}, inputs: [a], outputs: [y]}}
+        """
+    with pytest.raises(ConfigError) as err:
+        load_config(write_yaml(tmp_path / "c.yaml", doc.format(store="s", template="nowhere")))
+    assert f"store_template: {tmp_path / 'nowhere'} is not a model store (no versions/ directory)" in str(err.value)
+    (tmp_path / "t" / "versions").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"a registry store .* has no template"):
+        load_config(write_yaml(tmp_path / "c.yaml", doc.format(store="models:/m@champion", template="t")))

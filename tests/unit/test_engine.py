@@ -106,7 +106,7 @@ def test_no_champion(tmp_path):
     store, _ = publish_linear(tmp_path / "s", ["a", "b"], ["y1", "y2"], W, B, champion=False)
     with pytest.raises(EngineError, match="no champion"):
         load_champion(_config(store.root), INF)
-    with pytest.raises(EngineError, match="does not exist"):
+    with pytest.raises(EngineError, match="missing: no such store"):
         load_champion(_config(tmp_path / "missing"), INF)
 
 

@@ -170,3 +170,14 @@ def test_update_spec_reevaluates_alarm_and_notifies():
     pv.update_spec(alarm=AlarmLimits(hihi=4))
     assert specs[-1].alarm.hihi == 4
     assert pv.reading.severity == Severity.MAJOR
+
+
+def test_a_clipped_message_keeps_the_useful_end_of_a_path():
+    from ioc.core.pvmodel import MESSAGE_LEN, clip_message
+
+    assert clip_message("no model: /opt/site/ioc/models/beam: no champion") == "no model: .../models/beam: no champion"
+    assert clip_message("rejected v12: /srv/mlioc/stores/beam/versions/12/model.onnx: checksum") == \
+        "rejected v12: .../model.onnx: checksum"
+    long = clip_message("inference failed: a reason far longer than any string PV can hold")
+    assert len(long) == MESSAGE_LEN and long.endswith("~")
+    assert clip_message("q1: stale (no update for > 2 s)") == "q1: stale (no update for > 2 s)"

@@ -107,3 +107,51 @@ def test_record_config_errors_name_the_line(tmp_path):
     assert "models[0].record.targets.z: not an output of this model" in text
     with pytest.raises(ConfigError, match="roll: expected one of daily, hourly, size"):
         _config(tmp_path, "      {dir: rec, roll: weekly}")
+
+
+# ----------------------------------------------------------------------------- the file in progress
+
+
+def _stream_of(directory: Path) -> Path:
+    (path,) = directory.glob(".*.inprogress")
+    return path
+
+
+def test_rows_already_flushed_are_readable_while_the_file_is_in_progress(tmp_path):
+    from ioc.edges.recorder import read_stream_table
+
+    cfg = _config(tmp_path, "      {dir: rec}").model("m")
+    rec = Recorder(cfg, cfg.record)
+    for i in range(30):
+        rec.listener(_record(1e9 + i, float(i), 1.0))
+    rec.write_pending()
+    for i in range(30, 50):
+        rec.listener(_record(1e9 + i, float(i), 1.0))
+    rec.write_pending()
+    path = _stream_of(tmp_path / "rec")
+    with open(path, "ab") as f:  # a batch the writer is in the middle of: readers stop before it
+        f.write(b"\xff\xff\xff\xff\x80\x01\x00\x00partial")
+    table = read_stream_table(path)
+    assert table.num_rows == 50 and table.column("in.a").to_pylist() == [float(i) for i in range(50)]
+    assert not list((tmp_path / "rec").glob("*.parquet"))
+
+
+def test_a_file_left_in_progress_is_converted_by_the_next_recorder(tmp_path):
+    cfg = _config(tmp_path, "      {dir: rec}").model("m")
+    crashed = Recorder(cfg, cfg.record)
+    for i in range(40):
+        crashed.listener(_record(1e9 + i, float(i), 1.0))
+    crashed.write_pending()  # ... and the process dies before closing the file
+    for i in range(40, 45):
+        crashed.listener(_record(1e9 + i, float(i), 1.0))  # never flushed: gone with the process
+    with open(_stream_of(tmp_path / "rec"), "ab") as f:
+        f.write(b"\xff\xff\xff\xff\x80")  # cut off in the middle of a write
+    restarted = Recorder(cfg, cfg.record)
+    restarted.start()
+    for i in range(100, 110):
+        restarted.listener(_record(1e9 + i, float(i), 1.0))
+    restarted.close()
+    files, tables = _read(tmp_path / "rec")
+    assert not list((tmp_path / "rec").glob(".*inprogress"))
+    assert sorted(x for t in tables for x in t["in.a"]) == [*map(float, range(40)), *map(float, range(100, 110))]
+    assert pq.read_schema(files[0]).metadata[b"mlioc.model"] == b"m"

@@ -104,3 +104,19 @@ def test_events_are_one_json_line_each(tmp_path):
     assert events[0]["user"] == "op" and events[1]["reason"] == "drift" and events[0]["time"] > 0
     assert len(store.events_path.read_text().splitlines()) == 2
     assert os.stat(store.events_path).st_size > 0
+
+
+def test_a_store_with_a_template_is_created_from_it_once(tmp_path):
+    from ioc.core.store import seed_store
+
+    template = ModelStore(tmp_path / "shipped")
+    n = template.add_version(b"onnx bytes", {"format": 1})
+    template.write_pointer("champion", n)
+    work = tmp_path / "data" / "store" / "m"
+    assert seed_store(work, template.root)
+    copy = ModelStore(work)
+    assert copy.champion() == n and copy.onnx_path(n).read_bytes() == b"onnx bytes"
+    copy.append_event("push", to_version=2)  # the working copy changes ...
+    assert not seed_store(work, template.root)  # ... and is never replaced once it exists
+    assert [e["action"] for e in copy.events()][-1] == "push" and template.events() == []
+    assert sorted(p.name for p in work.parent.iterdir()) == ["m"]  # no staging left behind

@@ -113,8 +113,31 @@ def test_empty_and_missing_data_are_clear_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"recorded data directory .* does not exist"):
         build_dataset(model, spec, "recorded")
     (tmp_path / "rec").mkdir()
-    with pytest.raises(DatasetError, match=r"no recorded files \(\*.parquet\)"):
+    with pytest.raises(DatasetError, match=r"no recorded files \(\*.parquet, or a file in progress"):
         build_dataset(model, spec, "recorded")
     pd.DataFrame({"a": [1.0], "b": [2.0]}).to_csv(tmp_path / "noy.csv", index=False)
     with pytest.raises(DatasetError, match="no column for output y"):
         build_dataset(model, spec, str(tmp_path / "noy.csv"))
+
+
+def test_training_reads_the_rows_flushed_to_the_file_the_ioc_is_still_writing(tmp_path):
+    """Issue 19.7: the nightly job runs while the IOC records (a daily file is in progress all day)."""
+    config, model, spec = _setup(tmp_path)
+    now = [1.8e9]
+    rec = Recorder(model, model.record, lambda: [(0, now[0]), (0, now[0])])
+    sink = rec.target_sink(0)
+    opened = tmp_path / "rec" / ".m-20270115T000000Z-1-001.inprogress"
+    opened.touch()  # the IOC opened its file and has flushed nothing yet: say so, and what to do
+    with pytest.raises(DatasetError, match=r"has not flushed a row to it yet .* try again shortly"):
+        build_dataset(model, spec, "recorded")
+    opened.unlink()
+    for i in range(60):
+        t = now[0] = 1.8e9 + i
+        sink(3.0 * i, Severity.NO_ALARM, t, True)
+        rec.listener(CycleRecord(t, np.array([float(i), 1.0]), None, ModelStatus.OK, "1", 0.0, ""))
+    rec.write_pending()  # flushed, not closed: the IOC is still recording into this file
+    assert not list((tmp_path / "rec").glob("*.parquet"))
+    ds = build_dataset(model, spec, "recorded")
+    assert sorted(ds.x[:, 0]) == [float(i) for i in range(60)]
+    (entry,) = ds.source["files"]
+    assert entry["in_progress"] and entry["rows"] == 60

@@ -67,7 +67,7 @@ class Action:
     def __init__(self, controller: ActionController, index: int, output: OutputConfig):
         self.controller = controller
         self.runner = controller.runner
-        self.index = index
+        self.index = index  # where the output sits in the flat output vector (CycleRecord.outputs)
         self.output = output
         self.name = output.name
         self.config: ActionConfig = output.action

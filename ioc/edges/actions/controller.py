@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ioc.core.arrays import TensorLayout
 from ioc.core.engine import LoadedModel
 from ioc.core.layout import ActionNames
 from ioc.core.pvmodel import PV, ClientInfo, PutRejected, Severity, Status, clip_message
@@ -44,7 +45,10 @@ class ActionController:
         self.generation = 0  # bumped on every model swap, trip and disarm: queued writes of older ones drop
         self.served_version = ""
         self.drift_name = runner.names.drift
-        self.actions = [Action(self, i, o) for i, o in enumerate(runner.config.outputs) if o.action is not None]
+        # Each action reads its output at its place in the flat output vector (after any array output).
+        offsets = TensorLayout.of(runner.config.outputs).offsets
+        self.actions = [Action(self, offsets[i], o) for i, o in enumerate(runner.config.outputs)
+                        if o.action is not None]
         now = time.time()
         self.actions_pv.post(0, now)  # never persisted: every start begins disarmed
         self.trip_pv.post("", now)
