@@ -5,8 +5,9 @@
 One IOC runs a model at --rate Hz with every cycle posted (MDEL -1). First a quiet window (the
 baseline), then --reloads champion swaps (alternating two versions, each pointer write waiting
 for CHAMPION to follow). Measured in the same run: the gap between consecutive prediction updates
-seen by a CA client (a stalled loop shows up as a long gap), missed cycles (the IOC's own counter),
-pointer-write -> served latency, and the IOC's RSS and open file descriptors before and after.
+seen by a CA client (a stalled loop shows up as a long gap), missed cycles (the IOC's own counter: a
+scan cycle that started more than one period after its tick) and the IOC's cycle-lateness histogram
+beside them, pointer-write -> served latency, and the IOC's RSS and open file descriptors before and after.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ os.environ.update(EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=POOL.ca_addr_
 import numpy as np  # noqa: E402
 
 from ioc.core.store import ModelStore  # noqa: E402
+from tests.support.metrics import histogram, quantiles_ms, samples, scrape  # noqa: E402
 from tests.support.models import publish_version as publish  # noqa: E402
 from tests.support.procs import ServerProcess, server_env  # noqa: E402
 
@@ -45,14 +47,11 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def missed(port: int) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("mlioc_missed_cycles_total{"):
-                return float(line.split()[-1])
-    return float("nan")
+def counters(port: int) -> tuple[float, dict[float, float]]:
+    """The IOC's missed-cycle counter and its cycle-lateness histogram (cumulative buckets)."""
+    families = scrape(port)
+    missed = next((s.value for s in samples(families, "mlioc_missed_cycles_total")), float("nan"))
+    return missed, histogram(families, "mlioc_cycle_lateness_seconds", "lin")
 
 
 def gaps(times: list[float]) -> tuple[float, float, float]:
@@ -108,10 +107,12 @@ models:
     try:
         # Baseline: as long as the reload phase is expected to take, no reloads.
         quiet_s = max(5.0, args.reloads * 0.15)
-        rss0, fd0, miss0 = rss_mb(pid), fds(pid), missed(ports.metrics)
+        rss0, fd0 = rss_mb(pid), fds(pid)
+        miss0, late0 = counters(ports.metrics)
         start = len(arrivals)
         time.sleep(quiet_s)
         base = arrivals[start:]
+        miss_quiet, late_quiet = counters(ports.metrics)
         b50, b99, bmax = gaps(base)
         base_rate = len(base) / quiet_s
 
@@ -135,7 +136,8 @@ models:
         during = arrivals[start:]
         r50, r99, rmax = gaps(during)
         rate = len(during) / busy_s
-        rss1, fd1, miss1 = rss_mb(pid), fds(pid), missed(ports.metrics)
+        rss1, fd1 = rss_mb(pid), fds(pid)
+        miss1, late1 = counters(ports.metrics)
         lat = np.sort(np.asarray(latencies)) * 1e3
 
         rows = [
@@ -144,7 +146,10 @@ models:
             ("longest gap = worst swap pause (ms)", f"{bmax:.2f}", f"{rmax:.2f}", f"{rmax / bmax:.2f}x"),
             ("updates per second delivered", f"{base_rate:.1f}", f"{rate:.1f}",
              "each swap adds one immediate re-evaluation"),
-            ("missed cycles (IOC counter)", f"{miss0:.0f}", f"{miss1 - miss0:.0f}", ""),
+            ("missed cycles (IOC counter: started > 1 period late)", f"{miss_quiet - miss0:.0f}",
+             f"{miss1 - miss_quiet:.0f}", f"of {len(base)} / {len(during)} updates"),
+            ("cycle lateness p50 / p99 (ms, IOC histogram bucket)", quantiles_ms(late0, late_quiet),
+             quantiles_ms(late_quiet, late1), ""),
             ("pointer write -> CHAMPION p50 / p99 (ms)", "", f"{np.median(lat):.0f} / {lat[int(len(lat) * .99)]:.0f}",
              f"poll period {100:.0f} ms"),
             (f"RSS (MB): start / after 20 / after {args.reloads}", f"{rss0:.1f}",

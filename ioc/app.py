@@ -21,6 +21,7 @@ from ioc.core.config import Config, ModelConfig
 from ioc.core.layout import ModelNames
 from ioc.core.pvmodel import PVDatabase
 from ioc.core.store import ModelStore, model_store
+from ioc.edges import audit_trail
 from ioc.edges.actions.controller import ActionController, start_actions
 from ioc.edges.autosave import Autosave
 from ioc.edges.clients import close_clients
@@ -33,7 +34,7 @@ from ioc.edges.promotion import PromotionEdge
 from ioc.edges.recorder import Recorder, RecorderError
 from ioc.edges.registry_mirror import RegistryMirror
 from ioc.edges.retrain import RetrainEdge
-from ioc.edges.sources import make_source
+from ioc.edges.sources import BUDGET, make_source
 from ioc.protocols.ca_server import CaServer
 from ioc.protocols.pva_server import PvaServer
 from ioc.runtime.challenger import ChallengerMonitor
@@ -77,6 +78,8 @@ class Ioc:
     challengers: list[ChallengerMonitor] = field(default_factory=list)
     retrain_edges: list[RetrainEdge] = field(default_factory=list)
     locks: list[DirLock] = field(default_factory=list)
+    audit_healths: list[audit_trail.AuditHealth] = field(default_factory=list)
+    _audit_file: audit_trail.AuditFile | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,14 +106,17 @@ class Ioc:
             runner.on_enable = functools.partial(self._save, runner, key)
             runner.start(enabled=bool(saved.get(key, True)))
             self.runners.append(runner)
+            self.audit_healths.append(self._audit_health(runner))
             if model.record is not None:
                 self._start_recorder(runner)
             if model.monitored:
                 self._start_monitor(runner)
+        self._audit_file = audit_trail.install(Path(cfg.ioc.state_dir) / "audit.jsonl", self.audit_healths)
         # Models load (validated, warmed up, off the loop) while the servers come up.
         self.managers = [self._manager(r) for r in self.runners]
-        for runner, manager in zip(self.runners, self.managers, strict=True):
+        for runner, manager, health in zip(self.runners, self.managers, self.audit_healths, strict=True):
             runner.on_fault_streak = manager.fault_streak  # automatic rollback (rollback_after_faults)
+            manager.audit_health = functools.partial(health.report, "events.jsonl")
         for runner, manager in zip(self.runners, self.managers, strict=True):
             self._start_loop(runner, manager)
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
@@ -175,12 +181,29 @@ class Ioc:
         """Closed-loop actions (docs/how-to/actions.md): created before the servers listen, so ACTIONS reads 0
         from the first client connection on; their monitors start with the sources."""
         loop = asyncio.get_running_loop()
-        for runner, manager in zip(self.runners, self.managers, strict=True):
+        for runner, manager, health in zip(self.runners, self.managers, self.audit_healths, strict=True):
             controller = start_actions(runner, loop, manager.store, self.config.ioc.state_dir)
             if controller is not None:
                 runner.cycle_listeners.append(controller.on_cycle)
                 runner.model_listeners.append(controller.on_model)
+                controller.audit.on_health = functools.partial(health.report, f"actions/{runner.config.name}.jsonl")
                 self.actions.append(controller)
+
+    def _audit_health(self, runner: ModelRunner) -> audit_trail.AuditHealth:
+        """$(P)AUDIT: FAULT (MAJOR) while any part of the model's audit trail cannot be written."""
+        pv = runner.db[runner.names.audit]
+        pv.post(0, runner.clock())
+        loop = asyncio.get_running_loop()
+
+        def show(reason: str | None) -> None:  # on the loop
+            pv.post(0 if reason is None else 1, runner.clock(), message=reason or "")
+            runner.note(f"audit: {reason}" if reason else "audit: writing again")
+
+        def changed(reason: str | None) -> None:  # any thread (the actions audit writes on its own)
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(show, reason)
+
+        return audit_trail.AuditHealth(changed)
 
     def _start_recorder(self, runner: ModelRunner) -> None:
         """Record the model's cycles (and its target PVs) to Parquet; a failure here only logs, but a
@@ -281,6 +304,7 @@ class Ioc:
                 self.metrics.collect(runner, stats)
             for controller in self.actions:
                 self.metrics.collect_actions(controller)
+            self.metrics.collect_sources(BUDGET.held_back_s)
 
     async def stop(self) -> None:
         for manager in self.managers:
@@ -312,6 +336,8 @@ class Ioc:
         if self.pva is not None:
             await self.pva.stop()
         self.metrics.close()
+        if self._audit_file is not None:
+            audit_trail.uninstall(self._audit_file)
         close_clients()
         for lock in self.locks:
             lock.release()

@@ -72,6 +72,10 @@ class ModelNames:
         return f"{self.prefix}RECORDER"
 
     @property
+    def audit(self) -> str:
+        return f"{self.prefix}AUDIT"
+
+    @property
     def challenger(self) -> str:
         return f"{self.prefix}CHALLENGER"
 
@@ -324,6 +328,8 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
         PVSpec(name=n.rate, kind=Kind.AI, desc="inference cycles per second", egu="Hz", prec=1, initial=0.0,
                display=(0.0, 1000.0)),
         PVSpec(name=n.count, kind=Kind.LONGIN, desc="inference cycles since start", initial=0),
+        PVSpec(name=n.audit, kind=Kind.MBBI, desc="audit trail of operator actions", choices=("OK", "FAULT"),
+               choice_severities=(Severity.NO_ALARM, Severity.MAJOR), initial=0),
     ]
     specs += [challenger_output_spec(n, o) for o in model.outputs]
     specs += [PVSpec(name=n.challenger_mad(o.name), kind=Kind.AI,

@@ -13,6 +13,7 @@ access policy, coerces the value, calls the PV's put handler and audits the acti
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import re
@@ -32,14 +33,14 @@ MESSAGE_LEN = 39  # a CA DBR_STRING holds 39 characters + NUL; both protocols se
 _PATH = re.compile(r"/[^\s:,;'\"()]*/[^\s:,;'\"()]+")  # an absolute path of two or more parts
 
 
-def clip_message(text: str) -> str:
-    """A message as a string PV can serve it: at most MESSAGE_LEN characters.
+def clip_message(text: str, limit: int = MESSAGE_LEN) -> str:
+    """A message as a string PV can serve it: at most ``limit`` (MESSAGE_LEN) characters.
 
     The useful end of a path is kept: ``/opt/site/models/beam: no champion`` becomes
     ``.../models/beam: no champion`` (leading directories go first, the tail as long as it fits);
     what still does not fit is cut, ``~`` marking the cut. Callers log the whole text.
     """
-    if len(text) <= MESSAGE_LEN:
+    if len(text) <= limit:
         return text
     for match in _PATH.finditer(text):
         path = match.group()
@@ -47,12 +48,12 @@ def clip_message(text: str) -> str:
         for keep in range(len(parts) - 2, 0, -1):  # longest tail first
             short = "..." + "/".join(["", *parts[-keep:]])
             shortened = text[: match.start()] + short + text[match.end():]
-            if len(shortened) <= MESSAGE_LEN or keep == 1:
+            if len(shortened) <= limit or keep == 1:
                 text = shortened
                 break
-        if len(text) <= MESSAGE_LEN:
+        if len(text) <= limit:
             return text
-    return text[: MESSAGE_LEN - 1] + "~"
+    return text[: limit - 1] + "~"
 
 
 class Severity(IntEnum):
@@ -576,7 +577,9 @@ class PVDatabase:
 
         Raises :class:`PutRejected` (or :class:`AccessDenied`) with a message for the client.
         The handler may return an awaitable for work that has to wait (e.g. loading a model);
-        the adapter completes the client's put when it finishes.
+        the adapter completes the client's put when it finishes. Such a write is audited when it
+        is decided, i.e. when the awaitable returned here completes: refused (with the reason) if it
+        raises, accepted otherwise.
         """
         pv = self._pvs[name]
         spec = pv.spec
@@ -593,18 +596,36 @@ class PVDatabase:
                     raise PutRejected(f"{coerced} outside control limits [{lo}, {hi}]")
             result = pv.put_handler(pv, coerced, client)
         except PutRejected as exc:
-            audit_log.warning(
-                "put %s %r -> %r by %s@%s (%s %s) refused: %s",
-                name, old, value, client.user, client.host, client.protocol, client.address, exc,
-                extra={"pv": name, "old": old, "new": value, "user": client.user, "host": client.host,
-                       "protocol": client.protocol, "accepted": False, "reason": str(exc)},
-            )
+            _audit(name, old, value, client, str(exc))
             raise
+        if inspect.isawaitable(result):
+            return _audited(result, name, old, coerced, client, spec.audit)
         if spec.audit:
-            audit_log.info(
-                "put %s %r -> %r by %s@%s (%s %s) accepted",
-                name, old, coerced, client.user, client.host, client.protocol, client.address,
-                extra={"pv": name, "old": old, "new": coerced, "user": client.user, "host": client.host,
-                       "protocol": client.protocol, "accepted": True},
-            )
+            _audit(name, old, coerced, client)
         return result
+
+
+def _audit(name: str, old: Any, new: Any, client: ClientInfo, refused: str | None = None) -> None:
+    """One line on ``mlioc.audit``: a refused write (any PV, WARNING) or an accepted audited one (INFO)."""
+    extra = {"pv": name, "old": old, "new": new, "user": client.user, "host": client.host,
+             "protocol": client.protocol, "address": client.address, "accepted": refused is None}
+    where = f"put {name} {old!r} -> {new!r} by {client.user}@{client.host} ({client.protocol} {client.address})"
+    if refused is None:
+        audit_log.info("%s accepted", where, extra=extra)
+    else:
+        audit_log.warning("%s refused: %s", where, refused, extra={**extra, "reason": refused})
+
+
+async def _audited(result: Awaitable[Any], name: str, old: Any, new: Any, client: ClientInfo,
+                   audit: bool) -> None:
+    """Complete a write whose handler returned an awaitable, and audit what it came to."""
+    try:
+        await result
+    except PutRejected as exc:
+        _audit(name, old, new, client, str(exc))
+        raise
+    except Exception as exc:
+        _audit(name, old, new, client, f"failed: {type(exc).__name__}: {exc}")
+        raise
+    if audit:
+        _audit(name, old, new, client)

@@ -104,6 +104,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def append_line(path: Path, line: bytes) -> None:
+    """Append ``line`` to ``path`` (created with its directory) in one ``O_APPEND`` write: concurrent
+    writers' lines never interleave, and the file is opened per line so a rotated file is followed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix."""
     path = Path(path)
@@ -229,31 +241,41 @@ class ModelStore:
             self.write_pointer("challenger", None)
             return old, challenger
 
-    def rollback_target(self) -> int | None:
-        """The champion a rollback would return to (None: no earlier champion)."""
-        current = self.champion()
+    def rollback_target(self, current: object = _ANY) -> int | None:
+        """The champion a rollback from ``current`` would return to (None: no earlier champion).
+
+        ``current`` is the version rolled back *from*: by default the one the pointer names. An IOC
+        passes the version it serves, which differs from the pointer after it rejected a pushed version.
+        """
+        pointer = self.champion()
+        skip = {pointer, pointer if current is _ANY else current}
         existing = set(self.versions())
         for n in reversed(self.champion_history()):
-            if n != current and n in existing:
+            if n not in skip and n in existing:
                 return n
         return None
 
-    def rollback(self, *, expect_champion: object = _ANY) -> tuple[int | None, int]:
-        """Return to the previous champion, popping it off the history; (old, new)."""
+    def rollback(self, *, expect_champion: object = _ANY, current: object = _ANY) -> tuple[int | None, int]:
+        """Return to the champion before ``current`` (default: the pointer's), popping the history; the
+        pointer then names it. Returns (what the pointer named, the new champion).
+
+        History entries that are ``current``, the pointer's version or no longer exist are skipped.
+        """
         with self.locked():
-            current = self.champion()
-            if expect_champion is not _ANY and current != expect_champion:
-                raise StoreConflict(f"champion is {current}, expected {expect_champion}")
+            pointer = self.champion()
+            if expect_champion is not _ANY and pointer != expect_champion:
+                raise StoreConflict(f"champion is {pointer}, expected {expect_champion}")
+            skip = {pointer, pointer if current is _ANY else current}
             history = self.champion_history()
             existing = set(self.versions())
-            while history and (history[-1] == current or history[-1] not in existing):
+            while history and (history[-1] in skip or history[-1] not in existing):
                 history.pop()
             if not history:
                 raise StoreError(f"no earlier champion to roll back to in {self.root}")
             target = history.pop()
             self._write_history(history)
             atomic_write_text(self.root / "champion", f"{target}\n")
-            return current, target
+            return pointer, target
 
     # -------------------------------------------------------------------- locking
 
@@ -314,13 +336,7 @@ class ModelStore:
     def append_event(self, action: str, **fields: Any) -> dict[str, Any]:
         """Append one line to ``events.jsonl`` (a single O_APPEND write, so lines never interleave)."""
         event = {"time": time.time(), "action": action, **fields}
-        line = (json.dumps(event, sort_keys=True, default=str) + "\n").encode()
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(self.events_path, (json.dumps(event, sort_keys=True, default=str) + "\n").encode())
         return event
 
     def events(self) -> list[dict[str, Any]]:

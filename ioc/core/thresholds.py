@@ -126,24 +126,41 @@ class Debouncer:
     ``raise_s``, and off only after it has not been asked for during ``clear_s``: a single noisy
     excursion never pages anyone, and a flapping score does not clear and re-raise the alarm.
     Severities above MAJOR (INVALID) are passed through unfiltered: they mean "no score", not drift.
+
+    :meth:`hold` sets a floor: while held, at least that severity is served whatever the limits say (a
+    score whose window restarted after a model swap has not earned the right to say "no alarm" yet).
     """
 
-    __slots__ = ("_on", "_since", "clear_s", "raise_s")
+    __slots__ = ("_floor", "_on", "_since", "clear_s", "raise_s")
 
     def __init__(self, raise_s: float, clear_s: float):
         self.raise_s = raise_s
         self.clear_s = clear_s
         self._on = {MINOR: False, MAJOR: False}
         self._since: dict[int, float | None] = {MINOR: None, MAJOR: None}
+        self._floor = NO_ALARM
 
     def reset(self) -> None:
         for level in _LEVELS:
             self._on[level] = False
             self._since[level] = None
+        self._floor = NO_ALARM
+
+    def hold(self, severity: int) -> None:
+        """Serve at least ``severity`` (MINOR or MAJOR) until :meth:`release`."""
+        self._floor = min(max(severity, NO_ALARM), MAJOR)
+
+    def release(self) -> None:
+        self._floor = NO_ALARM
+
+    @property
+    def held(self) -> int:
+        return self._floor
 
     @property
     def severity(self) -> int:
-        return MAJOR if self._on[MAJOR] else MINOR if self._on[MINOR] else NO_ALARM
+        on = MAJOR if self._on[MAJOR] else MINOR if self._on[MINOR] else NO_ALARM
+        return max(on, self._floor)
 
     def __call__(self, severity: int, status: int, timestamp: float) -> tuple[int, int]:
         if severity > MAJOR:

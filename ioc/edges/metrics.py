@@ -14,9 +14,16 @@ Exported (labels in braces):
 - ``mlioc_inference_duration_seconds{model}`` histogram: time in ONNX Runtime per cycle
 - ``mlioc_cycles_total{model,outcome}``: inference requests by outcome (ok, disabled, no_model,
   input_invalid, fault)
+- ``mlioc_cycle_lateness_seconds{model}`` histogram: how long after its tick each scan cycle started
+- ``mlioc_missed_cycles_total{model}``: scan cycles started more than one period late, ticks skipped,
+  triggers coalesced
 - ``mlioc_model_up{model}``: 1 while STATUS is OK
 - ``mlioc_model_info{model,version,sha256,provider}``: the served version (value 1)
 - ``mlioc_last_inference_timestamp_seconds{model}``: input time of the last successful inference
+- ``mlioc_shadow_cycles_skipped_total{model}``: challenger cycles skipped while its previous one ran
+- ``mlioc_input_updates_total{model}`` / ``mlioc_input_updates_coalesced_total{model}``: source updates
+  received, and those replaced by a newer value of the same input before being applied (input storms)
+- ``mlioc_source_held_back_seconds_total``: time the sources' client threads held updates back (storm)
 - ``mlioc_input_age_seconds{model,input}``: seconds since each input's own timestamp
 - ``mlioc_drift_score{model}`` / ``mlioc_input_drift_score{model,input}``: drift, as $(P)DRIFT / DRIFT:<input>
 - ``mlioc_model_reloads_total{model,result}``: store reloads by result
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlioc.metrics")
 
 LATENCY_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0)
+LATENESS_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class Metrics:
@@ -63,8 +71,24 @@ class Metrics:
                                 ["model", "version", "sha256", "provider"], registry=r)
         self.up = Gauge("mlioc_model_up", "1 when the model's STATUS is OK", ["model"], registry=r)
         self.missed = Counter("mlioc_missed_cycles_total",
-                              "Triggers dropped (coalesced into one already waiting), or scan ticks skipped",
-                              ["model"], registry=r)
+                              "Scan cycles started more than one period after their tick, scan ticks skipped, "
+                              "triggers coalesced into one already waiting", ["model"], registry=r)
+        self.lateness = Histogram(
+            "mlioc_cycle_lateness_seconds", "How long after its tick each scan cycle started", ["model"],
+            buckets=LATENESS_BUCKETS, registry=r)
+        self.shadow_skipped = Counter(
+            "mlioc_shadow_cycles_skipped_total",
+            "Challenger (shadow) cycles skipped because its previous one was still running", ["model"], registry=r)
+        self.input_updates = Counter("mlioc_input_updates_total", "Updates received from the inputs' sources",
+                                     ["model"], registry=r)
+        self.input_coalesced = Counter(
+            "mlioc_input_updates_coalesced_total",
+            "Source updates replaced by a newer value of the same input before the IOC applied them", ["model"],
+            registry=r)
+        self.held_back = Counter(
+            "mlioc_source_held_back_seconds",
+            "Seconds the CA/PVA client threads held source updates back: more arrived than the IOC takes "
+            "(an input storm; the sources' servers then keep only the newest value)", registry=r)
         self.input_age = Gauge("mlioc_input_age_seconds",
                                "Seconds since the timestamp of each input's latest value (at collection time)",
                                ["model", "input"], registry=r)
@@ -85,6 +109,7 @@ class Metrics:
             "mlioc_action_decisions", "Cycles decided by an action, by the state it took (the guard that held)",
             ["model", "action", "state"], registry=r)
         self._seen: dict[tuple[str, ...], int] = {}  # last totals moved into counters, by series
+        self._held_back = 0.0
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self._drift: dict[tuple[str, str | None], float] = {}
         self._server = None
@@ -117,12 +142,19 @@ class Metrics:
         histogram = self.inference_seconds.labels(model)
         for seconds in stats.latencies:
             histogram.observe(seconds)
+        if stats.lateness or runner.scan_period is not None:
+            late = self.lateness.labels(model)  # created at 0 for a scanned model: "never late" is visible
+            for seconds in stats.lateness:
+                late.observe(seconds)
         for status, total in stats.outcomes.items():
             if total:
                 outcome = status.name.lower()
                 self._advance(self.cycles.labels(model, outcome), ("cycles", model, outcome), total)
         # labels() creates the series at 0, so "no missed cycle" is visible
         self._advance(self.missed.labels(model), ("missed", model), stats.overruns)
+        self._advance(self.shadow_skipped.labels(model), ("shadow_skipped", model), stats.shadow_skipped)
+        self._advance(self.input_updates.labels(model), ("input_updates", model), stats.input_updates)
+        self._advance(self.input_coalesced.labels(model), ("input_coalesced", model), stats.input_coalesced)
         if stats.last_ok_timestamp:
             self.last_inference.labels(model).set(stats.last_ok_timestamp)
         self.up.labels(model).set(1 if stats.status is ModelStatus.OK else 0)
@@ -137,6 +169,13 @@ class Metrics:
                 self.drift.labels(model).set(value)
             else:
                 self.input_drift.labels(model, input_name).set(value)
+
+    def collect_sources(self, held_back_s: float) -> None:
+        """The process-wide source update budget (:class:`ioc.edges.sources.UpdateBudget`), at stats_hz."""
+        delta = held_back_s - self._held_back
+        if delta > 0:
+            self.held_back.inc(delta)
+            self._held_back = held_back_s
 
     def collect_actions(self, controller: ActionController) -> None:
         """Move one model's action bookkeeping (plain ints kept per cycle) into the metrics."""

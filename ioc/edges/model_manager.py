@@ -54,7 +54,7 @@ class ModelManager:
     def __init__(self, runner: ModelRunner, store: ModelStore, inference: InferenceConfig,
                  loop: asyncio.AbstractEventLoop, *, poll_s: float = 0.5,
                  on_result: Callable[[str, str], None] | None = None,
-                 refresh: Callable[[bool], Any] | None = None):
+                 refresh: Callable[[bool], list[str] | None] | None = None):
         self.runner = runner
         self.store = store
         self.inference = inference
@@ -63,6 +63,8 @@ class ModelManager:
         self.on_result = on_result or (lambda model, result: None)
         self.refresh = refresh  # e.g. mirror an MLflow registry alias into the store (blocking; run off-loop)
         self.name = runner.config.name
+        # Whether the store's events.jsonl could be written (error text or None): the app raises $(P)AUDIT.
+        self.audit_health: Callable[[str | None], None] = lambda error: None
         self.champion: Stamp | None = None
         self.challenger: Stamp | None = None
         self._rejected: dict[int, Stamp | None] = {}
@@ -110,7 +112,9 @@ class ModelManager:
         """Bring the runner in line with the store's pointers."""
         if self.refresh is not None and not (initial and await self._has_local_champion()):
             # Outside the lock: a slow registry must not hold up PROMOTE / ROLLBACK.
-            await self.loop.run_in_executor(None, self.refresh, force)
+            for problem in await self.loop.run_in_executor(None, self.refresh, force) or ():
+                self.runner.note(problem)  # e.g. a registry version that cannot be mirrored
+                self.on_result(self.name, "rejected")
         async with self._lock:
             try:
                 champion, challenger = await self.loop.run_in_executor(None, self._read_pointers)
@@ -200,8 +204,10 @@ class ModelManager:
             return None, f"v{version}: {type(exc).__name__}: {exc}"
         return model, ""
 
-    def _serve(self, model: LoadedModel, new_stamp: Stamp | None, message: str | None) -> None:
-        self.runner.set_model(model, message)
+    def _serve(self, model: LoadedModel, new_stamp: Stamp | None, message: str | None, *,
+               why: bool = False) -> None:
+        """``why``: the message explains why this (older) version is served; MESSAGE keeps it (see set_model)."""
+        self.runner.set_model(model, message, why=why)
         self.champion = new_stamp or Stamp(int(model.version), ())
         self.on_result(self.name, "loaded")
 
@@ -223,7 +229,7 @@ class ModelManager:
             if model is None:
                 self._reject(version, stamp(self.store, version), why, None, pointer="history")
                 continue
-            self._serve(model, stamp(self.store, version), f"v{bad} rejected; serving v{version}")
+            self._serve(model, stamp(self.store, version), f"v{bad} rejected; serving v{version}", why=True)
             self._event("fallback", from_version=bad, to_version=version,
                         reason=f"champion v{bad} rejected: {reason}")
             return
@@ -234,8 +240,11 @@ class ModelManager:
             fields.update(user=client.user, host=client.host, protocol=client.protocol)
         try:
             self.store.append_event(action, model=self.name, **fields)
-        except OSError as exc:  # a full or read-only disk must not stop serving
+        except OSError as exc:  # a full or read-only disk must not stop serving, but must be seen
             log.error("%s: cannot write %s: %s", self.name, self.store.events_path, exc)
+            self.audit_health(exc.strerror or str(exc))
+        else:
+            self.audit_health(None)
 
     # ------------------------------------------------------------------ control PVs
 
@@ -308,9 +317,15 @@ class ModelManager:
                         reason=reason)
 
     async def _rollback(self, client: ClientInfo, reason: str = "ROLLBACK written") -> None:
+        """Back from what is *served* (not what the pointer names: after a rejected push the pointer
+        names the rejected version), and leave the pointer naming what is then served."""
         async with self._lock:
-            current = self.champion.version if self.champion else None
-            target = await self.loop.run_in_executor(None, self.store.rollback_target)
+            served = self.champion.version if self.champion else None
+
+            def plan() -> tuple[int | None, int | None]:
+                return self.store.champion(), self.store.rollback_target(current=served)
+
+            pointer, target = await self.loop.run_in_executor(None, plan)
             if target is None:
                 self._refuse("rollback", "no earlier champion to roll back to", client)
             model, why = await self._load(target)
@@ -318,9 +333,9 @@ class ModelManager:
                 self._reject(target, stamp(self.store, target), why, client, pointer="rollback")
                 self._refuse("rollback", f"v{target} fails validation", client)
             try:
-                old, new = await self.loop.run_in_executor(
-                    None, lambda: self.store.rollback(expect_champion=current))
-            except StoreConflict as exc:
+                _, new = await self.loop.run_in_executor(
+                    None, lambda: self.store.rollback(expect_champion=pointer, current=served))
+            except StoreConflict as exc:  # someone moved the pointer while the target was validated
                 self._refuse("rollback", f"store changed meanwhile ({exc}); try again", client)
             except (StoreError, OSError) as exc:
                 self._refuse("rollback", str(exc), client)
@@ -328,9 +343,11 @@ class ModelManager:
                 model, why = await self._load(new)
                 if model is None:
                     self._refuse("rollback", f"v{new}: {why}", client)
-            self._serve(model, stamp(self.store, new), f"rolled back to v{new} by {client.user}@{client.host}")
-            log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, old, new, client)
-            self._event("rollback", from_version=old, to_version=new, client=client, reason=reason)
+            self._serve(model, stamp(self.store, new), f"rolled back to v{new} by {client.user}@{client.host}",
+                        why=True)
+            log.warning("%s: ROLLBACK v%s -> v%s by %s", self.name, served, new, client)
+            fields = {"pointer_was": pointer} if pointer != served else {}
+            self._event("rollback", from_version=served, to_version=new, client=client, reason=reason, **fields)
 
     def fault_streak(self, faults: int, error: str) -> None:
         """``rollback_after_faults`` consecutive failures: roll back without waiting for an operator."""

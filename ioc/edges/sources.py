@@ -33,6 +33,47 @@ log = logging.getLogger("mlioc.sources")
 
 Deliver = Callable[[Any, Severity, float, bool], None]  # called on the client library's thread
 
+MAX_UPDATES_PER_S = 20_000  # source updates the whole process takes per second, over every source
+
+
+class UpdateBudget:
+    """At most ``rate`` source updates per second reach Python, in all: the bound on an input storm.
+
+    Every monitor update costs ~17 us of Python (and of the GIL) on the client library's thread before
+    the feed can coalesce it; a source publishing as fast as its server can (tens of thousands a second)
+    would starve the event loop. Past the budget of a 10 ms window the callback sleeps until the window
+    ends, the GIL released: the client stops reading, TCP pushes back, and the source's server keeps only
+    the newest value of each subscription once its queue for the slow client is full (CA and PVA servers
+    squash). What is already in the socket buffers between them (up to megabytes) still arrives, in
+    order: in a storm an input's value can lag by seconds; its source timestamp says so (``max_age_s``
+    then makes the outputs INVALID). The time spent holding back is counted (a metric).
+    """
+
+    WINDOW_S = 0.01
+
+    def __init__(self, rate: float = MAX_UPDATES_PER_S):
+        self.per_window = max(1, int(rate * self.WINDOW_S))
+        self.held_back_s = 0.0
+        self._end = 0.0
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        """Account for one update (any client thread); sleeps while the budget is spent."""
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._end:
+                self._end, self._used = now + self.WINDOW_S, 0
+            self._used += 1
+            wait = self._end - now if self._used > self.per_window else 0.0
+            if wait:
+                self.held_back_s += wait
+        if wait:
+            time.sleep(wait)
+
+
+BUDGET = UpdateBudget()
+
 class _CaChannel:
     """One libca channel per PV name, shared by every source on that PV.
 
@@ -219,6 +260,7 @@ class CaSource:
         self.deliver(None, Severity.INVALID, time.time(), False)
 
     def _on_value(self, value=None, severity=0, timestamp=None, **_):
+        BUDGET.take()
         self._got_value = True
         if timestamp is None or timestamp <= 0:
             timestamp = time.time()
@@ -263,6 +305,7 @@ class PvaSource:
         if not self.connected:
             log.info("source %s connected", self.ref)
         self.connected = True
+        BUDGET.take()
         try:
             if is_ntndarray(value):  # a camera frame: pixels, dimension, codec, ColorMode
                 raw = frame_from_ntndarray(value)

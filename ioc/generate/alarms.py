@@ -173,6 +173,15 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
                   f"To serve again: fix the input source, or caput {n.enable} 1, or ask the model's owner to "
                   "publish a valid version."),
         display=screen)
+    if n.audit in served:
+        _pv(comp, n.audit, f"{model.name}: audit trail cannot be written", delay=0, latching=True,
+            guidance=("Audit trail: what to do",
+                      f"An operator action or refused write on {model.prefix} could not be written to the audit "
+                      f"trail ({n.audit} says which file and why: the IOC's state_dir/audit.jsonl, the model "
+                      "store's events.jsonl or the actions' audit file). Actions still work and still go to the "
+                      "IOC log. Free the disk or fix the file's permissions; the alarm clears at the next line "
+                      "written."),
+            display=screen)
     for out in model.outputs:
         if out.alarm is not None:
             _pv(comp, n.output(out.name), f"{model.name}: predicted {out.name} out of range", delay=OUTPUT_DELAY_S,

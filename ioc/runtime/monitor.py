@@ -11,6 +11,12 @@ PVA clients and the alarm server all see the same debounced severity.
 When a new model version is served (``runner.model_listeners``), the windows restart against its
 reference and its limits are calibrated on a worker thread, then served with ``PV.update_spec``. A
 version without a reference still serves predictions; its drift PVs go INVALID and say why.
+
+A swap (a reload, PROMOTE, ROLLBACK) while a score is in alarm must not make it look fine: an operator
+who rolled back a drifted machine would read NO_ALARM during the warm-up and conclude the rollback
+fixed it. So a score that was MINOR/MAJOR when the model changed keeps at least that severity (its
+PVA alarm message says ``warming up n/N (held MAJOR)``) until its window is full again; then the
+scores of the new window (debounced) decide.
 """
 
 from __future__ import annotations
@@ -165,6 +171,8 @@ class ModelMonitor:
         self._anomaly_scale: np.ndarray | None = None
         self._announced = 0
         self.calibrated = asyncio.Event()
+        # PVs whose alarm is held while their window warms up after a swap (see the module doc).
+        self._held: list[PV] = []
 
     # ------------------------------------------------------------------ start-up and model changes
 
@@ -186,6 +194,9 @@ class ModelMonitor:
 
     def on_model(self, model: LoadedModel | None) -> None:
         """A new version is served from the next cycle on: restart the windows against its reference."""
+        swapped = self.model is not None and model is not None
+        held = {pv: int(pv.reading.severity) for pv in (*self._drift_pvs(), self.anomaly_pv)
+                if swapped and pv is not None and Severity.MINOR <= pv.reading.severity <= Severity.MAJOR}
         self._generation += 1
         self.model = model
         self._t, self._rows = [], []
@@ -198,6 +209,9 @@ class ModelMonitor:
         self._announced = 0
         for pv in self.debounced:
             pv.alarm_filter.reset()
+            if pv in held:
+                pv.alarm_filter.hold(held[pv])
+        self._held = list(held)
         self._errors.reset()
         now = self.clock()
         if model is None:
@@ -208,6 +222,7 @@ class ModelMonitor:
             self._setup_anomaly(model, now)
         if self.drift_enabled:
             self._setup_drift(model, now)
+        self._repost_held(now)
 
     def _setup_drift(self, model: LoadedModel, now: float) -> None:
         s = self.settings
@@ -340,19 +355,41 @@ class ModelMonitor:
                 self._next_errors = now + self.error_update_s
                 self._score_errors(now)
 
+    def _post(self, pv: PV, value: float, now: float, message: str) -> None:
+        """Post a score; while its alarm is held (its debouncer's floor) the message says so."""
+        if pv in self._held:
+            message = f"{message or 'warming up'} (held {Severity(pv.alarm_filter.held).name})"
+        pv.post(value, now, message=message)
+
+    def _release(self, pvs: list[PV]) -> None:
+        """Their windows are full again: from now on their own (debounced) scores decide."""
+        for pv in pvs:
+            if pv in self._held:
+                self._held.remove(pv)
+                pv.alarm_filter.release()
+
+    def _repost_held(self, now: float) -> None:
+        """Right after a swap: say that the held alarms are held (a score the new version cannot compute,
+        e.g. no reference, was made INVALID meanwhile and is not held)."""
+        self._release([pv for pv in self._held if pv.reading.severity == Severity.INVALID])
+        for pv in self._held:
+            self._post(pv, pv.reading.value, now, "warming up")
+
     def _post_drift(self, scorer: WindowScorer, now: float) -> None:
         scores = scorer.scores()
         warm = f"warming up {scorer.n}/{scorer.window}" if scorer.n < scorer.window else ""
+        if not warm:
+            self._release(self._drift_pvs())
         d_in = len(self.in_names) if self._in_ok else 0
         model = self.config.name
         if self._in_ok:
             s_in = scores[:d_in]
             for pv, value in zip(self.input_pvs, s_in.tolist(), strict=True):
-                pv.post(value, now, message=warm)
+                self._post(pv, value, now, warm)
             worst = int(s_in.argmax())
             name, value = self.in_names[worst], float(s_in[worst])
             before = self.drift_pv.reading.severity
-            self.drift_pv.post(value, now, message=warm or f"worst input {name}")
+            self._post(self.drift_pv, value, now, warm or f"worst input {name}")
             if self.worst_pv.value != name:
                 self.worst_pv.post(name, now)
             self._announce(before, self.drift_pv.reading.severity, name, value)
@@ -363,7 +400,7 @@ class ModelMonitor:
         if self._out_ok:
             s_out = scores[d_in:]
             worst = int(s_out.argmax())
-            self.out_pv.post(float(s_out[worst]), now, message=warm or f"worst output {self.out_names[worst]}")
+            self._post(self.out_pv, float(s_out[worst]), now, warm or f"worst output {self.out_names[worst]}")
 
     def _announce(self, before: int, after: int, name: str, value: float) -> None:
         """Tell MESSAGE (and the log) when the debounced drift alarm rises or clears."""
@@ -387,7 +424,9 @@ class ModelMonitor:
         if a.n < min(a.window, MIN_ANOMALY_SAMPLES):
             return
         value = float(np.sqrt(np.mean(a.sum_sq) / a.n))
-        self.anomaly_pv.post(value, now)
+        if a.n >= a.window:
+            self._release([self.anomaly_pv])
+        self._post(self.anomaly_pv, value, now, "" if a.n >= a.window else f"warming up {a.n}/{a.window}")
 
     def _score_errors(self, now: float) -> None:
         """Pair each truth sample with the prediction of the same moment; rolling MAE / RMSE."""

@@ -6,6 +6,12 @@ runs inline when its measured warm-up median is below ``inline_budget_ms``, and 
 otherwise, so a slow model never stalls the CA/PVA servers. The decision uses the warm-up median
 (a p99 of a few hundred runs on a busy 2-core machine is mostly scheduler noise). A model that turns
 out slower live than at warm-up (three inline runs in a row over 4x the budget) is moved to the thread for good.
+
+Bounded: an offloader holds at most one call, queued or running; :meth:`Offloader.submit` refuses
+another while it is busy (the caller decides: the champion's cycle waits, a shadow cycle is skipped
+and counted). :meth:`Offloader.close` waits for the call in flight, however long the model takes: a
+thread left inside ONNX Runtime when the interpreter exits aborts the process ("terminate called
+without an active exception").
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class Offloader:
         self._thread: threading.Thread | None = None
         self._strikes = 0
         self._demoted: set[int] = set()
+        self._busy = False
+        self._closed = False
 
     def use_inline(self, model: Any) -> bool:
         """Whether ``model`` (a LoadedModel) should run on the loop."""
@@ -66,14 +74,26 @@ class Offloader:
     def forget(self, model: Any) -> None:
         self._demoted.discard(id(model))
 
-    def submit(self, fn: Callable[[], Any], done: Done) -> None:
-        """Run ``fn`` on the worker thread; ``done(result, error, seconds)`` is called on the loop."""
+    @property
+    def busy(self) -> bool:
+        """A call is queued or running (set and cleared on the loop)."""
+        return self._busy
+
+    def submit(self, fn: Callable[[], Any], done: Done) -> bool:
+        """Run ``fn`` on the worker thread; ``done(result, error, seconds)`` is called on the loop.
+
+        Returns False, and runs nothing, while a call is already in flight or after :meth:`close`.
+        """
+        if self._busy or self._closed:
+            return False
         if self._thread is None:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._work, name=f"infer-{self.name}", daemon=True)
             self._thread.start()
         assert self._queue is not None
+        self._busy = True
         self._queue.put((fn, done))
+        return True
 
     def _work(self) -> None:
         assert self._queue is not None
@@ -89,13 +109,22 @@ class Offloader:
                 result, error = None, exc
             elapsed = time.perf_counter() - t0
             try:
-                self.loop.call_soon_threadsafe(done, result, error, elapsed)
+                self.loop.call_soon_threadsafe(self._done, done, result, error, elapsed)
             except RuntimeError:  # loop closed during shutdown
                 return
 
+    def _done(self, done: Done, result: Any, error: BaseException | None, elapsed: float) -> None:
+        self._busy = False
+        done(result, error, elapsed)
+
     def close(self) -> None:
+        """Stop the worker once the call in flight (if any) has returned."""
+        self._closed = True
         if self._queue is not None:
             self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=1.0)
+            if thread.is_alive():
+                log.warning("%s: waiting for the inference in flight to finish", self.name)
+                thread.join()

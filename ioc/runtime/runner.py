@@ -24,7 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.engine import LoadedModel
 from ioc.core.inputs import GatheredInputState, InputState, Problem, Snapshot, input_state
 from ioc.core.layout import ModelNames, ModelStatus, model_pv_specs
-from ioc.core.pvmodel import PV, ClientInfo, PVDatabase, Severity, Status, clip_message
+from ioc.core.pvmodel import MESSAGE_LEN, PV, ClientInfo, PVDatabase, Severity, Status, clip_message
 from ioc.runtime.feed import Feed
 from ioc.runtime.offload import Offloader
 
@@ -70,12 +70,21 @@ class CycleStats:
     overruns: int  # missed cycles since start
     last_ok_timestamp: float
     status: ModelStatus | None
+    shadow_skipped: int = 0  # challenger cycles skipped since start: its previous one was still running
+    lateness: list[float] = field(default_factory=list)  # s each scan cycle started after its tick, since last
+    input_updates: int = 0  # source updates handed to the runner, since start
+    input_coalesced: int = 0  # of those, replaced by a newer value of the same input before being applied
 
 
 CycleListener = Callable[[CycleRecord], None]
 ModelListener = Callable[["LoadedModel | None"], None]  # the model served from the next cycle on
 # (snapshot timestamp, challenger outputs, challenger version): each successful shadow prediction.
 ChallengerListener = Callable[[float, np.ndarray, str], None]
+
+
+def input_key(update: tuple) -> tuple:
+    """What a newer source update replaces: the same input's (index, and element of a gathered vector)."""
+    return update[:1] + update[5:6]
 
 
 MAD_WINDOW = 100  # cycles over which CHALLENGER:MAD:<output> averages |challenger - champion|
@@ -152,12 +161,18 @@ class ModelRunner:
         self.challenger_out_pvs: list[PV] = [db[n.challenger_output(o.name)] for o in config.outputs]
         self.challenger_mad_pvs: list[PV] = [db[n.challenger_mad(o.name)] for o in config.outputs]
         self.latency_pv, self.rate_pv, self.count_pv = db[n.latency], db[n.rate], db[n.count]
+        # The model's health alarms a MESSAGE written while STATUS is OK must not hide (see _message).
+        self.alarm_pvs: list[tuple[str, PV]] = [(name[len(config.prefix):], db[name]) for name in
+                                                (n.drift, n.drift_out, n.anomaly, n.audit, n.recorder) if name in db]
         for index, pv in enumerate(self.in_pvs):
             if pv.spec.writable:
                 pv.put_handler = self._input_put_handler(index)
         self.enable_pv.put_handler = self._put_enable
 
         self.model: LoadedModel | None = None
+        # What MESSAGE says when STATUS turns OK: "serving vN", or why this version is served (a start-up
+        # fallback, a rollback), which the first cycle must not wipe out.
+        self._serving_text = ""
         self.challenger: LoadedModel | None = None
         self.challenger_offloader = Offloader(loop, inference.offload, inference.inline_budget_ms,
                                               f"{config.name}-challenger")
@@ -167,19 +182,27 @@ class ModelRunner:
         self._disabled_text = "disabled"
         self.status: ModelStatus | None = None
         self.count = 0  # triggered cycles
-        self.overruns = 0  # triggers dropped: a cycle was running and another trigger already waited
+        # Missed cycles: a scan cycle that started more than one period after its tick, a tick the scan gave
+        # up on, a trigger coalesced into one already waiting behind a cycle in flight.
+        self.overruns = 0
+        self.scan_period: float | None = None  # set by a scan trigger: what "late" means
+        self.lateness: list[float] = []  # seconds each scan cycle started after its tick (drained at stats_hz)
+        self._pending_due: float | None = None  # the tick of the triggered cycle waiting behind one in flight
+        self.shadow_skipped = 0  # challenger cycles skipped: the previous one was still running
         self.run_on_input_change = False  # set by the model's trigger (ioc.runtime.triggers): on_change
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
         self.challenger_listeners: list[ChallengerListener] = []  # the challenger's live error
         self.consecutive_faults = 0
+        self._crash_text = ""  # the last cycle crash logged with its traceback
         self.on_fault_streak: Callable[[int, str], None] | None = None  # (faults in a row, last error)
         self.on_enable: Callable[[bool], None] | None = None  # e.g. autosave
         # Per-cycle bookkeeping for Prometheus, drained at stats_hz (off the latency-critical path).
         self.outcomes: dict[ModelStatus, int] = dict.fromkeys(ModelStatus, 0)
         self.latencies: list[float] = []
         self.last_ok_timestamp = 0.0
-        self.feed = Feed(loop, self._apply_source_update, self._after_source_updates)
+        # Source updates, newest per input (per element of a gathered vector): (index, value, ..., element)
+        self.feed = Feed(loop, self._apply_source_update, self._after_source_updates, key=input_key)
         self._input_problems: list[Problem | None] = [None] * len(self.inputs)
         self._has_max_age = any(i.max_age_s is not None for i in config.inputs)
         self.in_flight = False
@@ -219,8 +242,12 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ model swap
 
-    def set_model(self, model: LoadedModel, message: str | None = None) -> None:
-        """Serve ``model`` from the next cycle on (called on the loop, between cycles)."""
+    def set_model(self, model: LoadedModel, message: str | None = None, *, why: bool = False) -> None:
+        """Serve ``model`` from the next cycle on (called on the loop, between cycles).
+
+        ``why``: ``message`` says why this version is served (a start-up fallback, a rollback); it stays
+        what MESSAGE says when STATUS turns OK, instead of "serving vN".
+        """
         previous = self.model
         self.model = model
         self.consecutive_faults = 0
@@ -231,6 +258,7 @@ class ModelRunner:
         self._notify_model(model)
         where = "inline" if self.offloader.use_inline(model) else "worker thread"
         text = message or f"loaded v{model.version} ({model.provider.replace('ExecutionProvider', '')})"
+        self._serving_text = message if message and why else f"serving v{model.version}"
         log.info("%s: serving v%s on %s, %s (warm-up median %.3f ms, p99 %.3f ms)", self.config.name,
                  model.version, model.provider, where, model.warm_median_ms, model.warm_p99_ms)
         self._message(text, now)
@@ -388,12 +416,20 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ cycles
 
-    def run_cycle(self, triggered: bool = True) -> None:
+    def run_cycle(self, triggered: bool = True, due: float | None = None) -> None:
         """Take a snapshot and run the model on it (or publish why the outputs are invalid).
 
         ``triggered`` cycles (scan tick, input change, trigger PV) are counted in COUNT; extra
-        passes (a lost source, a stale input, ENABLE, a model swap) only re-evaluate.
+        passes (a lost source, a stale input, ENABLE, a model swap) only re-evaluate. ``due`` is a scan
+        tick's time on the loop clock: a cycle starting more than ``scan_period`` after it is missed.
+        Never raises: whatever goes wrong inside a cycle is a FAULT (see :meth:`_crashed`).
         """
+        try:
+            self._run_cycle(triggered, due)
+        except Exception as exc:
+            self._crashed(exc)
+
+    def _run_cycle(self, triggered: bool, due: float | None) -> None:
         if self._closed:
             return
         if self.in_flight:
@@ -402,12 +438,16 @@ class ModelRunner:
             if triggered:
                 if self._pending_trigger:
                     self.overruns += 1
+                else:
+                    self._pending_due = due
                 self._pending_trigger = True
             self._again = True
             return
         now = self.clock()
         if triggered:
             self.count += 1
+            if due is not None:
+                self._note_lateness(self.loop.time() - due)
         snapshot = self._snapshot(now)
         model = self.model
         if not self.enabled:
@@ -426,10 +466,10 @@ class ModelRunner:
             self.offloader.note_inline_time(model, elapsed)
             self._finish(model, snapshot, result, error, elapsed)
         else:
-            self.in_flight = True
             values = snapshot.values
-            self.offloader.submit(lambda: model.run(values),
-                                  lambda r, e, dt: self._finish(model, snapshot, r, e, dt))
+            # One cycle in flight at a time (in_flight), so the offloader is free unless it is closed.
+            self.in_flight = self.offloader.submit(lambda: model.run(values),
+                                                   lambda r, e, dt: self._finish_guarded(model, snapshot, r, e, dt))
         if self._has_max_age:
             self._arm_stale_timer()
 
@@ -453,6 +493,32 @@ class ModelRunner:
             return Snapshot(np.array(values), newest or now, first)
         return Snapshot(np.concatenate([np.ravel(v) for v in values]).astype(np.float64, copy=False),
                         newest or now, first)
+
+    def _finish_guarded(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
+                        error: BaseException | None, elapsed: float) -> None:
+        """The end of an off-loop cycle (called by the offloader on the loop): never raises either."""
+        try:
+            self._finish(model, snapshot, result, error, elapsed)
+        except Exception as exc:
+            self.in_flight = False
+            self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        """A bug inside a cycle (a listener, an adapter, this module): FAULT with the reason, outputs
+        INVALID, and the next trigger tries again. A scan never dies of it. The traceback is logged once
+        per distinct error, not at the scan rate."""
+        text = f"cycle failed: {type(exc).__name__}: {exc}"
+        if text != self._crash_text:
+            self._crash_text = text
+            log.exception("%s: %s", self.config.name, text)
+        self.outcomes[ModelStatus.FAULT] += 1
+        try:
+            now = self.clock()
+            self._set_status(ModelStatus.FAULT, text, now)
+            self._invalidate_outputs(_SEVERITY_OF[ModelStatus.FAULT], text, now)
+        except Exception:  # posting itself is what fails: nothing more to tell anyone from here
+            log.debug("%s: cannot post the fault", self.config.name, exc_info=True)
+        self._run_again_if_asked()
 
     def _finish(self, model: LoadedModel, snapshot: Snapshot, result: np.ndarray | None,
                 error: BaseException | None, elapsed: float) -> None:
@@ -490,7 +556,9 @@ class ModelRunner:
                 self.latencies.append(elapsed)
             self.last_ok_timestamp = ts
             if self.status is not ModelStatus.OK:
-                self._set_status(ModelStatus.OK, f"serving v{model.version}", self.clock())
+                text = self._serving_text if model is self.model else f"serving v{model.version}"
+                self._set_status(ModelStatus.OK, text, self.clock())
+                self._crash_text = ""
             if self.cycle_listeners:
                 self._notify(CycleRecord(ts, snapshot.values, result, ModelStatus.OK, model.version, elapsed, ""))
             if self.challenger is not None:
@@ -515,12 +583,19 @@ class ModelRunner:
             self._notify(CycleRecord(snapshot.timestamp, snapshot.values, None, status, version, 0.0, message))
         self._run_again_if_asked()
 
+    def _note_lateness(self, late: float) -> None:
+        if len(self.lateness) < 100_000:  # drained at stats_hz; bounded if nobody drains it
+            self.lateness.append(late)
+        if self.scan_period is not None and late > self.scan_period:
+            self.overruns += 1
+
     def _run_again_if_asked(self) -> None:
         """After a cycle: run the one asked for while it was in flight (counted if a trigger asked)."""
         if self._again:
             self._again = False
             triggered, self._pending_trigger = self._pending_trigger, False
-            self.loop.call_soon(self.run_cycle, triggered)
+            due, self._pending_due = self._pending_due, None
+            self.loop.call_soon(self.run_cycle, triggered, due)
 
     def _notify_model(self, model: LoadedModel | None) -> None:
         for listener in self.model_listeners:
@@ -560,9 +635,10 @@ class ModelRunner:
             self._finish_challenger(challenger, snapshot, champion_values, result, error)
         else:
             values = snapshot.values
-            self.challenger_offloader.submit(
-                lambda: challenger.run(values),
-                lambda r, e, dt: self._finish_challenger(challenger, snapshot, champion_values, r, e))
+            if not self.challenger_offloader.submit(
+                    lambda: challenger.run(values),
+                    lambda r, e, dt: self._finish_challenger(challenger, snapshot, champion_values, r, e)):
+                self.shadow_skipped += 1  # a shadow never queues behind itself: it skips this snapshot
 
     def _finish_challenger(self, challenger: LoadedModel, snapshot: Snapshot, champion_values: list[float],
                            result, error) -> None:
@@ -611,11 +687,25 @@ class ModelRunner:
         self._message(text, self.clock())
 
     def _message(self, text: str, now: float) -> None:
-        shown = clip_message(text)
+        alarm = self._active_alarm(text) if self.status is ModelStatus.OK else ""
+        clipped = clip_message(text, MESSAGE_LEN - len(alarm))
+        shown = clipped + alarm
         if self.message_pv.value != shown:
-            if shown != text:  # the PV holds 39 characters: the whole text goes to the log
+            if clipped != text:  # the PV holds 39 characters: the whole text goes to the log
                 log.info("%s: MESSAGE %r is short for: %s", self.config.name, shown, text)
             self.message_pv.post(shown, now)
+
+    def _active_alarm(self, text: str) -> str:
+        """While STATUS is OK, "serving v1" must not hide an active health alarm (DRIFT MAJOR, AUDIT ...):
+        the worst one, as a suffix for MESSAGE ("; DRIFT MAJOR"), unless the text is about it already."""
+        worst, name = 0, ""
+        for suffix, pv in self.alarm_pvs:
+            severity = pv.reading.severity
+            if worst < severity <= Severity.MAJOR:
+                worst, name = severity, suffix
+        if not worst or name.split(":")[0].lower() in text.lower():
+            return ""
+        return f"; {name} {Severity(worst).name}"
 
     # ------------------------------------------------------------------ staleness
 
@@ -649,8 +739,11 @@ class ModelRunner:
         """What happened since the last call (latencies) and in total (outcomes, cycles, overruns):
         the one place statistics leave the runner, at stats_hz, off the latency-critical path."""
         latencies, self.latencies = self.latencies, []
+        lateness, self.lateness = self.lateness, []
         return CycleStats(latencies=latencies, outcomes=dict(self.outcomes), count=self.count,
-                          overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status)
+                          overruns=self.overruns, last_ok_timestamp=self.last_ok_timestamp, status=self.status,
+                          shadow_skipped=self.shadow_skipped, lateness=lateness,
+                          input_updates=self.feed.received, input_coalesced=self.feed.coalesced)
 
     def publish_stats(self, stats: CycleStats) -> None:
         """Post LATENCY (mean ms over the window), RATE (cycles/s) and COUNT; called at stats_hz."""

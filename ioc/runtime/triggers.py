@@ -21,7 +21,7 @@ from ioc.runtime.feed import Feed
 from ioc.runtime.runner import ModelRunner
 
 MAX_BURST = 16  # cycles run back to back when late, before the loop is given back for I/O
-MAX_LAG_S = 1.0  # further behind than this, ticks are dropped (and counted as overruns)
+MAX_LAG_S = 1.0  # further behind than this, ticks are dropped (and counted as missed)
 
 Deliver = Callable[[Any, int, float, bool], None]
 SourceFactory = Callable[[PVRef, Deliver], Any]  # returns an object with start() and stop()
@@ -105,11 +105,14 @@ async def scan(runner: ModelRunner, hz: float) -> None:
     """Periodic trigger on a drift-free schedule.
 
     The loop timer has ~1 ms resolution, so at high rates several ticks fall due per wake-up: they
-    run back to back (their monitor updates then leave in one send). A scheduler that has fallen
-    more than MAX_LAG_S behind drops the missed ticks and counts them as overruns.
+    run back to back (their monitor updates then leave in one send). Each cycle is handed its tick's
+    time: the runner records how late it started and counts it as missed when that is more than one
+    period. A scheduler that has fallen more than MAX_LAG_S behind drops the ticks it missed (counted
+    as missed too). An exception in a cycle never ends the scan (the runner turns it into FAULT).
     """
     loop = asyncio.get_running_loop()
     period = 1.0 / hz
+    runner.scan_period = period
     next_t = loop.time()
     while True:
         now = loop.time()
@@ -119,7 +122,7 @@ async def scan(runner: ModelRunner, hz: float) -> None:
             next_t += missed * period
         burst = 0
         while next_t <= now and burst < MAX_BURST:
-            runner.run_cycle()
+            runner.run_cycle(due=next_t)
             next_t += period
             burst += 1
         await asyncio.sleep(max(next_t - loop.time(), 0.0))

@@ -122,7 +122,7 @@ def test_every_guard_holds_a_write_when_it_should(tmp_path, prefix, launch, ca, 
                                                                                f"ca://{s}COR:I_SP")
 
     # Each guard in turn; the target must not move.
-    mark = target.mark()
+    held_from = target.mark()
     for put, expected in [
         ((f"{p}IN:a", 0.32), "HELD_DEADBAND"),  # 0.02 < deadband 0.05
         ((f"{p}IN:a", 1.2), "HELD_STEP"),  # 0.9 from the readback > max_step 0.5
@@ -150,7 +150,7 @@ def test_every_guard_holds_a_write_when_it_should(tmp_path, prefix, launch, ca, 
     ca.put(f"{s}FAULT", 0)
     readback.wait_for(lambda u: not math.isnan(u.value), since=mark)
     assert ca.get(f"{s}COR:I_SP") == pytest.approx(0.3)
-    assert [u for u in target.updates[mark:] if u.value != pytest.approx(0.3)] == []
+    assert [u for u in target.updates[held_from:] if u.value != pytest.approx(0.3)] == []
     wait_audit(tmp_path, lambda r: r["event"] == "hold" and r["guard"] == "HELD_READBACK")
     holds = {r["guard"] for r in audit(tmp_path) if r["event"] == "hold"}
     assert {"HELD_STEP", "HELD_RANGE", "HELD_INVALID", "HELD_DISABLED", "HELD_READBACK"} <= holds

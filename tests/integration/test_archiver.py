@@ -16,6 +16,10 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+
+pytest.importorskip("epicsarchiver", reason="needs the train extra (scripts/setup train)")
+pytest.importorskip("torch", reason="needs the train extra (scripts/setup train)")
+
 from epicsarchiver.retrieval.pb import read_pb_file
 
 from ioc.core.configfile import load_config

@@ -124,7 +124,7 @@ def test_alarm_config_validates_and_names_only_served_pvs(drift_demo, ca, tmp_pa
     component = doc.getroot().find("component")
     assert component.get("name") == "beam"
     alarm_pvs = [pv.get("name") for pv in component.iter("pv")]
-    assert alarm_pvs == [f"{p}DRIFT", f"{p}DRIFT:OUT", f"{p}STATUS", f"{p}OUT:sigma_x", f"{p}RMSE:sigma_x",
+    assert alarm_pvs == [f"{p}DRIFT", f"{p}DRIFT:OUT", f"{p}STATUS", f"{p}AUDIT", f"{p}OUT:sigma_x", f"{p}RMSE:sigma_x",
                          f"{p}OUT:sigma_y"]
     for pv in component.iter("pv"):
         assert pv.findtext("description") and pv.findtext("guidance/details")
@@ -141,3 +141,36 @@ def test_alarm_config_validates_and_names_only_served_pvs(drift_demo, ca, tmp_pa
     assert len(named) > 15
     for name in sorted(named):
         ca.pv(name)  # raises TimeoutError if no server answers for it
+
+
+def test_after_a_swap_drift_keeps_its_alarm_while_warming_up_and_message_shows_it(drift_demo, ca, pva):
+    """An operator's action swaps the model (here RELOAD; ROLLBACK and PROMOTE swap the same way) while
+    the machine is drifted: the drift window restarts, but DRIFT must not claim NO_ALARM while it
+    warms up, and MESSAGE must not hide the active alarm (after the swap, or after re-enabling)."""
+    sim, ioc, p, s, _ = drift_demo
+    client = pva(ioc)
+    ca_drift, pva_drift = ca.monitor(f"{p}DRIFT"), client.monitor(f"{p}DRIFT")
+    ca_drift.wait_for(lambda u: u.severity == 0 and math.isfinite(u.value), timeout=30)
+    ca.put(f"{s}Q2:I_DRIFT", 5.0)
+    ca_drift.wait_for(lambda u: u.severity == 2, timeout=30)
+    pva_drift.wait_for(lambda u: u.severity == 2 and "warming" not in u.message, timeout=30)
+    message = ca.monitor(f"{p}MESSAGE")
+
+    mark_ca, mark_pva, mark_msg = ca_drift.mark(), pva_drift.mark(), message.mark()
+    ca.put(f"{p}RELOAD", 1)  # the champion is served afresh: its drift window restarts
+    warming = pva_drift.wait_for(lambda u: "warming up" in u.message, timeout=15, since=mark_pva)
+    full = pva_drift.wait_for(lambda u: "warming up" not in u.message, timeout=30,
+                              since=pva_drift.updates.index(warming))
+    during_pva = pva_drift.updates[mark_pva:pva_drift.updates.index(full) + 1]
+    assert [u.severity for u in during_pva if u.severity < 2] == [], [(u.severity, u.message) for u in during_pva]
+    assert [u.severity for u in ca_drift.updates[mark_ca:] if u.severity < 2] == []
+    assert full.severity == 2  # the window is full again and the machine is still drifted
+    swapped = message.wait_for(lambda u: u.value.startswith("loaded v"), timeout=10, since=mark_msg)
+    assert "DRIFT MAJOR" in swapped.value
+
+    ca.put(f"{p}ENABLE", 0)
+    mark_msg = message.mark()
+    ca.put(f"{p}ENABLE", 1)
+    enabled = message.wait_for(lambda u: u.value.startswith("serving v"), timeout=10, since=mark_msg)
+    assert "DRIFT MAJOR" in enabled.value
+    assert ca.get_full(f"{p}DRIFT").severity == 2

@@ -60,6 +60,32 @@ def test_a_model_failing_at_run_time_is_a_fault_and_is_rolled_back_automatically
     assert "rolling back automatically" in ioc.output()
 
 
+def test_auto_rollback_after_a_rejected_push_goes_back_from_what_is_served(tmp_path, launch, ca, prefix):
+    """v2 (sqrt) served, then a corrupt v3 pushed as champion (rejected, pointer left on it): the automatic
+    rollback still goes back from what is served, v2 -> v1, and the pointer ends up on v1."""
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    served = sqrt_version(store, "champion")
+    ioc = launch.ioc(_config(tmp_path, prefix, rollback_after_faults=3))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(2.0) and u.severity == 0)  # sqrt(4)
+    message = ca.monitor(f"{prefix}MESSAGE")
+    mark = message.mark()
+    bad = _linear(store, 5.0)
+    store.onnx_path(bad).write_bytes(b"not an onnx file")
+    store.write_pointer("champion", bad)
+    message.wait_for(lambda u: u.value.startswith(f"rejected v{bad}"), since=mark)
+    mark = out.mark()
+    for value in (-1.0, -4.0, -9.0):
+        ca.put(f"{prefix}IN:a", value)  # sqrt(negative) = NaN: the served model fails
+    ca.monitor(f"{prefix}CHAMPION").wait_for(lambda u: u.value == "1", timeout=10)
+    out.wait_for(lambda u: u.value == pytest.approx(-27.0) and u.severity == 0, since=mark)  # 3 * -9
+    assert store.champion() == 1
+    auto = [e for e in store.events() if e["action"] == "rollback"]
+    assert auto and (auto[-1]["from_version"], auto[-1]["to_version"]) == (served, 1)
+    assert "automatic rollback impossible" not in ioc.output()
+
+
 def test_without_auto_rollback_faults_are_counted_and_the_ioc_keeps_serving(tmp_path, launch, ca, prefix):
     import urllib.request
 
@@ -151,6 +177,97 @@ def test_an_input_storm_ten_times_the_scan_rate_is_absorbed(tmp_path, launch, ca
     assert got_in > 5 * got_out  # the input really stormed at ~100 Hz while the model ran at ~10 Hz
     assert ca.get(f"{prefix}STATUS", as_string=True) == "OK" and r.severity == 0
     assert all(u.severity == 0 for u in out.updates[m_out:])
+
+
+def test_a_stalled_ioc_counts_late_scan_cycles_as_missed_and_exports_their_lateness(tmp_path, launch, ca, prefix):
+    """The IOC process stopped for 0.5 s (SIGSTOP: what a VM pause or a swap storm does), less than the
+    scan's 1 s give-up: the ticks due meanwhile run late, and each more than one period late is a missed
+    cycle; the lateness histogram and a client's update gap show the same stall."""
+    import itertools
+    import signal
+    import time
+
+    from tests.support.metrics import histogram, samples, scrape
+
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 3.0, "champion")
+    ioc = launch.ioc(write_config(tmp_path / "ioc.yaml",
+                                  model(prefix, trigger={"scan_hz": 10}, inputs=[{"name": "a", "initial": 4.0}],
+                                        outputs=[{"name": "y", "mdel": -1}]),
+                                  ioc={"stats_hz": 5}, protocols=("ca",)))
+    out = ca.monitor(f"{prefix}OUT:y")
+    out.wait_for(lambda u: u.value == pytest.approx(12.0) and u.severity == 0)
+
+    def missed() -> float:
+        return next(s.value for s in samples(scrape(ioc.ports.metrics), "mlioc_missed_cycles_total")
+                    if s.labels["model"] == "m")
+
+    ca.monitor(f"{prefix}COUNT").wait_for(lambda u: u.value >= 5)  # metrics collected at least once
+    before = missed()
+    mark = out.mark()
+    ioc.signal(signal.SIGSTOP)
+    time.sleep(0.5)  # the fault itself: how long the process is stopped
+    ioc.signal(signal.SIGCONT)
+    out.wait_count(mark + 10, timeout=10)
+    wait_until(lambda: missed() - before >= 3, 5, what="late ticks counted", describe=lambda: str(missed() - before))
+    assert missed() - before <= 6
+    arrivals = [u.received for u in out.updates[mark - 1:]]
+    assert max(b - a for a, b in itertools.pairwise(arrivals)) >= 0.4  # the client saw the stall as one gap
+    buckets = histogram(scrape(ioc.ports.metrics), "mlioc_cycle_lateness_seconds", "m")
+    assert buckets[float("inf")] - buckets[0.2] >= 2  # ticks that ran more than 0.2 s late
+    assert ioc.proc.poll() is None
+
+
+def test_an_input_storm_faster_than_the_ioc_can_post_is_coalesced(tmp_path, launch, ca, prefix):
+    """A real EPICS C IOC publishes its record as fast as it can process it (far more updates than the
+    IOC can post or even receive): the IOC keeps only the newest value of the input, counts what it
+    coalesced, keeps its scan rate and answers its clients, and shows the source's last value once the
+    backlog in the network between them has drained."""
+    import time
+
+    from tests.support.metrics import samples, scrape
+    from tests.support.procs import ROOT, ServerProcess, server_env
+
+    src = f"{prefix}SRC:"
+    ports = launch.pool.take()
+    storm = ServerProcess([str(ROOT / "tests" / "data" / "storm.db"), f"P={src}"],
+                          server_env(ports, f"127.0.0.1:{ports.ca}"), "storm", module="tests.support.cioc")
+    storm.ports = ports
+    launch.started.append(storm)
+    storm.start()
+    storm.wait_for_line("CIOC READY", timeout=30)
+    ca.put(f"{src}RUN", 0)  # one quiet processing: A = -1, valid (see storm.db)
+    assert ca.get_full(f"{src}A").severity == 0
+    store = ModelStore(tmp_path / "store")
+    _linear(store, 2.0, "champion")
+    ioc = launch.ioc(write_config(tmp_path / "ioc.yaml",
+                                  model(prefix, trigger={"scan_hz": 10},
+                                        inputs=[{"name": "a", "source": f"ca://{src}A"}], outputs=["y"]),
+                                  ioc={"stats_hz": 5}, protocols=("ca",)), sources=[storm])
+    in_a = ca.monitor(f"{prefix}IN:a")
+    ca.monitor(f"{prefix}OUT:y").wait_for(lambda u: u.severity == 0, timeout=15)
+    count = ca.pv(f"{prefix}COUNT", auto_monitor=False)
+    mark_in, count0 = in_a.mark(), count.get(use_monitor=False)
+    first = mark_in
+    ca.put(f"{src}RUN", 1, wait=False)
+    time.sleep(3.0)  # the storm's duration
+    during_in, count1 = in_a.updates[mark_in:], count.get(use_monitor=False, timeout=5)
+    mark_in = in_a.mark()
+    ca.put(f"{src}RUN", 0, wait=False)
+    stopped = time.monotonic()
+    final = in_a.wait_for(lambda u: u.value == -1.0, timeout=30, since=mark_in)
+    # While it stormed the IOC kept posting the input's newest value, kept its scan and answered a get...
+    assert len([u for u in during_in if u.value > 0]) >= 10, during_in[-3:]
+    assert 20 <= count1 - count0 <= 40  # ~30 cycles in 3 s at 10 Hz (COUNT is published at 5 Hz)
+    # ... and the source's last value arrived once the socket buffers between the two had drained.
+    assert final.received - stopped < 15.0
+    assert not [u for u in in_a.updates[first:] if u.severity == 3]  # never disconnected, never invalid
+    families = scrape(ioc.ports.metrics)
+    received = next(s.value for s in samples(families, "mlioc_input_updates_total") if s.labels["model"] == "m")
+    coalesced = next(s.value for s in samples(families, "mlioc_input_updates_coalesced_total")
+                     if s.labels["model"] == "m")
+    assert received > 10_000 and coalesced > 0.5 * received  # most of the storm was coalesced, and counted
+    assert ca.get(f"{prefix}STATUS", as_string=True) == "OK" and ioc.proc.poll() is None
 
 
 def test_enable_and_the_champion_survive_a_restart(tmp_path, launch, ca, prefix):

@@ -12,7 +12,7 @@ from ioc.core.configfile import load_config
 from ioc.core.layout import model_pv_names
 from ioc.generate.alarms import generate
 from tests.conftest import write_yaml
-from tests.support.phoebus import ALARM_SCHEMA, SHARED_ALARM_SCHEMA
+from tests.support.phoebus import ALARM_SCHEMA, SHARED_ALARM_SCHEMA, check_vendored
 
 ROOT = Path(__file__).resolve().parents[2]
 etree = pytest.importorskip("lxml.etree")
@@ -26,10 +26,7 @@ def _validate(path: Path):
 
 
 def test_alarm_schema_is_the_shared_one():
-    shared = next((p for p in SHARED_ALARM_SCHEMA if p.is_file()), None)
-    if shared is None:
-        pytest.skip("no shared/ checkout beside the repository")
-    assert ALARM_SCHEMA.read_text() == shared.read_text()
+    check_vendored(ALARM_SCHEMA, SHARED_ALARM_SCHEMA)
 
 
 def test_demo_config_alarms_validate_and_name_only_layout_pvs(tmp_path):
@@ -61,8 +58,9 @@ def test_autoencoder_gets_an_anomaly_alarm_and_a_model_without_drift_only_its_he
     (path,) = generate(load_config(config), tmp_path / "out")
     doc = _validate(path)
     ae, plain = doc.getroot().findall("component")
-    assert [pv.get("name") for pv in ae.iter("pv")] == ["AE:DRIFT", "AE:DRIFT:OUT", "AE:ANOMALY", "AE:STATUS"]
-    assert [pv.get("name") for pv in plain.iter("pv")] == ["PL:STATUS", "PL:OUT:y"]
+    assert [pv.get("name") for pv in ae.iter("pv")] == ["AE:DRIFT", "AE:DRIFT:OUT", "AE:ANOMALY", "AE:STATUS",
+                                                        "AE:AUDIT"]
+    assert [pv.get("name") for pv in plain.iter("pv")] == ["PL:STATUS", "PL:AUDIT", "PL:OUT:y"]
     anomaly = ae.find("pv[@name='AE:ANOMALY']")
     assert anomaly.findtext("latching") == "true" and anomaly.findtext("delay") == "0"
     status = plain.find("pv[@name='PL:STATUS']")

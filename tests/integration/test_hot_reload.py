@@ -18,8 +18,10 @@ import pytest
 
 from ioc.core.store import ModelStore, sha256_file
 from tests.support.configs import model, write_config
+from tests.support.metrics import parse, samples
+from tests.support.models import manifest_for, slow_model, version_files
 from tests.support.models import publish_version as publish
-from tests.support.models import version_files
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,6 +206,55 @@ def test_actions_that_cannot_be_done_are_refused_with_a_reason(setup, launch, ca
     assert ioc.proc.poll() is None
 
 
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+def test_a_refused_action_is_audited_as_refused_with_the_reason(setup, tmp_path, launch, ca, pva, protocol):
+    store, config, p = setup
+    ioc = launch.ioc(config())
+    ca.monitor(f"{p}CHAMPION").wait_for(lambda u: u.value == "1")
+    if protocol == "ca":
+        ca.put(f"{p}ROLLBACK", 1)
+    else:
+        with pytest.raises(Exception, match="rollback refused"):
+            pva(ioc).put(f"{p}ROLLBACK", 1)
+    line = ioc.wait_for_line(f"put {p}ROLLBACK")
+    assert f"({protocol} " in line and "refused: rollback refused: no earlier champion" in line
+    ca.put(f"{p}RELOAD", 1)  # an action that succeeds: audited as accepted once it is done
+    assert "accepted" in ioc.wait_for_line(f"put {p}RELOAD")
+    audit = [json.loads(x) for x in (tmp_path / ".mlioc-state" / "audit.jsonl").read_text().splitlines()]
+    assert [(a["pv"], a["accepted"]) for a in audit] == [(f"{p}ROLLBACK", False), (f"{p}RELOAD", True)]
+    assert audit[0]["reason"] == "rollback refused: no earlier champion to roll back to"
+    assert audit[0]["protocol"] == protocol and audit[0]["user"] and audit[0]["host"]
+
+
+def test_audit_lines_that_cannot_be_written_raise_an_alarm(setup, tmp_path, launch, ca, pva):
+    store, config, p = setup
+    state = tmp_path / ".mlioc-state"
+    (state / "audit.jsonl").mkdir(parents=True)  # a directory where the audit file goes: every append fails
+    ioc = launch.ioc(config())
+    audit = ca.monitor(f"{p}AUDIT")
+    audit.wait_for(lambda u: u.value == 0)
+    ca.put(f"{p}ENABLE", 0)
+    fault = audit.wait_for(lambda u: u.value == 1)
+    assert fault.severity == 2  # MAJOR
+    assert ca.get(f"{p}MESSAGE").startswith("audit: audit.jsonl: ")
+    (state / "audit.jsonl").rmdir()
+    mark = audit.mark()
+    ca.put(f"{p}ENABLE", 1)
+    audit.wait_for(lambda u: u.value == 0 and u.severity == 0, since=mark)
+    assert json.loads((state / "audit.jsonl").read_text())["new"] == 1
+    # The store's events.jsonl is part of the trail too.
+    store.events_path.unlink()
+    store.events_path.mkdir()
+    mark = audit.mark()
+    ca.put(f"{p}RELOAD", 1)
+    audit.wait_for(lambda u: u.value == 1, since=mark)
+    assert pva(ioc).get(f"{p}AUDIT")["alarm.message"].endswith("events.jsonl: Is a directory")
+    store.events_path.rmdir()
+    mark = audit.mark()
+    ca.put(f"{p}RELOAD", 1)
+    audit.wait_for(lambda u: u.value == 0, since=mark)
+
+
 def test_reload_pv_rescans_now_and_retries_a_rejected_version(setup, tmp_path, launch, ca):
     store, config, p = setup
     # A slow poll: only RELOAD can make the IOC look before a minute has passed.
@@ -225,9 +276,42 @@ def test_startup_with_a_broken_champion_falls_back_to_the_previous_one(setup, tm
     store.write_pointer("champion", bad)  # history: [1]
     launch.ioc(config())
     assert ca.monitor(f"{p}CHAMPION").wait_for(lambda u: u.value == "1").value == "1"
+    ca.monitor(f"{p}OUT:y0").wait_for(lambda u: u.value == pytest.approx(1.0) and u.severity == 0)
     assert ca.get(f"{p}STATUS", as_string=True) == "OK"
+    # The first cycles (STATUS NO_MODEL -> OK) must not wipe out why an older version is served.
+    assert ca.get(f"{p}MESSAGE") == f"v{bad} rejected; serving v1"
     assert store.champion() == bad  # the pointer is left for a human to fix
     assert [e["action"] for e in store.events()][-2:] == ["rejected", "fallback"]
+
+
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+def test_rollback_after_a_rejected_push_goes_back_from_what_is_served(setup, tmp_path, launch, ca, pva, protocol):
+    """v2 served, a corrupt v3 pushed as champion and rejected: ROLLBACK goes from v2 (served) to v1, and
+    the pointer ends up naming what is served."""
+    store, config, p = setup
+    ioc = launch.ioc(config())
+    champion = ca.monitor(f"{p}CHAMPION")
+    champion.wait_for(lambda u: u.value == "1")
+    n2 = publish(store, tmp_path, 2.0, "champion")
+    champion.wait_for(lambda u: u.value == str(n2))
+    message = ca.monitor(f"{p}MESSAGE")
+    mark = message.mark()
+    bad = _corrupt(store, tmp_path, "flip")
+    store.write_pointer("champion", bad)
+    message.wait_for(lambda u: u.value.startswith(f"rejected v{bad}"), since=mark)
+    assert ca.get(f"{p}CHAMPION") == str(n2) and store.champion() == bad
+    mark = champion.mark()
+    if protocol == "ca":
+        ca.put(f"{p}ROLLBACK", 1)
+    else:
+        pva(ioc).put(f"{p}ROLLBACK", 1)  # raises if the IOC refuses
+    champion.wait_for(lambda u: u.value == "1", since=mark, timeout=5)
+    assert ca.get_full(f"{p}OUT:y0").value == pytest.approx(1.0)
+    assert store.champion() == 1  # the pointer names what is served
+    rollback = [e for e in store.events() if e["action"] == "rollback"][-1]
+    assert (rollback["from_version"], rollback["to_version"]) == (n2, 1)
+    assert not [e for e in store.events() if e["action"] == "rollback-refused"]
+    assert ca.get(f"{p}MESSAGE").startswith("rolled back to v1")
 
 
 @pytest.mark.slow
@@ -252,10 +336,15 @@ def test_100hz_across_50_reloads_misses_no_cycle_and_never_mixes_models(setup, t
     c1 = count.get(use_monitor=False)
     elapsed = time.monotonic() - t0
     got = ca_y0.mark() - m0
-    scrape = _metrics(ioc)
-    missed = float(next(line.split()[-1] for line in scrape.splitlines()
-                        if line.startswith('mlioc_missed_cycles_total{model="lin"}')))
-    assert missed == 0
+    families = parse(_metrics(ioc))
+    missed = next(s.value for s in samples(families, "mlioc_missed_cycles_total") if s.labels["model"] == "lin")
+    late = {s.labels["le"]: s.value for s in samples(families, "mlioc_cycle_lateness_seconds_bucket")}
+    # "Missed" now means started more than one period (10 ms) after its tick, which a loaded 2-core machine
+    # (other test runs beside this one) causes now and then, reloads or not. What a swap must never do:
+    # stall the loop for many periods (every cycle started within 0.1 s of its tick), or make cycles late
+    # systematically (at most 3 % late: a swap that blocked the loop each time would make 5-25 % late).
+    assert late["+Inf"] - late["0.1"] == 0
+    assert missed <= 0.03 * late["+Inf"]
     # COUNT is published at stats_hz (5 Hz): the window edges are uncertain by one stats period each.
     assert abs((c1 - c0) - 100 * elapsed) <= 2 * 100 / 5 + 2
     assert got >= (c1 - c0) - 2 * 100 / 5 - 2  # every cycle's update reached the CA client
@@ -267,3 +356,33 @@ def test_100hz_across_50_reloads_misses_no_cycle_and_never_mixes_models(setup, t
         assert u.value == pytest.approx(1.0) and u.version in versions
     assert reloads_done - t0 < 60
     assert ioc.proc.poll() is None
+
+
+def _metric(ioc, name: str, model: str = "lin") -> float:
+    values = [s.value for s in samples(parse(_metrics(ioc)), name) if s.labels.get("model") == model]
+    return values[0] if values else float("nan")
+
+
+def test_a_slow_challenger_skips_shadow_cycles_and_the_ioc_still_stops_cleanly(setup, launch, ca):
+    """A fast champion at 200 Hz with a challenger that takes tens of ms: shadow cycles are skipped (and
+    counted) while one is in flight instead of queueing without bound, the champion keeps its rate, and
+    SIGTERM exits 0 with no worker left inside ONNX Runtime."""
+    import numpy as np
+
+    store, config, p = setup
+    xs = np.array([[1.0, 2.0], [3.0, -1.0]])
+    slow = store.add_version(slow_model(2, 2, size=1024),
+                             manifest_for(["a", "b"], ["y0", "y1"], test_inputs=xs, test_outputs=xs, model="lin"))
+    store.write_pointer("challenger", slow)
+    ioc = launch.ioc(config(trigger={"scan_hz": 200}))
+    ca.monitor(f"{p}CHALLENGER:OUT:y0").wait_for(lambda u: u.value == pytest.approx(1.0) and u.severity == 0,
+                                                 timeout=30)
+    ca.monitor(f"{p}RATE").wait_for(lambda u: u.value > 150, timeout=10)  # the champion keeps its rate
+    skipped = "mlioc_shadow_cycles_skipped_total"
+    wait_until(lambda: _metric(ioc, skipped) > 100, 15, what="skipped shadow cycles counted",
+               describe=lambda: str(_metric(ioc, skipped)))
+    assert ca.get(f"{p}STATUS", as_string=True) == "OK"
+    t0 = time.monotonic()
+    assert ioc.stop() == 0
+    assert time.monotonic() - t0 < 5
+    assert "terminate called" not in ioc.output()

@@ -16,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import write_yaml
-from tests.support.demo import demo_inputs
+pq = pytest.importorskip("pyarrow.parquet", reason="needs the train extra (scripts/setup train)")
+pytest.importorskip("torch", reason="needs the train extra (scripts/setup train)")
+pytest.importorskip("mlflow", reason="needs the train extra (scripts/setup train)")
+
+from tests.conftest import write_yaml  # noqa: E402
+from tests.support.demo import demo_inputs  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

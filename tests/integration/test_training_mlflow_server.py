@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.conftest import write_yaml
-from tests.support.ports import _free_port
+pytest.importorskip("torch", reason="needs the train extra (scripts/setup train)")
+pytest.importorskip("mlflow", reason="needs the train extra (scripts/setup train)")
+requests = pytest.importorskip("requests", reason="needs the train extra (scripts/setup train)")
+
+from tests.conftest import write_yaml  # noqa: E402
+from tests.support.ports import _free_port  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

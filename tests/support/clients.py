@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -17,6 +17,7 @@ class Update:
     timestamp: float
     message: str = ""
     version: str = ""  # the model version field of an output's PVA structure
+    received: float = field(default_factory=time.monotonic)  # when the client got it (update gaps)
 
 
 class Monitor:

@@ -33,3 +33,25 @@ def wait_scrape(port: int, predicate, timeout: float = 20.0) -> dict:
         return last if predicate(last) else None
 
     return wait_until(ok, timeout, what="metrics condition", describe=lambda: str(sorted(last)))
+
+
+def histogram(families: dict, name: str, model: str) -> dict[float, float]:
+    """Cumulative bucket counts ``{le: count}`` of one model's histogram ``name`` (without ``_bucket``)."""
+    return {float(s.labels["le"]): s.value for s in samples(families, f"{name}_bucket")
+            if s.labels.get("model") == model}
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound of the bucket holding the ``q`` quantile of the observations between two scrapes
+    (inf when it lies beyond the last finite bucket; nan when there were none)."""
+    edges = sorted(after)
+    counts = [after[e] - before.get(e, 0.0) for e in edges]
+    total = counts[-1] if counts else 0.0
+    if not total:
+        return float("nan")
+    return next(e for e, c in zip(edges, counts, strict=True) if c >= q * total)
+
+
+def quantiles_ms(before: dict[float, float], after: dict[float, float], qs=(0.5, 0.99)) -> str:
+    """``"<= 2 / <= 10"``: bucket upper bounds (ms) of the quantiles ``qs`` between two scrapes."""
+    return " / ".join(f"<= {bucket_quantile(before, after, q) * 1e3:g}" for q in qs)

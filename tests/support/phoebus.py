@@ -17,10 +17,28 @@ ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = ROOT / "tests" / "data" / "phoebus-widget-versions.txt"
 ALARM_SCHEMA = ROOT / "tests" / "data" / "phoebus-alarm-config.xsd"
 # Both files are copies of the project's shared reference (``../shared/schemas``), vendored so that a
-# clean clone validates without it; tests compare them with the shared originals when those are present.
+# clean clone validates without it. The sha256 of each shared original is recorded here when it is
+# vendored: a clean clone checks its copies against the record, a checkout beside ``shared/`` also
+# checks the originals (a changed original means: vendor it again and record its new hash).
 SHARED_SCHEMAS = [ROOT.parent / "shared" / "schemas", ROOT / "shared" / "schemas"]
 SHARED_VERSIONS = [d / "phoebus-widget-versions.txt" for d in SHARED_SCHEMAS]
 SHARED_ALARM_SCHEMA = [d / "phoebus-alarm-config.xsd" for d in SHARED_SCHEMAS]
+SHARED_SHA256 = {
+    "phoebus-widget-versions.txt": "3755e45441bdbf83a8c6bed7a38a0743b7831c1f5a30e52e87b802646f9fe633",
+    "phoebus-alarm-config.xsd": "6df046c1926eccd2e3c65e330343168d72eebfb99870655015d520c2648aa0c8",
+}
+
+
+def check_vendored(copy: Path, originals: list[Path]) -> None:
+    """The vendored ``copy`` is byte for byte the shared original it was taken from (by its recorded
+    hash), and so is the original itself where a shared checkout is present."""
+    import hashlib
+
+    recorded = SHARED_SHA256[copy.name]
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == recorded, f"{copy} was edited: vendor it again"
+    for original in (p for p in originals if p.is_file()):
+        assert hashlib.sha256(original.read_bytes()).hexdigest() == recorded, (
+            f"{original} changed: copy it to {copy} and record its sha256 in SHARED_SHA256")
 GROUP_INSET_TOP, GROUP_INSET_SIDE = 16, 1  # Phoebus' group box: title above the children's area
 _MACRO = re.compile(r"\$\(([A-Za-z0-9_.\[\]]+)\)")
 

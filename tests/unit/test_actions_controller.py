@@ -86,3 +86,23 @@ async def test_a_value_computed_before_a_swap_is_not_used_after_it(tmp_path):
     await _settle()
     assert act.state is ActionState.HELD_VERSION
     assert db["P:ACTION:y:SETPOINT"].value == pytest.approx(0.5)  # the v1 value computed before the swap was not taken
+
+
+def test_the_actions_audit_reports_whether_each_batch_was_written(tmp_path):
+    """A batch that cannot be appended is reported (the app raises $(P)AUDIT), and so is the next good one."""
+    from ioc.edges.actions.audit import AuditLog
+    from tests.support.wait import wait_until
+
+    path = tmp_path / "actions" / "m.jsonl"
+    path.mkdir(parents=True)  # a directory where the file goes: the append fails
+    audit = AuditLog(path)
+    seen: list = []
+    audit.on_health = seen.append
+    audit.write({"event": "write", "new": 1.0})
+    wait_until(lambda: seen, what="the failed append reported")
+    assert seen == ["Is a directory"]
+    path.rmdir()
+    audit.write({"event": "write", "new": 2.0})
+    audit.close()
+    assert seen == ["Is a directory", None]
+    assert '"new": 2.0' in path.read_text()

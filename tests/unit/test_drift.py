@@ -153,20 +153,26 @@ def test_normal_cdf_and_ar1_series():
 
 
 def test_calibration_matches_live_autocorrelated_data_and_is_deterministic():
-    """Limits from simulated reference windows must describe the score of real AR(1) data with the
-    reference marginal (the simulator's knobs) -- and ignoring the autocorrelation would be far too tight."""
-    refs = normal_refs(("a", "b", "c", "d"))
-    phi = ar1_phi(1.0, 10.0)
+    """Limits calibrated on simulated reference windows must describe the score of live machine data --
+    drawn here by an independent generator: the simulator's own machine (ioc/sim/physics.Machine: knobs
+    wandering as an Ornstein-Uhlenbeck process, clipped, with readback noise), against the reference of
+    the demo's training data generator -- and ignoring the autocorrelation would be far too tight."""
+    from ioc.sim.physics import KNOBS, Machine, generate_dataset
+
+    x, _ = generate_dataset(200_000, seed=0)
+    names = tuple(k.name for k in KNOBS)
+    refs = parse_references({"inputs": {n: ref_entry(x[:, i]) for i, n in enumerate(names)}}, "inputs", names)
+    phi = ar1_phi(1.0, 10.0)  # the machine's knobs: 1 s correlation time, sampled at 10 Hz
     cal = calibrate(refs, method="wasserstein", window=300, bins=20, phi=phi, k_minor=5, k_major=8)
     assert cal == calibrate(refs, method="wasserstein", window=300, bins=20, phi=phi, k_minor=5, k_major=8)
     assert cal.high == pytest.approx(cal.mean + 5 * cal.std) and cal.hihi == pytest.approx(cal.mean + 8 * cal.std)
     assert cal.hyst == pytest.approx(0.5 * cal.std)
-    # live: one long AR(1) series per input, scored by a sliding window
-    rng = np.random.default_rng(9)
-    live = ar1_gaussian((1, 30_000, 4), phi, rng)[0]
+    # live: the machine stepped at 10 Hz (its start, at the nominal setpoints, dropped), a sliding window
+    machine = Machine(seed=9, rate_hz=10.0, tau_s=1.0)
+    live = np.array([machine.step()[0] for _ in range(20_050)])[50:]
     scorer = WindowScorer(refs, 300, 20, "wasserstein")
     overall = []
-    for start in range(0, 30_000, 50):
+    for start in range(0, len(live), 50):
         scorer.push(live[start:start + 50])
         if scorer.full:
             overall.append(scorer.scores().max())
@@ -257,3 +263,20 @@ def test_hysteresis_holds_the_served_alarm_but_never_helps_raise_one():
         pv.post(value, float(t))
         served.append(int(pv.reading.severity))
     assert served == [0, 0, 1, 1, 1, 0]  # served from t=12 (2 s above HIGH), held by HYST down to 0.8
+
+
+def test_a_held_debouncer_serves_at_least_the_held_severity_until_released():
+    d = Debouncer(raise_s=2.0, clear_s=5.0)
+    d.hold(2)  # a MAJOR alarm held across a model swap
+    assert d(0, 0, 0.0) == (2, 3)  # the limits say nothing yet: still MAJOR (HIHI)
+    assert d(1, 4, 1.0) == (2, 3)
+    assert d(2, 3, 1.5) == (2, 3)
+    assert d(2, 3, 3.5) == (2, 3)  # MAJOR earned on its own meanwhile (held for raise_s)
+    d.release()
+    assert d(2, 3, 4.0) == (2, 3)  # and kept after the release
+    d.hold(1)
+    d.reset()  # a new model: nothing held, nothing raised
+    assert d(0, 0, 5.0) == (0, 0)
+    d.hold(1)
+    d.release()
+    assert d(0, 0, 6.0) == (0, 0)

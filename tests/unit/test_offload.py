@@ -34,3 +34,28 @@ async def test_forced_modes_ignore_timings():
         never.note_inline_time(fast, 1.0)
     assert never.use_inline(fast) and never.use_inline(slow)
     assert not always.use_inline(fast) and not always.use_inline(slow)
+
+
+
+async def test_an_offloader_holds_one_call_at_most_and_close_waits_for_it():
+    import threading
+
+    loop = asyncio.get_running_loop()
+    off = Offloader(loop, "always", 0.25, "m")
+    release, started, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(10)
+        returned.set()
+        return "first"
+
+    assert off.submit(slow, lambda r, e, dt: None)
+    assert off.busy
+    assert not off.submit(lambda: "second", lambda r, e, dt: None)  # refused, not queued behind it
+    await loop.run_in_executor(None, started.wait, 5)
+    worker = next(t for t in threading.enumerate() if t.name == "infer-m")
+    threading.Timer(0.3, release.set).start()  # the call in flight returns while close() waits
+    off.close()
+    assert returned.is_set() and not worker.is_alive()  # no thread left inside the model
+    assert not off.submit(lambda: "third", lambda r, e, dt: None)  # closed

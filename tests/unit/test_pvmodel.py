@@ -144,6 +144,31 @@ def test_put_path_read_only_handler_control_limits_and_audit(caplog):
     assert record.user == "alice" and record.host == "ctrl1" and record.protocol == "ca" and record.accepted
 
 
+async def test_a_write_refused_when_its_action_completes_is_audited_as_refused(caplog):
+    """ROLLBACK and friends return an awaitable that may refuse later: the audit says so, with the reason."""
+    db = PVDatabase()
+
+    async def refuse():
+        raise PutRejected("rollback refused: no earlier champion")
+
+    async def act():
+        return None
+
+    db.add(PVSpec(name="NO", kind=Kind.BO, choices=("Idle", "Go"), writable=True, audit=True),
+           put_handler=lambda pv, v, c: refuse())
+    db.add(PVSpec(name="YES", kind=Kind.BO, choices=("Idle", "Go"), writable=True, audit=True),
+           put_handler=lambda pv, v, c: act())
+    with caplog.at_level(logging.INFO, logger="mlioc.audit"):
+        pending = db.put("NO", 1, ALICE)
+        assert not [r for r in caplog.records if r.name == "mlioc.audit"]  # nothing is decided yet
+        with pytest.raises(PutRejected):
+            await pending
+        await db.put("YES", 1, ALICE)
+    records = [r for r in caplog.records if r.name == "mlioc.audit"]
+    assert [(r.pv, r.accepted) for r in records] == [("NO", False), ("YES", True)]
+    assert records[0].reason == "rollback refused: no earlier champion" and "refused" in records[0].message
+
+
 def test_access_policy_is_consulted_and_denials_audited(caplog):
     class OnlyBob:
         def can_write(self, asg, user, host):

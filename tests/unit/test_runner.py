@@ -42,6 +42,15 @@ def _runner(tmp_path, inference=None, **input_kw):
     return runner, db
 
 
+async def _serving(tmp_path):
+    """A runner serving v1 with both inputs written (a = b = 1)."""
+    runner, db = _runner(tmp_path)
+    _put(db, "P:IN:a", 1.0)
+    _put(db, "P:IN:b", 1.0)
+    await _settle()
+    return runner, db
+
+
 async def _settle():
     for _ in range(3):
         await asyncio.sleep(0)
@@ -270,3 +279,131 @@ async def test_a_trigger_during_an_off_loop_cycle_runs_after_it_and_only_a_secon
         await asyncio.sleep(0.01)
     assert runner.count - count0 == 2 and len(ok) == 3  # two cycles ran and counted, one was missed
     runner.close()
+
+
+async def test_a_scan_tick_run_later_than_one_period_is_a_missed_cycle(tmp_path):
+    """A stall of the loop shorter than the scan's 1 s give-up: its ticks are caught up, but each one that
+    ran more than one period after it was due counts as missed, and every tick's lateness is kept."""
+    from ioc.runtime.triggers import ScanTrigger
+
+    runner, db = await _serving(tmp_path)
+    stalled = asyncio.Event()
+    cycles = []
+
+    def listener(record):
+        cycles.append(record)
+        if len(cycles) == 5 and not stalled.is_set():
+            stalled.set()
+            time.sleep(0.3)  # something on the loop thread holds it for 0.3 s (6 periods at 20 Hz)
+
+    runner.cycle_listeners.append(listener)
+    trigger = ScanTrigger(runner, 20.0)
+    trigger.start()
+    await stalled.wait()
+    count = runner.count
+    while runner.count < count + 10:
+        await asyncio.sleep(0.01)
+    await trigger.stop()
+    assert 4 <= runner.overruns <= 7  # the ticks due during the stall ran > 50 ms late
+    lateness = runner.take_stats().lateness
+    assert len(lateness) >= 10 and max(lateness) >= 0.25
+    assert sum(1 for x in lateness if x > 0.05) == runner.overruns
+    runner.close()
+
+
+async def test_the_feed_keeps_only_the_newest_update_per_input_and_counts_the_rest(tmp_path):
+    runner, db = _runner(tmp_path)
+    for v in (1.0, 2.0, 3.0):  # three updates of a before the loop drains: only the newest is applied
+        runner.feed.push(0, v, Severity.NO_ALARM, time.time(), True)
+    runner.feed.push(1, 5.0, Severity.NO_ALARM, time.time(), True)
+    posted = []
+    db["P:IN:a"].subscribe(lambda pv, reading, events: posted.append(reading.value))
+    await _settle()
+    assert posted == [3.0] and db["P:IN:b"].value == 5.0
+    stats = runner.take_stats()
+    assert (stats.input_updates, stats.input_coalesced) == (4, 2)
+    assert db["P:OUT:y1"].value == pytest.approx(2 * 3.0 + 5.0, abs=1e-5)  # one cycle, the newest values
+    runner.close()
+
+
+async def _cycles(runner, count: int, timeout: float = 5.0) -> None:
+    """Wait (on the loop) until the runner has counted ``count`` cycles."""
+    async def counted():
+        while runner.count < count:
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(counted(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"the scan stopped at {runner.count} cycles (expected {count})") from None
+
+
+async def test_an_exception_inside_a_cycle_is_a_fault_and_the_scan_goes_on(tmp_path):
+    """A bug anywhere in a cycle (here: an adapter listening to an output raises, a fault that cannot be
+    caused for real) turns STATUS to FAULT with the reason in MESSAGE, outputs INVALID, and the scan
+    keeps running: once the bug stops, the next cycle serves again."""
+    from ioc.runtime.triggers import ScanTrigger
+
+    runner, db = await _serving(tmp_path)
+    broken = {"on": True}
+
+    def adapter(pv, reading, events):
+        if broken["on"] and reading.severity != Severity.INVALID:
+            raise RuntimeError("adapter bug")
+
+    db["P:OUT:y1"].subscribe(adapter)
+    trigger = ScanTrigger(runner, 50.0)
+    trigger.start()
+    count = runner.count
+    await _cycles(runner, count + 5)  # the scan survives the first crash and keeps ticking
+    assert runner.status is ModelStatus.FAULT
+    assert db["P:STATUS"].value == ModelStatus.FAULT
+    assert db["P:MESSAGE"].value.startswith("cycle failed: RuntimeError: adap")
+    assert db["P:OUT:y2"].reading.severity == Severity.INVALID
+    broken["on"] = False
+    await _cycles(runner, runner.count + 3)
+    await trigger.stop()
+    assert runner.status is ModelStatus.OK and db["P:MESSAGE"].value == "serving v1"
+    assert db["P:OUT:y1"].reading.severity != Severity.INVALID
+    assert runner.take_stats().outcomes[ModelStatus.FAULT] >= 5
+    runner.close()
+
+
+async def test_message_while_ok_does_not_hide_an_active_health_alarm(tmp_path):
+    runner, db = await _serving(tmp_path)
+    assert runner.status is ModelStatus.OK and db["P:MESSAGE"].value == "serving v1"
+    db["P:AUDIT"].post(1, time.time())  # FAULT (MAJOR): the audit trail cannot be written
+    runner.note("rejected v7: sha256 mismatch, expected 0123456789abcdef")
+    text = db["P:MESSAGE"].value
+    assert text.endswith("; AUDIT MAJOR") and text.startswith("rejected v7: sha256") and len(text) <= 39
+    runner.note("audit: events.jsonl: No space left on device")  # names the alarm already: no suffix
+    assert db["P:MESSAGE"].value == "audit: events.jsonl: No space left on ~"
+    db["P:AUDIT"].post(0, time.time())
+    runner.note("reloaded")
+    assert db["P:MESSAGE"].value == "reloaded"
+    _put(db, "P:ENABLE", 0)
+    db["P:AUDIT"].post(1, time.time())
+    runner.note("disabled for the night")  # not OK: the message says why, no suffix needed
+    assert db["P:MESSAGE"].value == "disabled for the night"
+    runner.close()
+
+
+async def test_a_feed_without_a_key_is_one_slot_and_gathered_elements_are_their_own_keys():
+    from ioc.runtime.feed import Feed
+    from ioc.runtime.runner import input_key
+
+    loop = asyncio.get_running_loop()
+    applied = []
+    one = Feed(loop, lambda *u: applied.append(u))  # e.g. an action's readback: its newest value only
+    for v in (0.3, 0.5, 0.3):
+        one.push(v, 0, 1.0, True)
+    await _settle()
+    assert applied == [(0.3, 0, 1.0, True)] and one.coalesced == 2
+    applied.clear()
+    keyed = Feed(loop, lambda *u: applied.append(u), key=input_key)
+    keyed.push(0, 1.0, 0, 1.0, True, 0)  # element 0 of gathered input 0
+    keyed.push(0, 2.0, 0, 1.0, True, 1)  # element 1: not replaced by it
+    keyed.push(1, 3.0, 0, 1.0, True)  # a scalar input
+    keyed.push(1, 4.0, 0, 1.0, True)
+    await _settle()
+    assert applied == [(0, 1.0, 0, 1.0, True, 0), (0, 2.0, 0, 1.0, True, 1), (1, 4.0, 0, 1.0, True)]

@@ -41,6 +41,21 @@ def test_champion_changes_are_recorded_and_rollback_walks_back(tmp_path):
     assert (tmp_path / "s" / "champion").read_text() == "1\n"
 
 
+def test_rollback_from_the_served_version_skips_a_rejected_pointer(tmp_path):
+    """The IOC serves v2 while the pointer names a rejected v3: a rollback from v2 goes to v1, not "to" v2."""
+    store = ModelStore(tmp_path / "s")
+    for _ in range(3):
+        _push(store)
+    for n in (1, 2, 3):
+        store.write_pointer("champion", n)  # history [1, 2]
+    assert store.rollback_target() == 2  # from the pointer (the shell's view)
+    assert store.rollback_target(current=2) == 1  # from what is served
+    with pytest.raises(StoreConflict):
+        store.rollback(expect_champion=2, current=2)
+    assert store.rollback(expect_champion=3, current=2) == (3, 1)
+    assert store.champion() == 1 and store.champion_history() == []
+
+
 def test_promote_moves_challenger_to_champion(tmp_path):
     store = ModelStore(tmp_path / "s")
     _push(store), _push(store)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from ioc.core.configfile import load_config
-from ioc.core.layout import ModelStatus
-from ioc.core.pvmodel import Severity
-from ioc.edges.recorder import Recorder
-from ioc.runtime.runner import CycleRecord
-from tests.conftest import write_yaml
-from training.dataset import DatasetError, build_dataset, time_split
-from training.spec import load_spec
+pd = pytest.importorskip("pandas", reason="needs the train extra (scripts/setup train)")
+pytest.importorskip("pyarrow", reason="needs the train extra (scripts/setup train)")
+
+from ioc.core.configfile import load_config  # noqa: E402
+from ioc.core.layout import ModelStatus  # noqa: E402
+from ioc.core.pvmodel import Severity  # noqa: E402
+from ioc.edges.recorder import Recorder  # noqa: E402
+from ioc.runtime.runner import CycleRecord  # noqa: E402
+from tests.conftest import write_yaml  # noqa: E402
+from training.dataset import DatasetError, build_dataset, time_split  # noqa: E402
+from training.spec import load_spec  # noqa: E402
 
 CONFIG = """\
 ioc: {{protocols: [ca], metrics_port: 0}}

@@ -7,6 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip("torch", reason="needs the train extra (scripts/setup train)")
+pytest.importorskip("mlflow", reason="needs the train extra (scripts/setup train)")
+
 from ioc.cli import main as mlioc
 from ioc.core.configfile import load_config
 from ioc.core.engine import load_champion

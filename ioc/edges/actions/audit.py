@@ -9,9 +9,11 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ioc.core.store import append_line
 
 log = logging.getLogger("mlioc.actions")
 
@@ -38,6 +40,8 @@ class AuditLog:
         self._handle: asyncio.TimerHandle | None = None
         self._warned = False
         self._closed = False
+        # Each append's outcome (error text or None), from the writer thread: the app raises $(P)AUDIT.
+        self.on_health: Callable[[str | None], None] = lambda error: None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None or self._closed:
@@ -57,16 +61,17 @@ class AuditLog:
 
     def _append(self, data: bytes) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_line(self.path, data)
         except OSError as exc:
             if not self._warned:
                 self._warned = True
                 log.error("cannot write the actions audit log %s: %s", self.path, exc)
+            self.on_health(exc.strerror or str(exc))
+            return
+        if self._warned:
+            self._warned = False
+            log.warning("actions audit log %s written again", self.path)
+        self.on_health(None)
 
     def close(self) -> None:
         if self._handle is not None:
