@@ -194,8 +194,10 @@ class CaSource:
     """A CA monitor on one PV (DBR_TIME: value, severity and timestamp).
 
     If a connected channel delivers no first value within FIRST_VALUE_S (seen rarely right after a
-    source IOC starts), the subscription is made again: a PV that never changes would otherwise
-    never be seen.
+    source IOC starts, and in CI when an IOC and its simulator start together), the subscription is made
+    again: a PV that never changes would otherwise never be seen. The first attempt again is routine and
+    logged at INFO (it heals by itself; an operator reading the log after an incident must see only real
+    problems); a subscription that stays silent after that is a WARNING each time.
     """
 
     FIRST_VALUE_S = 2.0
@@ -208,6 +210,7 @@ class CaSource:
         self._channel: _CaChannel | None = None
         self._sub = None
         self._got_value = False
+        self._silent = 0  # subscriptions made again because this channel's did not deliver a first value
         self._check: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -234,7 +237,9 @@ class CaSource:
     def _check_first_value(self, chid) -> None:
         if self._got_value or not self.connected:
             return
-        log.warning("source %s: no value %.0f s after connecting; subscribing again", self.ref, self.FIRST_VALUE_S)
+        self._silent += 1
+        log.log(logging.INFO if self._silent == 1 else logging.WARNING,
+                "source %s: no value %.1f s after connecting; subscribing again", self.ref, self.FIRST_VALUE_S)
         self.drop_subscription()
         ca_client()
         self._subscribe(chid)
@@ -260,6 +265,9 @@ class CaSource:
 
     def _on_value(self, value=None, severity=0, timestamp=None, **_):
         BUDGET.take()
+        if not self._got_value and self._silent:
+            log.info("source %s: first value after subscribing %d more time(s)", self.ref, self._silent)
+            self._silent = 0
         self._got_value = True
         if timestamp is None or timestamp <= 0:
             timestamp = time.time()
