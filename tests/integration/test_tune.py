@@ -165,12 +165,16 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
     assert "run the same command again to resume" in first.output()
     trials = _study(tmp_path).get_trials()
     states = {t.number: t.state.name for t in trials}
-    assert states[0] in ("COMPLETE", "PRUNED") and states[1] == "FAIL", states
-    assert "RUNNING" not in states.values()
+    # The interrupt lands in the trial that runs when it arrives: trial 1 nearly always, a later one when
+    # a loaded machine's scheduler lets trial 1 finish first. Exactly that trial fails; every earlier one
+    # stays as it ended; none is left RUNNING.
+    failed = [n for n, state in states.items() if state == "FAIL"]
+    assert len(failed) == 1 and failed[0] == max(states) and failed[0] >= 1, states
+    assert all(states[n] in ("COMPLETE", "PRUNED") for n in states if n != failed[0]), states
     runs = _runs(tmp_path)
     parent = next(r for r in runs if r.data.tags.get("mlioc.tune") == "parent")
     assert parent.info.status == "KILLED"  # ended, not left RUNNING
-    interrupted = next(r for r in runs if r.data.tags.get("mlioc.tune.trial") == "1")
+    interrupted = next(r for r in runs if r.data.tags.get("mlioc.tune.trial") == str(failed[0]))
     assert interrupted.info.status == "KILLED" and interrupted.data.tags["mlioc.tune.state"] == "FAIL"
     assert "interrupted" in interrupted.data.tags["mlioc.tune.reason"]
 
@@ -181,7 +185,7 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
         second.kill()
     trials = _study(tmp_path).get_trials()
     good = [t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(good) == 3 and 1 not in good and 0 in good  # resumed: trial 0 kept, the failed one replaced
+    assert len(good) == 3 and failed[0] not in good and 0 in good  # resumed: trial 0 kept, the failed one replaced
     runs = _runs(tmp_path)
     parents = [r for r in runs if r.data.tags.get("mlioc.tune") == "parent"]
     assert len(parents) == 1 and parents[0].info.run_id == parent.info.run_id
