@@ -15,7 +15,8 @@ sees half a version); pointers are replaced atomically (write, fsync, rename). A
 and a pointer change can be made conditional on its current value (compare-and-swap).
 Every change of the champion pointer, by whoever makes it, pushes the previous champion onto
 ``champion.history``; a rollback pops it, so repeated rollbacks walk back through the champions.
-This module does file I/O only: validation of what a version contains lives in :mod:`ioc.validation`.
+This module does file I/O only: what a version must contain is checked by :mod:`ioc.core.manifest` (the
+manifest) and :func:`ioc.core.engine.load_version` (ONNX signature, config, test vectors).
 
 A config may name a ``store_template``: the store is then created as a copy of it on first use
 (:func:`model_store`), so the demo's shipped model stays as it was committed while its working copy
