@@ -62,6 +62,34 @@ def _action_panels(y: int) -> list[dict]:
     ]
 
 
+def _load_panels(y: int) -> list[dict]:
+    """Is the IOC keeping up? Late and missed cycles, input storms, a slow challenger (docs/how-to/operations.md)."""
+    return [
+        _panel(13, "timeseries", "Missed cycles and cycle lateness (p99)", (0, y, 12, 8), [
+            _target(f"sum by (model) (increase(mlioc_missed_cycles_total{SEL}[$__rate_interval]))",
+                    "{{model}} missed", "A"),
+            _target("histogram_quantile(0.99, sum by (le, model) "
+                    f"(rate(mlioc_cycle_lateness_seconds_bucket{SEL}[$__rate_interval])))", "{{model}} lateness p99",
+                    "B")],
+               description="A scan cycle is missed when it starts more than one period after its tick (ticks "
+                           "skipped, triggers coalesced). Lateness: how long after its tick a cycle started."),
+        _panel(14, "timeseries", "Input updates: received and coalesced", (12, y, 12, 8), [
+            _target(f"sum by (model) (rate(mlioc_input_updates_total{SEL}[$__rate_interval]))",
+                    "{{model}} received", "A"),
+            _target(f"sum by (model) (rate(mlioc_input_updates_coalesced_total{SEL}[$__rate_interval]))",
+                    "{{model}} coalesced", "B"),
+            _target("rate(mlioc_source_held_back_seconds_total[$__rate_interval])", "held back (s/s, all sources)",
+                    "C")], unit="reqps",
+               description="Source updates per second; coalesced = replaced by a newer one before a cycle used "
+                           "it; held back = the process-wide source budget pausing the client threads (a storm)."),
+        _panel(15, "timeseries", "Challenger cycles skipped", (0, y + 8, 12, 8), [
+            _target(f"sum by (model) (increase(mlioc_shadow_cycles_skipped_total{SEL}[$__rate_interval]))",
+                    "{{model}}", "A")],
+               description="Shadow (challenger) cycles skipped while its previous one still ran: a challenger "
+                           "slower than the champion's rate. The champion is never held up."),
+    ]
+
+
 def dashboard(config: Config) -> dict:
     name = config.path.stem
     panels = [
@@ -107,8 +135,9 @@ def dashboard(config: Config) -> dict:
                     "{{model}} {{result}}", "A")],
                description="Store reloads (new champion, rollback, promotion) and whether the version was loaded."),
     ]
+    panels += _load_panels(29)
     if any(o.action is not None for m in config.models for o in m.outputs):
-        panels += _action_panels(29)
+        panels += _action_panels(45)
     return {
         "title": f"mlioc: {name}",
         "uid": f"mlioc-{name}"[:40],
