@@ -318,7 +318,8 @@ _NOT_FOR_ARRAYS = {
     "mdel": "an array posts on every change, as an EPICS waveform does; remove 'mdel'",
     "adel": "an array posts on every change, as an EPICS waveform does; remove 'adel'",
     "alarm": "arrays have no limit alarms (an EPICS waveform has none); INVALID marks a NaN/Inf element",
-    "truth": "ground-truth errors are scalar; remove 'truth' from the array output",
+    "truth": "ground-truth errors (MAE/RMSE) are scored for scalar outputs only; remove 'truth' from the array "
+             "output (record.targets can still record its measured value for training)",
     "action": "an action drives one scalar setpoint; remove 'action' from the array output",
 }
 _ACTION = ("target", "min", "max", "max_step", "max_rate_hz", "deadband", "readback", "tolerance", "settle_s", "mode",
@@ -699,17 +700,6 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         c.error((*path, "training"), f"expected a mapping, got {typename(training)}")
         training = None
     drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
-    if any(s.shape for s in (*inputs, *outputs)):
-        # Arrays are served and run; drift scores, ground-truth errors and recording assume one element
-        # per signal and are not built for arrays yet (issue 14).
-        for key, what, given in (("drift", "drift scores", drift), ("record", "recording", record)):
-            if given is not None:
-                c.error((*path, key), f"{what} of a model with array inputs/outputs is not supported yet; "
-                        f"remove '{key}'")
-        for j, out in enumerate(outputs):
-            if out.truth is not None and not out.shape:
-                c.error((*path, "outputs", j, "truth"), "ground-truth errors of a model with array inputs/outputs "
-                        "are not supported yet; remove 'truth'")
     if not name or prefix is None:
         return None
     return ModelConfig(
