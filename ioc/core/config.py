@@ -69,6 +69,7 @@ class InputConfig:
     shape: tuple[int, ...] = ()
     gather: tuple[PVRef, ...] = ()
     dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
+    x_axis: PVRef | None = None  # of a waveform [n]: a PV holding its elements' positions (screens plot against it)
 
     @property
     def writable(self) -> bool:
@@ -123,6 +124,7 @@ class OutputConfig:
     action: ActionConfig | None = None  # closed loop: write this output to a machine setpoint
     shape: tuple[int, ...] = ()  # () a scalar, (n,) a waveform / profile, (h, w) an image
     dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
+    x_axis: PVRef | None = None  # of a waveform [n]: a PV holding its elements' positions (screens plot against it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,9 +312,9 @@ _MODEL = ("name", "prefix", "description", "store", "store_template", "trigger",
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape",
-          "dtype")
+          "dtype", "x_axis")
 _OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action", "shape",
-           "dtype")
+           "dtype", "x_axis")
 # Keys an array input / output does not take, and why (the fix goes into the error message).
 _NOT_FOR_ARRAYS = {
     "mdel": "an array posts on every change, as an EPICS waveform does; remove 'mdel'",
@@ -517,6 +519,16 @@ def _parse_dtype(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> 
     return dtype
 
 
+def _parse_x_axis(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> PVRef | None:
+    """``x_axis`` of a waveform ``[n]``: the PV of its elements' positions (e.g. the BPMs' s), for screens."""
+    if "x_axis" not in d:
+        return None
+    if len(shape) != 1:
+        c.error((*path, "x_axis"), "only a waveform (shape [n]) has an x axis; remove 'x_axis'")
+        return None
+    return c.pvref(d["x_axis"], (*path, "x_axis"))
+
+
 def _refuse_for_arrays(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> None:
     if shape:
         for key, why in _NOT_FOR_ARRAYS.items():
@@ -568,6 +580,7 @@ def _parse_input(c: Checker, raw: Any, path: KeyPath) -> InputConfig | None:
         shape=shape,
         gather=gather,
         dtype=_parse_dtype(c, d, path, shape),
+        x_axis=_parse_x_axis(c, d, path, shape),
     )
 
 
@@ -594,6 +607,7 @@ def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
         action=_parse_action(c, d.get("action"), (*path, "action")),
         shape=shape,
         dtype=_parse_dtype(c, d, path, shape),
+        x_axis=_parse_x_axis(c, d, path, shape),
     )
 
 

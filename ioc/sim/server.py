@@ -19,6 +19,10 @@ Arrays (:mod:`ioc.sim.beamline`, the array demo ``config/demo-arrays.yaml``):
   BPMs' positions along the line (m)
 * ``COR1:I_SP`` ... ``COR4:I_SP`` (writable, -5..5 A), ``COR1:I`` ... — the line's correctors;
   ``COR1:DI_BEST`` ... — the change of each that would flatten the orbit best (the orbit model's truth)
+* ``LINE:WANDER`` (writable, 0..1, default 1) — how far the correctors wander around their setpoints,
+  as a fraction of the array models' training spread (U(-2, 2) A), as every knob wanders around its
+  own: 1 keeps the live orbit, image and profile in-distribution; 0 holds the correctors at their
+  setpoints (a response measurement, a test comparing a prediction with a truth read a moment later)
 * ``CAM:IMAGE`` — the 64 x 64 screen image (PVA NTNDArray, CA waveform of 4096 floats, row-major),
   at ``simulator.image_hz``; ``CAM:ArraySize0_RBV`` (width), ``CAM:ArraySize1_RBV`` (height),
   ``CAM:ArrayCounter_RBV`` (frames, = the NTNDArray's uniqueId); ``CAM:CENTROID:X``/``Y`` — the spot's
@@ -57,6 +61,7 @@ FAULT_CHOICES = ("NONE", "STALL", "NAN")
 NAN_BPM = 6  # FAULT = NAN: this BPM reads NaN (BPM06, element 5 of the orbit waveforms)
 NAN_ROWS = (30, 31)  # ... these image rows are NaN
 NAN_PROFILE_POINTS = (50,)  # ... and these profile points
+LINE_WANDER = 1.0  # the line's correctors wander over the training spread (bl.Line.wander), as the knobs do
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,10 @@ class SimNames:
 
     def line_corrector(self, j: int) -> str:
         return f"{self.prefix}COR{j}:I"
+
+    @property
+    def line_wander(self) -> str:
+        return f"{self.prefix}LINE:WANDER"
 
     def line_corrector_setpoint(self, j: int) -> str:
         return f"{self.prefix}COR{j}:I_SP"
@@ -172,6 +181,9 @@ def line_pv_specs(n: SimNames) -> list[PVSpec]:
                             prec=3, display=bl.COR_RANGE_A, initial=0.0))
         specs.append(PVSpec(name=n.best_correction(j), kind=Kind.AI, desc=f"change of COR{j} that flattens orbit",
                             egu="A", prec=3, display=(-5.0, 5.0), initial=math.nan))
+    specs.append(PVSpec(name=n.line_wander, kind=Kind.AO, desc="corrector wander (x training spread)", prec=2,
+                        display=(0.0, 1.0), control=(0.0, 1.0), writable=True, initial=LINE_WANDER, scan="Passive",
+                        audit=True))
     h, w = bl.IMAGE_SHAPE
     specs += [
         PVSpec(name=n.image_size(0), kind=Kind.LONGIN, desc="image width (x)", initial=w),
@@ -251,7 +263,7 @@ class Simulator:
         self.clock = clock
         self.machine = Machine(seed=seed, rate_hz=rate_hz)
         self.steering = Steering(seed=seed, rate_hz=rate_hz)
-        self.line = bl.Line(seed=seed, rate_hz=rate_hz)
+        self.line = bl.Line(seed=seed, rate_hz=rate_hz, wander=LINE_WANDER)
         self.screen = bl.Screen(seed=seed)
         self.fault = 0
         self.db = PVDatabase()
@@ -269,6 +281,7 @@ class Simulator:
         self.db[self.names.orbit_offset].put_handler = self._put_orbit_offset
         for j in range(1, bl.N_COR + 1):
             self.db[self.names.line_corrector_setpoint(j)].put_handler = self._line_corrector_handler(j)
+        self.db[self.names.line_wander].put_handler = self._put_line_wander
         for pv in self.db:
             if pv.spec.writable or pv.spec.kind is Kind.LONGIN:
                 pv.post(pv.spec.initial, now)
@@ -309,6 +322,11 @@ class Simulator:
         self.steering.offset_mm = value
         pv.post(value, self.clock())
         log.warning("orbit offset set to %g mm by %s", value, client)
+
+    def _put_line_wander(self, pv: PV, value: float, client: ClientInfo) -> None:
+        self.line.wander = value
+        pv.post(value, self.clock())
+        log.warning("line corrector wander set to %g by %s", value, client)
 
     def _line_corrector_handler(self, j: int):
         def handler(pv: PV, value: float, client: ClientInfo) -> None:

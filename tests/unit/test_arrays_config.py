@@ -105,8 +105,9 @@ def test_array_outputs_refused(tmp_path, out, expected):
 
 def test_drift_recording_and_scalar_truth_of_array_models_are_accepted(tmp_path):
     path = write_config(tmp_path / "c.yaml", model(
-        "A:", inputs=[{"name": "x", "shape": [8]}], outputs=[{"name": "y", "truth": "ca://T"}, {"name": "p", "shape": [4]}],
-        drift={"rate_hz": 10}, record={"dir": "rec", "targets": {"y": "ca://T", "p": "ca://PROFILE"}}))
+        "A:", inputs=[{"name": "x", "shape": [8]}],
+        outputs=[{"name": "y", "truth": "ca://T"}, {"name": "p", "shape": [4]}], drift={"rate_hz": 10},
+        record={"dir": "rec", "targets": {"y": "ca://T", "p": "ca://PROFILE"}}))
     m = load_config(path).models[0]
     assert m.drift is not None and m.outputs[0].truth.name == "T"
     assert dict((k, v.name) for k, v in m.record.targets) == {"y": "T", "p": "PROFILE"}

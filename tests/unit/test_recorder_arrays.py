@@ -110,6 +110,6 @@ def test_the_buffers_of_an_image_model_are_bounded_in_bytes(tmp_path, monkeypatc
     row = 512 * 512 * 8
     assert rec.flush_rows * row <= recorder_module.FLUSH_BYTES
     assert rec.row_group_rows * row <= recorder_module.ROW_GROUP_BYTES
-    assert 10 <= rec.max_backlog and rec.max_backlog * row <= recorder_module.MAX_BACKLOG_BYTES
+    assert rec.max_backlog >= 10 and rec.max_backlog * row <= recorder_module.MAX_BACKLOG_BYTES
     small = _config(tmp_path)
     assert Recorder(small, small.record).max_backlog == recorder_module.MAX_BACKLOG
