@@ -226,6 +226,7 @@ class Recorder:
         self.rows_received = 0  # rows taken from cycles (acknowledged): each is written or counted dropped
         self.rows_written = 0  # ... of which completely written to a file (in progress or converted)
         self.rows_dropped = 0
+        self.cpu_s = 0.0  # CPU time the writer thread spent encoding and writing (the cost of recording)
         self.error: str | None = None  # the current write failure, None while recording works
         # Told (from the writer thread) when recording starts failing (the error) and recovers (None).
         self.on_health: Callable[[str | None], None] | None = None
@@ -309,8 +310,8 @@ class Recorder:
             self.write_pending()
             self._roll()
         waiting = list(self._unconverted)
-        log.info("%s: recorder closed: %d rows received, %d written, %d dropped%s", self.model.name,
-                 self.rows_received, self.rows_written, self.rows_dropped,
+        log.info("%s: recorder closed: %d rows received, %d written, %d dropped, %.2f s CPU%s", self.model.name,
+                 self.rows_received, self.rows_written, self.rows_dropped, self.cpu_s,
                  "".join(f"; {s.rows} rows wait in {s.path} (converted at the next start)" for s in waiting))
 
     def flush(self) -> None:
@@ -331,6 +332,7 @@ class Recorder:
             self._wake.wait(self.config.flush_s)
             self._wake.clear()
             closing = self._closing
+            start = time.thread_time()
             try:
                 self._flush()
             except Exception as exc:  # keep recording: a full or read-only disk must not kill the writer
@@ -342,6 +344,8 @@ class Recorder:
                     self._roll()
                 except Exception as exc:  # the rows stay in the stream; the next start converts it
                     log.error("%s: converting the file in progress failed (%s)", self.model.name, exc)
+            self.cpu_s += time.thread_time() - start
+            if closing:
                 return
 
     def _failed(self, exc: Exception) -> None:
