@@ -270,7 +270,8 @@ class Simulator:
         now = clock()
         for spec in sim_pv_specs(prefix):
             self.db.add(spec, now)
-        self.truth: dict[str, float] | None = None  # the beam on the screen, for the next frame
+        self.truth: dict[str, float] | None = None  # the beam on the screen, for the next frame ...
+        self.truth_time = 0.0  # ... and the time of the step that made it
         for k in KNOBS:
             self.db[self.names.setpoint(k.pv)].put_handler = self._setpoint_handler(k.name)
         self.db[self.names.drift].put_handler = self._put_drift
@@ -341,11 +342,11 @@ class Simulator:
         corrector, bpm = self.steering.step()
         line = self.line.step()
         truth = self.screen.truth(self.machine.actual, float(line["screen_x"]), float(line["screen_y"]))
-        self.truth = truth
+        now = self.clock()
+        self.truth, self.truth_time = truth, now
         if self.fault == 1:
             return
         nan = self.fault == 2
-        now = self.clock()
         n, db = self.names, self.db
         for k, value in zip(KNOBS, readback, strict=True):
             db[n.readback(k.pv)].post(math.nan if nan else float(value), now)
@@ -372,15 +373,21 @@ class Simulator:
         db[n.profile].post(_with_nan(prof, list(NAN_PROFILE_POINTS)) if nan else prof, now)
 
     def frame(self) -> None:
-        """Take one camera frame of the current beam (at image_hz)."""
+        """Take one camera frame of the current beam (at image_hz).
+
+        The frame shows the beam of the last machine step and carries that step's time stamp, as a camera
+        triggered by the beam does: the beam sizes and the centroid measured in that step have the same
+        one, so the IOC (truth) and training (recorded targets) pair them exactly, whatever the phase of
+        the image loop against the machine's.
+        """
         if self.truth is None or self.fault == 1:
             return
         image = self.screen.frame(self.truth)
         if self.fault == 2:
             image[list(NAN_ROWS), :] = np.nan
-        now = self.clock()
-        self.db[self.names.image].post(image, now)
-        self.db[self.names.image_counter].post(self.screen.unique_id, now)
+        stamp = self.truth_time or self.clock()
+        self.db[self.names.image].post(image, stamp)
+        self.db[self.names.image_counter].post(self.screen.unique_id, stamp)
 
     async def _every(self, period: float, action) -> None:
         loop = asyncio.get_running_loop()
