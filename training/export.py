@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ioc.core.config import ModelConfig
-from training.dataset import Normalisation, Split, reference_stats
+from training.dataset import Dataset, Normalisation, Split, reference_stats
 from training.layout import Layout, pca_summary, slices
 from training.spec import TrainSpec
 
@@ -100,8 +100,13 @@ def _significant(a: np.ndarray, digits: int = 7) -> np.ndarray:
 
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, layout: Layout, norm: Normalisation, split: Split,
-                   onnx_bytes: bytes, provenance: dict[str, Any]) -> dict[str, Any]:
-    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``."""
+                   onnx_bytes: bytes, provenance: dict[str, Any], reference: Dataset | None = None) -> dict[str, Any]:
+    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``.
+
+    ``reference``: the rows the drift reference is taken from (default: the training split); a drift-triggered
+    run passes the new regime's rows (training/pipeline.py, ``--reference-since``).
+    """
+    ref = split.train if reference is None else reference
     # Test vectors: raw-unit rows of the test split through the exported graph and the manifest's
     # normalisation: exactly the arithmetic the IOC's engine does, so the IOC's check must reproduce them.
     # An array model's inputs are rounded to float32 precision first (an image is thousands of numbers).
@@ -121,9 +126,10 @@ def build_manifest(model: ModelConfig, spec: TrainSpec, layout: Layout, norm: No
         "inputs": Layout.manifest_entries(layout.inputs, norm.x_mean, norm.x_std),
         "outputs": Layout.manifest_entries(layout.outputs, norm.y_mean, norm.y_std),
         "reference": {
-            "source": "training split",
-            "inputs": _reference(layout.inputs, split.train.x, norm.x_mean, norm.x_std),
-            "outputs": _reference(layout.outputs, split.train.y, norm.y_mean, norm.y_std),
+            # A drift run's reference is the new regime's rows (training/pipeline.py, --reference-since).
+            "source": "training split" if reference is None else f"{len(reference)} rows of the new regime",
+            "inputs": _reference(layout.inputs, ref.x, norm.x_mean, norm.x_std),
+            "outputs": _reference(layout.outputs, ref.y, norm.y_mean, norm.y_std),
         },
         "test_vectors": {"inputs": tv_x.tolist(), "outputs": tv_y.tolist(), "rtol": 1e-4, "atol": 1e-5},
         "provenance": {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

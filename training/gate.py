@@ -89,7 +89,7 @@ def decide(challenger: LoadedModel, test: Dataset, gate: GateSpec, champion: Loa
     checks = {"beats_champion": improvement >= gate.min_improvement}
     worse = {n: (mine.rmse[n] - theirs.rmse[n]) / theirs.rmse[n] if theirs.rmse[n] > 0 else 0.0
              for n in mine.rmse}
-    worst_name = max(worse, key=worse.get)
+    worst_name = max(worse, key=worse.__getitem__)
     checks["no_output_worse"] = worse[worst_name] <= gate.max_output_regression
     versus = (f"mean NRMSE {mine.mean_nrmse:.4g} vs champion v{champion_version} {theirs.mean_nrmse:.4g} "
               f"({improvement:+.2%})")

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from training.trainer import EpochStats, TrainResult, predict, seed_everything, 
 
 log = logging.getLogger("mlioc.training")
 
+MIN_REFERENCE_ROWS = 50  # a drift reference from fewer rows would alarm on its own sampling noise
 METRIC_FLUSH_EVERY = 10  # epochs per MLflow log_batch (one DB round trip instead of one per metric)
 
 
@@ -62,6 +63,11 @@ class Options:
     start: float | None = None
     end: float | None = None
     tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
+    # The continual-learning loop (training/watch.py): where a winner goes, why the run happened, and
+    # for a drift run the time the new regime began (the drift reference is taken from there on).
+    promote_to: str | None = None  # None: training.gate.promote_to
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. mlioc.trigger, mlioc.requested_by
+    reference_since: float | None = None
 
 
 @dataclass
@@ -79,6 +85,14 @@ class Outcome:
     store_version: int | None = None
     registry_version: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Progress(Protocol):
+    """What :func:`run` tells about its progress (the CLI's progress bar implements it)."""
+
+    def stage(self, text: str) -> None: ...
+
+    def training(self, epochs: int) -> Callable[[EpochStats], None]: ...
 
 
 class Reporter:
@@ -143,7 +157,7 @@ def normalise_split(split: Split, norm: Normalisation, layout: Layout | None = N
     return out
 
 
-def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Reporter | None = None,
+def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Progress | None = None,
         *, archiver_session=None) -> Outcome:
     """One training run; raises :class:`TrainError` (or DatasetError/TrackingError) on unusable input."""
     import dataclasses
@@ -158,6 +172,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         spec = dataclasses.replace(spec, seed=options.seed)
     if options.epochs is not None:
         spec = dataclasses.replace(spec, epochs=options.epochs)
+    if options.promote_to is not None:
+        spec = dataclasses.replace(spec, gate=dataclasses.replace(spec.gate, promote_to=options.promote_to))
     if options.start is not None or options.end is not None:
         spec = dataclasses.replace(spec, filters=dataclasses.replace(
             spec.filters, start=options.start if options.start is not None else spec.filters.start,
@@ -189,7 +205,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         mlflow.set_tags({"mlioc.model": model.name, "mlioc.kind": spec.kind, "mlioc.config": str(config.path),
                          "mlioc.user": registry.user(), "mlioc.warm_start": warm,
                          "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
-                         "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest})
+                         "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest}
+                        | options.tags)
         if options.tuning is not None:
             t = options.tuning
             mlflow.set_tags({"mlioc.tune.study": t["study"], "mlioc.tune.storage": t["storage"],
@@ -204,6 +221,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
                                     "warm_start_from": parent, "versions": registry.key_versions(env)})
         mlflow.log_params({k: v[:6000] for k, v in params.items()})
         _log_dataset(mlflow, spec, dataset, split)
+        log_lineage(mlflow, spec, dataset, store, options)
         mlflow.log_dict(spec.to_dict(), "spec.json")
         mlflow.log_dict(layout.to_dict(), "layout.json")
         mlflow.log_dict(norm.to_dict(), "normalisation.json")
@@ -267,7 +285,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         }
         if options.tuning is not None:
             provenance["tuning"] = options.tuning
-        manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance)
+        reference = _reference_rows(dataset, options.reference_since)
+        manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance, reference=reference)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
         decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
@@ -308,6 +327,76 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         del loaded
     timings["total_s"] = time.perf_counter() - t_start
     return outcome
+
+
+def _reference_rows(dataset: Dataset, since: float | None) -> Dataset | None:
+    """A drift run's reference: the rows of the new regime (from ``since`` on), if there are enough."""
+    if since is None:
+        return None
+    rows = dataset.subset(dataset.time >= since)
+    if len(rows) < MIN_REFERENCE_ROWS:
+        log.warning("only %d rows since %s: the drift reference stays the training split", len(rows), since)
+        return None
+    return rows
+
+
+def lineage(spec: TrainSpec, dataset: Dataset, store: ModelStore, options: Options) -> dict[str, Any]:
+    """Which data this version came from: recording files, time window, filters, and the digest of the
+    dataset its parent (the champion it warm-starts from) was trained on."""
+    parent: dict[str, Any] = {}
+    number = store.champion() if store.exists() else None
+    if number is not None:
+        try:
+            prov = json.loads(store.manifest_path(number).read_text()).get("provenance", {})
+            parent = {"version": number, "digest": prov.get("dataset", {}).get("digest"),
+                      "run_id": prov.get("mlflow", {}).get("run_id")}
+        except (OSError, ValueError, AttributeError):
+            parent = {"version": number, "digest": None}
+    f = spec.filters
+    return {
+        "source": dataset.source.get("kind"),
+        "location": dataset.source.get("directory") or dataset.source.get("path") or dataset.source.get("url"),
+        "files": [x["name"] for x in dataset.source.get("files", [])],
+        "window": {"start": f.start, "end": f.end, "reference_since": options.reference_since},
+        "filters": {"max_severity": f.max_severity, "status": list(f.status), "max_skew_s": f.max_skew_s,
+                    "exclude": [[e.start, e.end, e.reason] for e in f.exclude], "dropped": dataset.filtered},
+        "rows": len(dataset),
+        "digest": dataset.digest,
+        "parent": parent,
+    }
+
+
+def log_lineage(mlflow, spec: TrainSpec, dataset: Dataset, store: ModelStore, options: Options) -> None:
+    """Dataset lineage with MLflow's dataset tracking: the run's input dataset (source = the recording
+    location, digest = the dataset digest) tagged with its files, window, filters and parent digest,
+    and the parent dataset as a second input (context ``parent``); the whole record as an artifact."""
+    doc = lineage(spec, dataset, store, options)
+    mlflow.log_dict(doc, "dataset/lineage.json")
+    try:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        window = doc["window"]
+        tags = {"mlioc.files": ",".join(doc["files"])[:490] or "-",
+                "mlioc.window": f"{window['start']}..{window['end']}",
+                "mlioc.reference_since": str(window["reference_since"]),
+                "mlioc.filters": json.dumps(doc["filters"], sort_keys=True, default=str)[:490],
+                "mlioc.parent_digest": str(doc["parent"].get("digest"))}
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a path is
+            source = resolve_dataset_source(str(doc["location"] or doc["source"]))
+            data = MetaDataset(source, name=f"{spec.model}-{doc['source']}-{dataset.digest[:12]}",
+                               digest=dataset.digest[:36])
+            mlflow.log_input(data, context="lineage", tags=tags)
+            if doc["parent"].get("digest"):
+                parent = MetaDataset(resolve_dataset_source(str(store.version_dir(doc["parent"]["version"]))),
+                                     name=f"{spec.model}-v{doc['parent']['version']}-data",
+                                     digest=str(doc["parent"]["digest"])[:36])
+                mlflow.log_input(parent, context="parent", tags={"mlioc.parent_version": str(doc["parent"]["version"])})
+    except Exception as exc:  # the entity is a convenience; lineage.json is the record
+        log.warning("mlflow.log_input (lineage) failed: %s", exc)
 
 
 def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> None:

@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from training import registry
-from training.dataset import ARRAY_GENERATOR, Normalisation, dataset_from_frame, simulator_arrays, time_split
+from training.dataset import (
+    ARRAY_GENERATOR,
+    Dataset,
+    Normalisation,
+    dataset_from_frame,
+    simulator_arrays,
+    time_split,
+)
 from training.layout import Layout
 from training.models import build_model
 from training.pipeline import normalise_split
@@ -101,11 +108,12 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
                                "torch/state_dict.pt") if files[k] is None]
         if missing:
             raise ReproduceError(f"run {run_id} lacks artifact(s) {missing}")
-        spec = TrainSpec.from_dict(json.loads(files["spec.json"].read_text()))
-        meta = json.loads(files["dataset/metadata.json"].read_text())
-        norm_d = json.loads(files["normalisation.json"].read_text())
-        init_state = torch.load(files["torch/init_state_dict.pt"], weights_only=True)
-        original = torch.load(files["torch/state_dict.pt"], weights_only=True)
+        got = {k: v for k, v in files.items() if v is not None}
+        spec = TrainSpec.from_dict(json.loads(got["spec.json"].read_text()))
+        meta = json.loads(got["dataset/metadata.json"].read_text())
+        norm_d = json.loads(got["normalisation.json"].read_text())
+        init_state = torch.load(got["torch/init_state_dict.pt"], weights_only=True)
+        original = torch.load(got["torch/state_dict.pt"], weights_only=True)
         # Runs from before arrays logged no layout: every signal a scalar, the inputs one [batch, N] tensor.
         layout = (Layout.from_dict(json.loads(files["layout.json"].read_text())) if files["layout.json"] is not None
                   else None)
@@ -159,7 +167,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
     return report
 
 
-def _regenerate(source: dict, run, layout: Layout | None) -> object:
+def _regenerate(source: dict, run, layout: Layout | None) -> Dataset:
     from ioc.sim.physics import KNOBS, OBSERVABLES, generate_dataset
     from training.dataset import Dataset
 

@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -436,6 +436,17 @@ class TuneOutcome:
         return sum(1 for t in self.trials if t.state == state)
 
 
+class TuneProgress(Protocol):
+    """What :func:`tune` tells about its progress (the CLI's terminal lines implement it)."""
+
+    def stage(self, text: str) -> None: ...
+
+    def trial_started(self, number: int, params: dict[str, Any], worker: str) -> None: ...
+
+    def trial_finished(self, record: TrialRecord, done: int, target: int, pruned: int,
+                       best: TrialRecord | None) -> None: ...
+
+
 class TuneReporter:
     """Progress hooks; the CLI prints them, the default logs them."""
 
@@ -494,7 +505,7 @@ def _wait_for_attrs(study: optuna.Study, deadline_s: float = 30.0) -> None:
 
 
 def tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, options: TuneOptions,
-         reporter: TuneReporter | None = None, *, handle_signals: bool = True) -> TuneOutcome:
+         reporter: TuneProgress | None = None, *, handle_signals: bool = True) -> TuneOutcome:
     """Run (or join, or resume) the study; raises :class:`TuneError`, ``DatasetError`` or ``TrackingError``.
 
     With ``handle_signals`` (the CLI), SIGINT / SIGTERM stop the search cleanly: the outcome's
@@ -510,7 +521,7 @@ def tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, o
 
 
 def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, options: TuneOptions,
-          reporter: TuneReporter, interrupts: _Interrupts) -> TuneOutcome:
+          reporter: TuneProgress, interrupts: _Interrupts) -> TuneOutcome:
     from mlflow.entities import Metric
     from mlflow.entities import Param as MlflowParam
 
