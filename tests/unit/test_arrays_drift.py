@@ -240,3 +240,51 @@ async def test_a_scalar_output_of_an_array_model_is_compared_with_its_truth(tmp_
     assert mae.reading.value == pytest.approx(0.05) and rmse.reading.value == pytest.approx(0.05)
     assert rmse.reading.severity == Severity.NO_ALARM and not math.isnan(mae.reading.value)
     rig.runner.close()
+
+
+# ----------------------------------------------------------------------------- the loop's challenger (issue 16)
+
+
+async def test_the_challenger_of_an_array_model_is_compared_and_scored_on_its_own_summary(tmp_path):
+    """ChallengerMonitor on an array model: CHALLENGER:MAE:y pairs flat output column 4 (after the array p) with
+    the truth, and CHALLENGER:DRIFT projects the orbit on the challenger's principal components."""
+    import json
+
+    from ioc.core.engine import load_version
+    from ioc.runtime.challenger import ChallengerMonitor
+
+    store = publish(tmp_path / "store")
+    manifest = json.loads(store.manifest_path(1).read_text())
+    w, b = weights()
+    b = b.copy()
+    b[4] = 0.1  # the challenger's y is 0.1 high: its MAE against the exact truth is 0.1, the champion's 0
+    for row in manifest["test_vectors"]["outputs"]:
+        row[4] += 0.1
+    store.write_pointer("challenger", store.add_version(array_linear_model(w, b, (N + 1,), (5,)), manifest))
+    path = config_path(tmp_path, store, record={"dir": "rec"}, retrain={"promote": "manual", "min_samples": 50})
+    rig = Rig(path)
+    rig.runner.set_challenger(load_version(store, 2, rig.config, load_config(path).ioc.inference))
+    challenger = ChallengerMonitor(rig.runner, rig.db, clock=rig.clock)
+    rig.runner.cycle_listeners.append(challenger.on_cycle)
+    rig.runner.challenger_listeners.append(challenger.on_challenger)
+    challenger.update()
+    drift, mae = rig.db["M:CHALLENGER:DRIFT"], rig.db["M:CHALLENGER:MAE:y"]
+    sink = challenger.truth_sink(0)
+    rng = np.random.default_rng(8)
+
+    async def run(orbits, qs):
+        for i, (orbit, q) in enumerate(zip(orbits, qs, strict=True)):
+            rig.cycle(orbit, q)
+            sink(float(predict(np.append(orbit, q)[None, :])[0, 4]), 0, rig.clock.t, True)
+            if i % 10 == 9:
+                challenger.update()
+                await asyncio.sleep(0.01)  # the calibration runs on a worker thread
+
+    await run(*draw(rng, 200))
+    assert challenger.calibrated, drift.reading.message
+    assert mae.reading.value == pytest.approx(0.1, abs=1e-4) and mae.reading.severity == Severity.NO_ALARM
+    assert drift.reading.severity == Severity.NO_ALARM and 0 < drift.reading.value < drift.spec.alarm.high
+    await run(*draw(rng, 200, 3.0 * MODES[:, 1]))
+    assert drift.reading.severity == Severity.MAJOR
+    assert drift.reading.message.startswith("worst input orbit[pc"), drift.reading.message
+    rig.runner.close()
