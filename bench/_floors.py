@@ -15,42 +15,40 @@ from __future__ import annotations
 import sys
 
 
-def softioc_server(name: str) -> None:
+def _softioc(name: str, build) -> None:
+    """Serve the records ``build(record)`` makes under ``name``'s device (the part before the last ':')."""
     from softioc import asyncio_dispatcher, builder, softioc
 
     device, _, record = name.rpartition(":")
     builder.SetDeviceName(device)
-    builder.aOut(record, initial_value=0.0, always_update=True, PREC=3)
+    build(record)
     builder.LoadDatabase()
     softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher(), enable_pva=False)
     print("ready", flush=True)
     softioc.non_interactive_ioc()
+
+
+def softioc_server(name: str) -> None:
+    from softioc import builder
+
+    _softioc(name, lambda record: builder.aOut(record, initial_value=0.0, always_update=True, PREC=3))
 
 
 def softioc_waveform(name: str, n: str) -> None:
     import numpy as np
-    from softioc import asyncio_dispatcher, builder, softioc
+    from softioc import builder
 
-    device, _, record = name.rpartition(":")
-    builder.SetDeviceName(device)
-    builder.WaveformOut(record, np.zeros(int(n)), always_update=True)
-    builder.LoadDatabase()
-    softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher(), enable_pva=False)
-    print("ready", flush=True)
-    softioc.non_interactive_ioc()
+    _softioc(name, lambda record: builder.WaveformOut(record, np.zeros(int(n)), always_update=True))
 
 
 def softioc_many(prefix: str, n: str) -> None:
-    from softioc import asyncio_dispatcher, builder, softioc
+    from softioc import builder
 
-    device, _, stem = prefix.rpartition(":")
-    builder.SetDeviceName(device)
-    for i in range(int(n)):
-        builder.aOut(f"{stem}{i:02d}", initial_value=0.0, always_update=True, PREC=3)
-    builder.LoadDatabase()
-    softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher(), enable_pva=False)
-    print("ready", flush=True)
-    softioc.non_interactive_ioc()
+    def build(stem: str) -> None:
+        for i in range(int(n)):
+            builder.aOut(f"{stem}{i:02d}", initial_value=0.0, always_update=True, PREC=3)
+
+    _softioc(prefix, build)
 
 
 def frame_server(name: str, h: str, w: str, rate: str) -> None:

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.latency import CaProbe, rss_mb, start, stats  # noqa: E402  (sets its own CA address list: replaced here)
+from bench.latency import CaProbe, Row, print_rows, rss_mb, start, stats  # noqa: E402  (sets its own CA address list: replaced here)
 from tests.support.ports import PortPool  # noqa: E402
 
 POOL = PortPool(n_ca=12)
@@ -58,17 +57,6 @@ from tests.support.procs import ServerProcess, server_env  # noqa: E402
 
 IMAGE = (512, 512)
 KERNELS = np.stack([np.ones((3, 3)) / 9, np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=float)])
-
-
-@dataclass
-class Row:
-    what: str
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    floor: str = ""
-    ratio: float | None = None
-    target: str = ""
-    note: str = ""
 
 
 def cpu_s(pid: int) -> float:
@@ -547,15 +535,7 @@ def main() -> int:
         for proc in procs:
             proc.stop()
 
-    def f(v: float | None) -> str:
-        return f"{v:.3f}" if v is not None else ""
-
-    print()
-    print("| measurement | p50 ms | p99 ms | vs | ratio (p50) | target | note |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-        print(f"| {r.what} | {f(r.p50_ms)} | {f(r.p99_ms)} | {r.floor} | {ratio} | {r.target} | {r.note} |")
+    print_rows(rows)
     print(f"\n{args.samples} samples per put->monitor row after 20 warm-up, {args.seconds:g} s per image rate; "
           f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, device {args.device}")
     return 0

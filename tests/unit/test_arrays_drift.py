@@ -20,6 +20,7 @@ from ioc.core.store import ModelStore
 from ioc.core.summary import build_features, feature_label
 from ioc.runtime.monitor import ModelMonitor
 from ioc.runtime.runner import ModelRunner
+from tests.support.clock import Clock
 from tests.support.configs import model, write_config
 from tests.support.models import array_linear_model, array_manifest
 from training.dataset import reference_stats
@@ -75,14 +76,6 @@ def publish(root, reference: bool = True) -> ModelStore:
     store = ModelStore(root)
     store.write_pointer("champion", store.add_version(array_linear_model(w, b, (N + 1,), (5,)), manifest))
     return store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1.8e9
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Rig:
