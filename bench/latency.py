@@ -47,6 +47,20 @@ class Row:
     note: str = ""
 
 
+def print_rows(rows: list[Row]) -> None:
+    """The benchmark's table (markdown), each row beside its floor (bench/latency, bench/arrays)."""
+
+    def f(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else ""
+
+    print()
+    print("| measurement | p50 ms | p99 ms | vs | ratio (p50) | target | note |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        print(f"| {r.what} | {f(r.p50_ms)} | {f(r.p99_ms)} | {r.floor} | {ratio} | {r.target} | {r.note} |")
+
+
 def stats(samples: list[float]) -> tuple[float, float]:
     a = np.sort(np.asarray(samples))
     return float(np.median(a)) * 1e3, float(a[int(len(a) * 0.99)]) * 1e3
@@ -362,15 +376,7 @@ def main() -> int:
         for p in procs:
             p.stop()
 
-    print()
-    print("| measurement | p50 ms | p99 ms | vs | ratio (p50) | target | note |")
-    print("|---|---|---|---|---|---|---|")
-    def f(v: float | None) -> str:
-        return f"{v:.3f}" if v is not None else ""
-
-    for r in rows:
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-        print(f"| {r.what} | {f(r.p50_ms)} | {f(r.p99_ms)} | {r.floor} | {ratio} | {r.target} | {r.note} |")
+    print_rows(rows)
     print(f"\n{n} samples per latency row after 100 warm-up; machine: {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}")
     return 0

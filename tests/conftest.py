@@ -17,6 +17,9 @@ os.environ.update(
     EPICS_CA_ADDR_LIST=POOL.ca_addr_list,
     EPICS_CA_CONN_TMO="2.0",
     EPICS_PVA_AUTO_ADDR_LIST="NO",
+    # C IOCs (RSRV) serve large waveforms only up to this; the IOC takes them with the default too
+    # (tests/integration/test_arrays_integration.py).
+    EPICS_CA_MAX_ARRAY_BYTES="10000000",
 )
 
 import secrets  # noqa: E402

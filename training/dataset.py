@@ -178,6 +178,8 @@ def _signal_column(table, names: list[str], shape: Shape, what: str, where: str)
                 raise DatasetError(f"{where}: column {n} has {arr[0].size if arr.ndim > 1 else 1} value(s) a row, "
                                    f"{what} has shape {list(shape)} ({size} values)")
             return arr.reshape(len(arr), size)
+        if len(raw) and all(isinstance(c, np.ndarray) and c.size == size and c.dtype.kind == "f" for c in raw):
+            return np.stack(raw).astype(np.float64).reshape(len(raw), size)  # the recorder's fixed-size lists
         rows = np.full((len(raw), size), np.nan)
         for i, cell in enumerate(raw):
             if cell is None or (np.ndim(cell) == 0 and cell != cell):

@@ -71,6 +71,7 @@ class InputConfig:
     shape: tuple[int, ...] = ()
     gather: tuple[PVRef, ...] = ()
     dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
+    x_axis: PVRef | None = None  # of a waveform [n]: a PV holding its elements' positions (screens plot against it)
 
     @property
     def writable(self) -> bool:
@@ -125,6 +126,7 @@ class OutputConfig:
     action: ActionConfig | None = None  # closed loop: write this output to a machine setpoint
     shape: tuple[int, ...] = ()  # () a scalar, (n,) a waveform / profile, (h, w) an image
     dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
+    x_axis: PVRef | None = None  # of a waveform [n]: a PV holding its elements' positions (screens plot against it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,15 +353,16 @@ _MODEL = ("name", "prefix", "description", "store", "store_template", "trigger",
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape",
-          "dtype")
+          "dtype", "x_axis")
 _OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action", "shape",
-           "dtype")
+           "dtype", "x_axis")
 # Keys an array input / output does not take, and why (the fix goes into the error message).
 _NOT_FOR_ARRAYS = {
     "mdel": "an array posts on every change, as an EPICS waveform does; remove 'mdel'",
     "adel": "an array posts on every change, as an EPICS waveform does; remove 'adel'",
     "alarm": "arrays have no limit alarms (an EPICS waveform has none); INVALID marks a NaN/Inf element",
-    "truth": "ground-truth errors are scalar; remove 'truth' from the array output",
+    "truth": "ground-truth errors (MAE/RMSE) are scored for scalar outputs only; remove 'truth' from the array "
+             "output (record.targets can still record its measured value for training)",
     "action": "an action drives one scalar setpoint; remove 'action' from the array output",
 }
 _ACTION = ("target", "min", "max", "max_step", "max_rate_hz", "deadband", "readback", "tolerance", "settle_s", "mode",
@@ -557,6 +560,16 @@ def _parse_dtype(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> 
     return dtype
 
 
+def _parse_x_axis(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> PVRef | None:
+    """``x_axis`` of a waveform ``[n]``: the PV of its elements' positions (e.g. the BPMs' s), for screens."""
+    if "x_axis" not in d:
+        return None
+    if len(shape) != 1:
+        c.error((*path, "x_axis"), "only a waveform (shape [n]) has an x axis; remove 'x_axis'")
+        return None
+    return c.pvref(d["x_axis"], (*path, "x_axis"))
+
+
 def _refuse_for_arrays(c: Checker, d: dict, path: KeyPath, shape: tuple[int, ...]) -> None:
     if shape:
         for key, why in _NOT_FOR_ARRAYS.items():
@@ -608,6 +621,7 @@ def _parse_input(c: Checker, raw: Any, path: KeyPath) -> InputConfig | None:
         shape=shape,
         gather=gather,
         dtype=_parse_dtype(c, d, path, shape),
+        x_axis=_parse_x_axis(c, d, path, shape),
     )
 
 
@@ -634,6 +648,7 @@ def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
         action=_parse_action(c, d.get("action"), (*path, "action")),
         shape=shape,
         dtype=_parse_dtype(c, d, path, shape),
+        x_axis=_parse_x_axis(c, d, path, shape),
     )
 
 
@@ -740,17 +755,6 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         c.error((*path, "training"), f"expected a mapping, got {typename(training)}")
         training = None
     drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
-    if any(s.shape for s in (*inputs, *outputs)):
-        # Arrays are served and run; drift scores, ground-truth errors and recording assume one element
-        # per signal and are not built for arrays yet (issue 14).
-        for key, what, given in (("drift", "drift scores", drift), ("record", "recording", record)):
-            if given is not None:
-                c.error((*path, key), f"{what} of a model with array inputs/outputs is not supported yet; "
-                        f"remove '{key}'")
-        for j, out in enumerate(outputs):
-            if out.truth is not None and not out.shape:
-                c.error((*path, "outputs", j, "truth"), "ground-truth errors of a model with array inputs/outputs "
-                        "are not supported yet; remove 'truth'")
     retrain = _parse_retrain(c, d.get("retrain"), (*path, "retrain"), d, drift, outputs)
     if not name or prefix is None:
         return None

@@ -95,8 +95,8 @@ class Reference:
         return np.interp(u, QUANTILE_GRID, self.quantiles)
 
 
-def parse_references(reference: Any, section: str, names: Sequence[str]) -> tuple[Reference, ...]:
-    """The references of ``names`` from a manifest's ``reference`` section (``inputs`` or ``outputs``).
+def reference_section(reference: Any, section: str, names: Sequence[str]) -> Mapping:
+    """A manifest's ``reference.<section>`` (``inputs`` or ``outputs``), checked to hold every one of ``names``.
 
     Raises :class:`NoReference` when the manifest has none or lacks one of the names: the IOC then
     serves predictions but says, on the drift PVs, that it cannot score drift (it never guesses).
@@ -111,6 +111,13 @@ def parse_references(reference: Any, section: str, names: Sequence[str]) -> tupl
     missing = [n for n in names if n not in part]
     if missing:
         raise NoReference(f"no reference for {', '.join(missing)}")
+    return part
+
+
+def parse_references(reference: Any, section: str, names: Sequence[str]) -> tuple[Reference, ...]:
+    """The references of the scalar signals ``names`` from a manifest's ``reference`` section (an array
+    signal's summary: :func:`ioc.core.summary.build_features`)."""
+    part = reference_section(reference, section, names)
     return tuple(Reference.parse(n, part[n]) for n in names)
 
 

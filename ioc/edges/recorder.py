@@ -30,6 +30,13 @@ Why it is built this way:
   disk is converted when the recorder next starts. Training reads the finished Parquet files *and*
   the rows already flushed to the file in progress (:func:`read_stream`), so a nightly job can run
   while the IOC records.
+* **Arrays** (a waveform or an image input/output, an array target) are one column each, a
+  fixed-size list of the signal's ``dtype`` (float32 or float64) holding its row-major elements:
+  what pandas, pyarrow and ``training/dataset.py`` read back as one array per row. The loop side keeps
+  a reference to the cycle's flat vectors (never copied, never converted to Python numbers: a
+  64 x 64 image is 4096 of them); the writer thread cuts them into columns. Because a row of an image
+  model weighs tens of kB, the buffer, the retry backlog and the Parquet row groups are bounded in
+  bytes as well as rows (:data:`FLUSH_BYTES`, :data:`MAX_BACKLOG_BYTES`, :data:`ROW_GROUP_BYTES`).
 * **Nothing lost on a clean shutdown** either: :meth:`Recorder.close` (called by ``Ioc.stop`` on
   SIGTERM / SIGINT) writes every buffered row and converts the file. A hard kill loses only the rows
   not yet flushed (at most ``flush_s`` worth).
@@ -50,6 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ioc.core.arrays import TensorLayout, size_of
 from ioc.core.config import ModelConfig, RecordConfig
 from ioc.core.pvmodel import Severity
 
@@ -59,9 +69,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlioc.recorder")
 
 FORMAT = 1
-FLUSH_ROWS = 50_000  # write early when this many rows are buffered
+FLUSH_ROWS = 50_000  # write early when this many rows are buffered ...
+FLUSH_BYTES = 64 << 20  # ... or this many bytes (an image model's rows are tens of kB each)
 MAX_BACKLOG = 500_000  # rows kept for retry while the disk fails (~a day at 5 Hz); older ones are dropped
-ROW_GROUP_ROWS = 100_000  # Parquet row group size when a stream is converted (bounds its memory too)
+MAX_BACKLOG_BYTES = 512 << 20  # ... and at most this many bytes of them
+ROW_GROUP_ROWS = 100_000  # Parquet row group size when a stream is converted (bounds its memory too) ...
+ROW_GROUP_BYTES = 128 << 20  # ... and its bytes
+ROW_OVERHEAD = 200  # bytes of a row besides its numbers (tuples, strings): for the byte bounds
 SUFFIX = ".parquet"
 INPROGRESS = ".inprogress"  # the file in progress: ``.<name>.inprogress``, an Arrow IPC stream
 _EOS = 8  # an IPC stream's end-of-stream marker (0xFFFFFFFF 0x00000000)
@@ -145,7 +159,8 @@ class _Stream:
 
 
 def column_names(model: ModelConfig) -> list[str]:
-    """The recorded columns, in order (``training/dataset.py`` reads them by these names)."""
+    """The recorded columns, in order (``training/dataset.py`` reads them by these names). An array
+    signal's ``in.``/``out.``/``target.`` column is a fixed-size list of its elements."""
     cols = ["time"]
     cols += [f"in.{i.name}" for i in model.inputs]
     cols += [f"in_sev.{i.name}" for i in model.inputs]
@@ -182,11 +197,24 @@ class Recorder:
             raise RecorderError(f"{model.name}: {self.directory} is not writable")
         self.n_in, self.n_out = len(model.inputs), len(model.outputs)
         self.target_names = [name for name, _ in config.targets]
+        # Cycles carry flat vectors (the tensor layout rule): an array takes its elements' columns.
+        self._in_layout, self._out_layout = TensorLayout.of(model.inputs), TensorLayout.of(model.outputs)
+        self._no_outputs = np.full(self._out_layout.total, math.nan)  # a cycle that produced none (shared)
+        self._no_inputs = np.full(self._in_layout.total, math.nan)  # a snapshot of another size (a bad frame)
+        self._no_inputs.flags.writeable = self._no_outputs.flags.writeable = False
+        shapes = {o.name: o.shape for o in model.outputs}
+        self.target_shapes = [shapes[name] for name in self.target_names]
+        row_bytes = ROW_OVERHEAD + 8 * (self._in_layout.total + self._out_layout.total
+                                        + sum(size_of(s) for s in self.target_shapes) + 3 * self.n_in)
+        self.flush_rows = max(1, min(FLUSH_ROWS, FLUSH_BYTES // row_bytes))
+        self.max_backlog = max(10, min(MAX_BACKLOG, MAX_BACKLOG_BYTES // row_bytes))
+        self.row_group_rows = max(1, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // row_bytes))
         # (severity, timestamp) of each input when the cycle ends (the runner's InputState objects).
         self._input_states = input_states or (lambda: [(0, math.nan)] * self.n_in)
-        # Latest (value, timestamp, severity) of each target, updated on the loop by target sinks.
-        self._targets: list[tuple[float, float, int]] = [(math.nan, 0.0, int(Severity.INVALID))] * len(
-            self.target_names)
+        # Latest (value, timestamp, severity) of each target, updated by target sinks (an array target's
+        # value is an array of its output's shape, or None).
+        self._targets: list[tuple[Any, float, int]] = [
+            (None if shape else math.nan, 0.0, int(Severity.INVALID)) for shape in self.target_shapes]
         self._rows: list[tuple] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -198,6 +226,7 @@ class Recorder:
         self.rows_received = 0  # rows taken from cycles (acknowledged): each is written or counted dropped
         self.rows_written = 0  # ... of which completely written to a file (in progress or converted)
         self.rows_dropped = 0
+        self.cpu_s = 0.0  # CPU time the writer thread spent encoding and writing (the cost of recording)
         self.error: str | None = None  # the current write failure, None while recording works
         # Told (from the writer thread) when recording starts failing (the error) and recovers (None).
         self.on_health: Callable[[str | None], None] | None = None
@@ -209,15 +238,20 @@ class Recorder:
     # ------------------------------------------------------------------ loop side
 
     def listener(self, record: CycleRecord) -> None:
-        """A cycle listener (runs on the loop): buffer one row, never touch the disk."""
+        """A cycle listener (runs on the loop): buffer one row, never touch the disk.
+
+        The row keeps the cycle's own input and output vectors (the runner never mutates them): no copy
+        and no conversion here, whatever their size.
+        """
         outputs = record.outputs
+        inputs = record.inputs
         states = self._input_states()
         row = (
             record.timestamp,
-            tuple(record.inputs.tolist()),
+            inputs if inputs.size == self._in_layout.total else self._no_inputs,  # a frame of another size
             tuple(int(s[0]) for s in states),
             tuple(float(s[1]) for s in states),
-            tuple(outputs.tolist()) if outputs is not None else (math.nan,) * self.n_out,
+            outputs if outputs is not None else self._no_outputs,
             tuple(self._targets),
             record.status.name,
             record.version,
@@ -228,23 +262,32 @@ class Recorder:
             self._rows.append(row)
             self.rows_received += 1
             n = len(self._rows)
-        if n >= FLUSH_ROWS:
+        if n >= self.flush_rows:
             self._wake.set()
 
     def target_sink(self, index: int):
         """A source sink (``sink(value, severity, timestamp, connected)``) for target ``index``.
 
-        Safe to call from the CA/PVA client thread: it only replaces one tuple in a list.
+        Safe to call from the CA/PVA client thread: it only replaces one tuple in a list. An array
+        target (the measured value of an array output) is copied there, off the loop; one of another
+        size than its output is recorded as missing (NaN).
         """
+        shape = self.target_shapes[index]
+        size = size_of(shape)
 
         def sink(value: Any, severity: Severity, timestamp: float, connected: bool) -> None:
             if not connected or value is None:
-                self._targets[index] = (math.nan, timestamp, int(Severity.INVALID))
+                self._targets[index] = (None if shape else math.nan, timestamp, int(Severity.INVALID))
                 return
+            v: Any
             try:
-                v = float(value)
+                if shape:
+                    v = np.array(value, dtype=np.float64).reshape(-1)
+                    v = v if v.size == size else None
+                else:
+                    v = float(value)
             except (TypeError, ValueError):
-                v = math.nan
+                v = None if shape else math.nan
             self._targets[index] = (v, float(timestamp), int(severity))
 
         return sink
@@ -268,8 +311,8 @@ class Recorder:
             self.write_pending()
             self._roll()
         waiting = list(self._unconverted)
-        log.info("%s: recorder closed: %d rows received, %d written, %d dropped%s", self.model.name,
-                 self.rows_received, self.rows_written, self.rows_dropped,
+        log.info("%s: recorder closed: %d rows received, %d written, %d dropped, %.2f s CPU%s", self.model.name,
+                 self.rows_received, self.rows_written, self.rows_dropped, self.cpu_s,
                  "".join(f"; {s.rows} rows wait in {s.path} (converted at the next start)" for s in waiting))
 
     def flush(self) -> None:
@@ -299,6 +342,7 @@ class Recorder:
             self._wake.wait(self.config.flush_s)
             self._wake.clear()
             closing = self._closing
+            start = time.thread_time()
             try:
                 self._flush()
             except Exception as exc:  # keep recording: a full or read-only disk must not kill the writer
@@ -311,6 +355,8 @@ class Recorder:
                     self._roll()
                 except Exception as exc:  # the rows stay in the stream; the next start converts it
                     log.error("%s: converting the file in progress failed (%s)", self.model.name, exc)
+            self.cpu_s += time.thread_time() - start
+            if closing:
                 return
 
     def _roll_if_asked(self) -> None:
@@ -367,7 +413,7 @@ class Recorder:
         except Exception:
             with self._lock:  # keep what was not written, oldest first, within the backlog bound
                 rows = rows[start:] + self._rows
-                excess = len(rows) - MAX_BACKLOG
+                excess = len(rows) - self.max_backlog
                 if excess > 0:
                     self.rows_dropped += excess
                     rows = rows[excess:]
@@ -456,7 +502,7 @@ class Recorder:
                 for batch in read_stream(f, stream.batches):
                     group.append(batch)
                     read += batch.num_rows
-                    if sum(b.num_rows for b in group) >= ROW_GROUP_ROWS:
+                    if sum(b.num_rows for b in group) >= self.row_group_rows:
                         writer.write_table(pa.Table.from_batches(group, schema=schema))
                         group = []
                 if group:
@@ -515,14 +561,15 @@ class Recorder:
     def _schema(self):
         pa = self._pa
         f64, i8, s = pa.float64(), pa.int8(), pa.string()
+        dtypes = {o.name: o.dtype for o in self.model.outputs}
         fields = [pa.field("time", f64)]
-        fields += [pa.field(f"in.{i.name}", f64) for i in self.model.inputs]
+        fields += [pa.field(f"in.{i.name}", self._value_type(i.shape, i.dtype)) for i in self.model.inputs]
         fields += [pa.field(f"in_sev.{i.name}", i8) for i in self.model.inputs]
         fields += [pa.field(f"in_time.{i.name}", f64) for i in self.model.inputs]
-        fields += [pa.field(f"out.{o.name}", f64) for o in self.model.outputs]
-        for name in self.target_names:
-            fields += [pa.field(f"target.{name}", f64), pa.field(f"target_time.{name}", f64),
-                       pa.field(f"target_sev.{name}", i8)]
+        fields += [pa.field(f"out.{o.name}", self._value_type(o.shape, o.dtype)) for o in self.model.outputs]
+        for name, shape in zip(self.target_names, self.target_shapes, strict=True):
+            fields += [pa.field(f"target.{name}", self._value_type(shape, dtypes[name])),
+                       pa.field(f"target_time.{name}", f64), pa.field(f"target_sev.{name}", i8)]
         fields += [pa.field("status", s), pa.field("version", s), pa.field("latency_s", f64),
                    pa.field("message", s)]
         meta = {
@@ -532,6 +579,8 @@ class Recorder:
             "mlioc.outputs": ",".join(o.name for o in self.model.outputs),
             "mlioc.targets": ",".join(self.target_names),
             "mlioc.units": ",".join(f"{x.name}={x.units}" for x in (*self.model.inputs, *self.model.outputs)),
+            "mlioc.shapes": ",".join(f"{x.name}={'x'.join(map(str, x.shape))}"
+                                     for x in (*self.model.inputs, *self.model.outputs) if x.shape),
         }
         return pa.schema(fields, metadata=meta)
 
@@ -546,18 +595,60 @@ class Recorder:
         data = sink.getvalue().to_pybytes()[:-_EOS]
         return data if table is None else data[len(self._stream_head):]
 
+    def _value_type(self, shape: tuple[int, ...], dtype: str):
+        """A scalar is a float64 column; an array a fixed-size list of its elements in its dtype."""
+        pa = self._pa
+        if not shape:
+            return pa.float64()
+        return pa.list_(pa.float32() if dtype == "float32" else pa.float64(), size_of(shape))
+
+    def _signal_columns(self, layout: TensorLayout, flat: np.ndarray, fields: list) -> list:
+        """Cut a block of flat vectors (n, total) into one column per signal (a scalar's values, an array's
+        fixed-size list), of each field's type."""
+        pa = self._pa
+        out = []
+        for shape, offset, f in zip(layout.shapes, layout.offsets, fields, strict=True):
+            if not shape:
+                out.append(pa.array(flat[:, offset], type=f.type))
+                continue
+            size = size_of(shape)
+            item = f.type.value_type
+            values = np.ascontiguousarray(flat[:, offset:offset + size], dtype=item.to_pandas_dtype()).reshape(-1)
+            out.append(pa.FixedSizeListArray.from_arrays(pa.array(values, type=item), size))
+        return out
+
+    def _target_column(self, k: int, rows: list[tuple], f):
+        pa = self._pa
+        shape = self.target_shapes[k]
+        if not shape:
+            return pa.array([r[5][k][0] for r in rows], type=f.type)
+        size = size_of(shape)
+        missing = np.full(size, math.nan)
+        block = np.stack([missing if r[5][k][0] is None else r[5][k][0] for r in rows])
+        item = f.type.value_type
+        values = block.astype(item.to_pandas_dtype()).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(values, type=item), size)
+
     def _table(self, rows: list[tuple]):
         pa = self._pa
-        cols: list[list] = [[r[0] for r in rows]]
-        cols += [[r[1][i] for r in rows] for i in range(self.n_in)]
-        cols += [[r[2][i] for r in rows] for i in range(self.n_in)]
-        cols += [[r[3][i] for r in rows] for i in range(self.n_in)]
-        cols += [[r[4][j] for r in rows] for j in range(self.n_out)]
+        schema = self.schema
+        n_in, n_out = self.n_in, self.n_out
+        fields = list(schema)
+        cols: list = [pa.array([r[0] for r in rows], type=pa.float64())]
+        cols += self._signal_columns(self._in_layout, np.stack([r[1] for r in rows]), fields[1:1 + n_in])
+        cols += [pa.array([r[2][i] for r in rows], type=pa.int8()) for i in range(n_in)]
+        cols += [pa.array([r[3][i] for r in rows], type=pa.float64()) for i in range(n_in)]
+        start = 1 + 3 * n_in
+        cols += self._signal_columns(self._out_layout, np.stack([r[4] for r in rows]), fields[start:start + n_out])
+        start += n_out
         for k in range(len(self.target_names)):
-            cols += [[r[5][k][0] for r in rows], [r[5][k][1] for r in rows], [r[5][k][2] for r in rows]]
-        cols += [[r[6] for r in rows], [r[7] for r in rows], [r[8] for r in rows], [r[9] for r in rows]]
-        arrays = [pa.array(c, type=f.type) for c, f in zip(cols, self.schema, strict=True)]
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+            cols += [self._target_column(k, rows, fields[start + 3 * k]),
+                     pa.array([r[5][k][1] for r in rows], type=pa.float64()),
+                     pa.array([r[5][k][2] for r in rows], type=pa.int8())]
+        s = pa.string()
+        cols += [pa.array([r[6] for r in rows], type=s), pa.array([r[7] for r in rows], type=s),
+                 pa.array([r[8] for r in rows], type=pa.float64()), pa.array([r[9] for r in rows], type=s)]
+        return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _write_all(fd: int, data: bytes) -> None:

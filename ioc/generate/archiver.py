@@ -11,11 +11,21 @@ MONITOR (every update that passes the archive deadband ADEL, which the IOC honou
 counters and rates (LATENCY, RATE, COUNT) are sampled on SCAN, since their every update carries no
 information beyond the sample. The period given with MONITOR is the appliance's estimate of the
 update rate (it sizes buffers with it): the model's scan period for values that change each cycle.
+
+Arrays: a waveform (``shape: [n]``: an orbit, a profile) is sampled on SCAN every
+:data:`WAVEFORM_SCAN_S` (or the model's period, if slower): every element changes every cycle, and at
+10 Hz a 100-point waveform is 700 MB a day in the appliance. An image's ``:SHAPE`` is monitored (it
+changes only with the frame size). **Images are left out** (``IN:``/``OUT:``/``CHALLENGER:OUT:`` of a
+``[h, w]`` signal): a 64 x 64 frame at 10 Hz is 14 GB a day as float32, and an appliance archives a
+scalar PV far better than a camera; archive the camera with its own areaDetector file plugins (HDF5)
+and the model's scalar outputs here. The PVs left out, and why, are listed beside the request
+(:data:`LEFT_OUT_NAME`) and printed by ``mlioc generate archiver``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -26,8 +36,12 @@ from ioc.core.pvmodel import Kind, PVSpec
 from ioc.generate import GenerateOptions
 from ioc.generate.model_pvs import ModelPVs
 
+log = logging.getLogger("mlioc.generate")
+
 FILE_NAME = "archive-pvs.json"
+LEFT_OUT_NAME = "archive-pvs-left-out.txt"
 CONTENT_TYPE = "application/json"
+WAVEFORM_SCAN_S = 1.0
 
 
 class ArchiverError(Exception):
@@ -40,7 +54,7 @@ def _period(seconds: float) -> str:
 
 
 def entries(config: Config, options: GenerateOptions) -> list[dict[str, str]]:
-    """The archivePV request body for every PV of every model, in layout order."""
+    """The archivePV request body for every archived PV of every model, in layout order."""
     stats_period = max(1.0, 1.0 / config.ioc.stats_hz)
     out = []
     for model in config.models:
@@ -48,18 +62,43 @@ def entries(config: Config, options: GenerateOptions) -> list[dict[str, str]]:
         cycle = 1.0 / model.trigger.scan_hz if model.trigger.kind == "scan" and model.trigger.scan_hz else 1.0
         scanned = {s.name for s in pvs.statistics}
         for spec in pvs.specs:
+            if left_out_reason(spec) is not None:
+                continue
             method, period = sampling(spec, scanned, cycle, stats_period)
             name = f"pva://{spec.name}" if options.protocol == "pva" else spec.name
             out.append({"pv": name, "samplingperiod": _period(period), "samplingmethod": method})
     return out
 
 
+def left_out_reason(spec: PVSpec) -> str | None:
+    """Why a PV is not archived (None: it is): images."""
+    if spec.kind is Kind.WAVEFORM and len(spec.shape) == 2:
+        h, w = spec.shape
+        per_day = h * w * spec.dtype.itemsize * 10 * 86_400 / 1e9
+        return (f"an image ({h}x{w} {spec.ftvl}, {per_day:.1f} GB a day at 10 Hz): archive the camera with its "
+                "areaDetector file plugins, and the model's scalar outputs here")
+    return None
+
+
+def left_out(config: Config, options: GenerateOptions) -> list[tuple[str, str]]:
+    """(PV, why) of every PV of the layout the request leaves out."""
+    out = []
+    for model in config.models:
+        for spec in ModelPVs.of(model, options.specs).specs:
+            reason = left_out_reason(spec)
+            if reason is not None:
+                out.append((spec.name, reason))
+    return out
+
+
 def sampling(spec: PVSpec, statistics: set[str], cycle_s: float, stats_s: float) -> tuple[str, float]:
-    """(method, period) for one PV: SCAN for the IOC's counters, MONITOR for everything else."""
+    """(method, period) for one PV: SCAN for the IOC's counters and for waveforms, MONITOR for everything else."""
     if spec.name in statistics or spec.kind is Kind.LONGIN:
         return "SCAN", stats_s
     if spec.kind in (Kind.AI, Kind.AO):
         return "MONITOR", min(cycle_s, 1.0)
+    if spec.kind is Kind.WAVEFORM and not isinstance(spec.initial, tuple):  # (a SHAPE PV is a constant)
+        return "SCAN", max(WAVEFORM_SCAN_S, cycle_s)
     return "MONITOR", 1.0
 
 
@@ -67,7 +106,18 @@ def generate(config: Config, out: Path, options: GenerateOptions) -> list[Path]:
     path = out / FILE_NAME
     lines = [" " + json.dumps(entry) for entry in entries(config, options)]
     path.write_text("[\n" + ",\n".join(lines) + "\n]\n")
-    return [path]
+    written = [path]
+    skipped = left_out(config, options)
+    notes = out / LEFT_OUT_NAME
+    if skipped:
+        notes.write_text(f"# PVs served by the IOC for {config.path.name} that {FILE_NAME} does not archive, and why\n"
+                         + "".join(f"{pv}\t{why}\n" for pv, why in skipped))
+        written.append(notes)
+        for pv, why in skipped:
+            log.warning("archiver: %s left out: %s", pv, why)
+    elif notes.exists():
+        notes.unlink()  # a stale list from an earlier run of another config
+    return written
 
 
 def archive_pv_url(url: str) -> str:

@@ -16,6 +16,7 @@ WIDGET_VERSIONS = {
     "action_button": "3.0.0",
     "bool_button": "2.0.0",
     "group": "3.0.0",
+    "image": "2.0.0",
     "label": "2.0.0",
     "led": "2.0.0",
     "multi_state_led": "2.0.0",
@@ -23,6 +24,7 @@ WIDGET_VERSIONS = {
     "rectangle": "2.0.0",
     "stripchart": "2.1.0",
     "textupdate": "2.0.0",
+    "xyplot": "3.0.0",
 }
 
 
@@ -221,17 +223,72 @@ class Trace:
     color: Color
 
 
+def _axis(el: ET.Element, a: Axis) -> ET.Element:
+    """The children of a strip chart's or an X/Y plot's axis (PlotWidgetProperties' axis structure)."""
+    _text(el, "title", a.title)
+    _text(el, "autoscale", a.autoscale)
+    _text(el, "log_scale", False)
+    _text(el, "minimum", float(a.minimum))
+    _text(el, "maximum", float(a.maximum))
+    _text(el, "show_grid", True)
+    _text(el, "visible", True)
+    return el
+
+
 def y_axes(axes: list[Axis]) -> ET.Element:
     el = ET.Element("y_axes")
     for a in axes:
-        y = ET.SubElement(el, "y_axis")
-        _text(y, "title", a.title)
-        _text(y, "autoscale", a.autoscale)
-        _text(y, "log_scale", False)
-        _text(y, "minimum", float(a.minimum))
-        _text(y, "maximum", float(a.maximum))
-        _text(y, "show_grid", True)
-        _text(y, "visible", True)
+        _axis(ET.SubElement(el, "y_axis"), a)
+    return el
+
+
+def x_axis(a: Axis) -> ET.Element:
+    """An X/Y plot's x axis."""
+    return _axis(ET.Element("x_axis"), a)
+
+
+@dataclass(frozen=True)
+class XYTrace:
+    """One trace of an X/Y plot: a waveform ``y_pv`` against ``x_pv`` (empty: the element index)."""
+
+    name: str
+    y_pv: str
+    x_pv: str
+    color: Color
+    points: bool = False  # mark each element (a BPM reading) as well as the line
+
+
+def xy_traces(items: list[XYTrace]) -> ET.Element:
+    el = ET.Element("traces")
+    for t in items:
+        tr = ET.SubElement(el, "trace")
+        _text(tr, "name", t.name)
+        _text(tr, "x_pv", t.x_pv)
+        _text(tr, "y_pv", t.y_pv)
+        _text(tr, "axis", 0)
+        _text(tr, "trace_type", 1)  # PlotWidgetTraceType LINE: a waveform's elements joined in order
+        tr.append(t.color.element("color"))
+        _text(tr, "line_width", 2)
+        _text(tr, "point_type", 2 if t.points else 0)  # PlotWidgetPointType CIRCLES / NONE
+        _text(tr, "point_size", 6)
+        _text(tr, "visible", True)
+    return el
+
+
+def color_map(name: str) -> ET.Element:
+    """An Image widget's predefined colour map (PredefinedColorMaps: VIRIDIS, GRAY, JET, ...)."""
+    el = ET.Element("color_map")
+    _text(el, "name", name)
+    return el
+
+
+def image_axis(tag: str, title: str, maximum: int) -> ET.Element:
+    """An Image widget's x or y axis, in pixels (0 .. the data width or height)."""
+    el = ET.Element(tag)
+    _text(el, "visible", True)
+    _text(el, "title", title)
+    _text(el, "minimum", 0.0)
+    _text(el, "maximum", float(maximum))
     return el
 
 

@@ -7,6 +7,11 @@ can be loaded into a C IOC or used for a gateway / alarm / archiver configuratio
 the ones :mod:`ioc.protocols.ca_server` serves for the same :class:`~ioc.core.pvmodel.PVSpec`; fields left at
 their EPICS default are omitted, as ``dbdExpand``/VDCT would. Inputs fed from another IOC carry
 their source in an ``info(mlioc:source, ...)`` tag: the IOC mirrors it, a C IOC would not.
+
+Arrays are ``waveform`` records: ``NELM`` (the element count; an image's h*w, row-major), ``FTVL``
+(DOUBLE, FLOAT, LONG), ``EGU``, ``PREC``, ``HOPR``/``LOPR``, ``DESC``; an image's ``:SHAPE`` record gets
+its constant value ``[h, w]`` through ``INP`` (a JSON array constant link, read at ``iocInit``), so a C IOC
+loading the file serves the same shape as the IOC. Waveforms have no alarm limits and no deadbands.
 """
 
 from __future__ import annotations
@@ -67,6 +72,15 @@ def record_fields(spec: PVSpec) -> list[tuple[str, str]]:
             f.append(("MDEL", conv(spec.mdel)))
         if spec.adel:
             f.append(("ADEL", conv(spec.adel)))
+    elif kind.is_array:
+        f += [("NELM", str(spec.nelm)), ("FTVL", spec.ftvl)]
+        if spec.egu:
+            f.append(("EGU", spec.egu))
+        f.append(("PREC", str(spec.prec)))
+        if spec.display is not None:
+            f += [("HOPR", number(spec.display[1])), ("LOPR", number(spec.display[0]))]
+        if isinstance(spec.initial, tuple):  # every element given: a constant, such as an image's SHAPE
+            f.append(("INP", "[" + ", ".join(number(v) for v in spec.initial_value().reshape(-1).tolist()) + "]"))
     elif kind is Kind.BO:
         f += [("ZNAM", spec.choices[0]), ("ONAM", spec.choices[1])]
         for fld, sev in zip(("ZSV", "OSV"), spec.choice_severities, strict=False):

@@ -121,6 +121,17 @@ class ModelPVs:
     def challenger_output(self, output_name: str) -> PVSpec | None:
         return self.get(self.names.challenger_output(output_name))
 
+    def shape_of(self, signal: InputConfig | OutputConfig) -> PVSpec | None:
+        """The ``:SHAPE`` PV of an image input or output (None for a scalar or a waveform)."""
+        name = (self.names.input_shape if isinstance(signal, InputConfig) else self.names.output_shape)(signal.name)
+        return self.get(name)
+
+    @property
+    def arrays(self) -> list[tuple[InputConfig | OutputConfig, PVSpec]]:
+        """The waveform and image inputs, then outputs, with their PVs: what screens plot."""
+        signals: list[tuple[InputConfig | OutputConfig, PVSpec]] = [*self.inputs, *self.outputs]
+        return [(c, s) for c, s in signals if c.shape]
+
     # The continual-learning loop (docs/how-to/retraining-loop.md): None where the layout does not serve them.
     def mae(self, output_name: str) -> PVSpec | None:
         return self.get(self.names.mae(output_name))
@@ -179,6 +190,8 @@ class ModelPVs:
         claimed += [s for s in (self.challenger, self.drift) if s is not None]
         claimed += [s for _, s in self.input_drifts]
         claimed += [s for o in self.model.outputs if (s := self.challenger_output(o.name)) is not None]
+        signals: list[InputConfig | OutputConfig] = [*self.model.inputs, *self.model.outputs]
+        claimed += [s for c in signals if (s := self.shape_of(c)) is not None]
         claimed += [s for o in self.model.outputs for s in (self.mae(o.name), self.challenger_mae(o.name))
                     if s is not None]
         claimed += self.loop

@@ -6,6 +6,13 @@ back / promote, predictions with alarm borders and units, drift bars, a strip ch
 message, versions and where their provenance lives, and every further PV of the layout), and
 ``mlioc.bob`` (one row per model with buttons to its screens).
 
+Arrays: a waveform (``shape: [n]``) is an X/Y plot of its elements against their index or against the
+PV its ``x_axis`` names (the BPMs' positions, say), an image (``[h, w]``) an Image widget of
+``data_width`` w and ``data_height`` h (the CA waveform is row-major, so one row of the image is ``w``
+consecutive elements; an NTNDArray carries its own dimensions), colour map VIRIDIS, autoscaled unless
+the output has a ``display`` range. Both screens show them below their tables; the tables name the shape
+(an image's ``:SHAPE`` PV), and the strip chart plots the scalar outputs only.
+
 Model screens name PVs as ``$(P)<suffix>`` with ``P`` defaulting to the model's prefix, so one screen
 serves any prefix (open it with another ``P``). Every PV comes from the layout via
 :class:`~ioc.generate.model_pvs.ModelPVs`; widgets for PVs the layout does not list (yet) - PROMOTE,
@@ -17,7 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ioc.core.config import Config, InputConfig
+from ioc.core.arrays import shape_text
+from ioc.core.config import Config, InputConfig, OutputConfig
 from ioc.core.pvmodel import PVSpec
 from ioc.generate import GenerateOptions
 from ioc.generate.bob import (
@@ -32,12 +40,17 @@ from ioc.generate.bob import (
     Container,
     Display,
     Trace,
+    XYTrace,
     actions,
+    color_map,
+    image_axis,
     open_display,
     severity_color_rule,
     states,
     traces,
     write_pv,
+    x_axis,
+    xy_traces,
     y_axes,
 )
 from ioc.generate.model_pvs import ModelPVs
@@ -111,6 +124,76 @@ def _group_height(rows: int) -> int:
     return GROUP_TOP + rows * ROW + GROUP_PAD - 8
 
 
+def _array_value(c: Container, s: Screen, signal: InputConfig | OutputConfig, spec: PVSpec, x: int, y: int,
+                 w: int) -> None:
+    """A table cell for a signal: its value (a scalar), or its shape (an array, plotted below the table)."""
+    if not signal.shape:
+        _value(c, s, spec, x, y, w)
+        return
+    shape = s.pvs.shape_of(signal)
+    if shape is not None:  # an image: the shape it is served with ([1 n] for a frame of another size)
+        _value(c, s, shape, x, y, w, name=s.pvs.suffix(shape))
+    else:
+        _label(c, f"[{signal.shape[0]}] plotted below", x, y, w, fine=True, tooltip=spec.desc)
+
+
+PLOT_H = 260  # an X/Y plot of a waveform
+IMAGE_H = 330  # an Image widget (square plot area plus its colour bar)
+
+
+def _plot_title(signal: InputConfig | OutputConfig, spec: PVSpec) -> str:
+    what = "input" if isinstance(signal, InputConfig) else "prediction"
+    units = f" [{spec.egu}]" if spec.egu else ""
+    return f"{what} {signal.name}{units}"
+
+
+def _array_views(c: Container, s: Screen, y: int, challenger_images: bool = False) -> int:
+    """X/Y plots of the waveforms and Image widgets of the images, two per row; returns the y below them.
+
+    A waveform output's plot carries the challenger's waveform as a second trace; a challenger's image
+    gets its own widget where ``challenger_images`` (the expert screen)."""
+    views: list[tuple[InputConfig | OutputConfig, PVSpec, str, PVSpec | None]] = []
+    for signal, spec in s.pvs.arrays:
+        shadow = s.pvs.challenger_output(signal.name) if isinstance(signal, OutputConfig) else None
+        views.append((signal, spec, _plot_title(signal, spec), shadow if len(signal.shape) == 1 else None))
+        if shadow is not None and len(signal.shape) == 2 and challenger_images:
+            views.append((signal, shadow, f"challenger {signal.name}", None))
+    col_w = (WIDTH - 3 * MARGIN) // 2
+    x_of = (MARGIN, 2 * MARGIN + col_w)
+    row_h = 0
+    for k, (signal, spec, title, shadow) in enumerate(views):
+        x = x_of[k % 2]
+        if len(signal.shape) == 1:
+            ref = signal.x_axis
+            x_pv = ("pva://" if ref.protocol == "pva" else "") + ref.name if ref is not None else ""
+            lo, hi = spec.display or (0.0, 1.0)
+            items = [XYTrace(signal.name, s.pv(spec), x_pv, PALETTE[0], points=signal.shape[0] <= 64)]
+            if shadow is not None:
+                items.append(XYTrace(f"challenger {signal.name}", s.pv(shadow), x_pv, PALETTE[1]))
+            c.add("xyplot", f"Plot {s.pvs.suffix(spec)}", x, y, col_w, PLOT_H, title=title,
+                  show_legend=shadow is not None,
+                  x_axis=x_axis(Axis(ref.name if ref is not None else "element", 0.0, float(signal.shape[0] - 1),
+                                     autoscale=ref is not None)),
+                  y_axes=y_axes([Axis(spec.egu or signal.name, lo, hi, autoscale=spec.display is None)]),
+                  traces=xy_traces(items), tooltip=f"{title}: {spec.desc}")
+            height = PLOT_H
+        else:
+            h, w = signal.shape
+            lo, hi = spec.display or (0.0, 255.0)
+            _label(c, title, x, y, col_w, bold=True, horizontal_alignment=1)  # the Image widget has no title
+            c.add("image", f"Image {s.pvs.suffix(spec)}", x, y + H, col_w, IMAGE_H - H, pv_name=s.pv(spec),
+                  color_map=color_map("VIRIDIS"), x_axis=image_axis("x_axis", "x [pixel]", w),
+                  y_axis=image_axis("y_axis", "y [pixel]", h), data_width=w, data_height=h,
+                  autoscale=spec.display is None, minimum=float(lo), maximum=float(hi),
+                  tooltip=f"$(pv_name): {spec.desc}, {shape_text(signal.shape)} (height x width)")
+            height = IMAGE_H
+        row_h = max(row_h, height)
+        if k % 2 == 1 or k == len(views) - 1:
+            y += row_h + MARGIN
+            row_h = 0
+    return y
+
+
 # ---------------------------------------------------------------------------- overview
 
 
@@ -169,8 +252,8 @@ def overview(pvs: ModelPVs, protocol: str) -> Display:
     for out, spec in outputs:
         y += ROW
         _label(g, out.name, 5, y, 150, tooltip=out.description or spec.desc)
-        _value(g, s, spec, 160, y, 130)
-        if out.name in shadow:
+        _array_value(g, s, out, spec, 160, y, 130)
+        if out.name in shadow and not out.shape:  # an array challenger: CHALLENGER:MAD says how far apart
             _value(g, s, shadow[out.name], 300, y, 130)
     right_bottom = y0 + _group_height(len(outputs) + 1)
 
@@ -190,11 +273,15 @@ def overview(pvs: ModelPVs, protocol: str) -> Display:
             y += ROW
         right_bottom = gy + _group_height(len(drift_rows))
 
-    # --- strip chart: predictions (one axis per unit) and drift
-    y = max(left_bottom, right_bottom) + MARGIN
+    # --- waveforms and images
+    y = _array_views(d, s, max(left_bottom, right_bottom) + MARGIN)
+
+    # --- strip chart: scalar predictions (one axis per unit) and drift
     by_unit: dict[str, list[PVSpec]] = {}  # one y axis per unit, in output order
     names: dict[str, str] = {}
     for out, spec in outputs:
+        if out.shape:
+            continue  # a waveform or an image is plotted above, not against time
         by_unit.setdefault(spec.egu or out.name, []).append(spec)
         names[spec.name] = out.name
     axes: list[Axis] = []
@@ -211,10 +298,11 @@ def overview(pvs: ModelPVs, protocol: str) -> Display:
         lo, hi = pvs.drift.display or (0.0, 1.0)
         axes.append(Axis("drift", lo, hi, autoscale=pvs.drift.display is None))
         chart.append(Trace("drift", s.pv(pvs.drift), len(axes) - 1, PALETTE[len(chart) % len(PALETTE)]))
-    d.add("stripchart", "Predictions and drift", MARGIN, y, WIDTH - 2 * MARGIN, 280,
-          title="Predictions" + (" and drift" if pvs.drift is not None else ""), show_legend=True,
-          start="10 minutes", y_axes=y_axes(axes), traces=traces(chart))
-    y += 280 + MARGIN
+    if chart:
+        d.add("stripchart", "Predictions and drift", MARGIN, y, WIDTH - 2 * MARGIN, 280,
+              title=("Predictions" if by_unit else "Drift") + (" and drift" if by_unit and pvs.drift else ""),
+              show_legend=True, start="10 minutes", y_axes=y_axes(axes), traces=traces(chart))
+        y += 280 + MARGIN
 
     # --- navigation
     d.add("action_button", "Expert screen", MARGIN, y, 160, 30,
@@ -266,7 +354,7 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
     for inp, spec in inputs:
         y += ROW
         _label(g, inp.name, 5, y, 110, tooltip=spec.desc)
-        _value(g, s, spec, 120, y, 130)
+        _array_value(g, s, inp, spec, 120, y, 130)
         _label(g, inp.source_text or "writable (caput / pvput)", 260, y, 250)
         _label(g, _range_text(inp), 520, y, 150)
         _label(g, f"{inp.max_age_s:g} s" if inp.max_age_s else "-", 680, y, 80)
@@ -291,9 +379,10 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
     for out, spec in outputs:
         gy += ROW
         _label(g, out.name, 5, gy, 110, tooltip=spec.desc)
-        _value(g, s, spec, 120, gy, 130)
-        _label(g, _limits_text(spec), 260, gy, 250)
-        if out.name in shadow:
+        _array_value(g, s, out, spec, 120, gy, 130)
+        _label(g, _limits_text(spec) if not out.shape else f"{shape_text(out.shape)} {out.dtype}, no limits", 260,
+               gy, 250)
+        if out.name in shadow and not out.shape:
             _value(g, s, shadow[out.name], 520, gy, 130)
         champion_mae, challenger_mae = errors.get(out.name, (None, None))
         if champion_mae is not None:
@@ -301,6 +390,7 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
         if challenger_mae is not None:
             _value(g, s, challenger_mae, 795, gy, 125)
     y += _group_height(len(outputs) + 1) + MARGIN
+    y = _array_views(d, s, y, challenger_images=True)
 
     # --- inference statistics and state | versions and provenance
     col_w = (inner - MARGIN) // 2

@@ -172,6 +172,41 @@ class Renderer:
             self.draw.text((lx + 24, bottom + 23), name, font=small, fill=(0, 0, 0))
             lx += 40 + int(self.draw.textlength(name, font=small))
 
+    def _plot_frame(self, w, x, y, width, height, title: str) -> tuple[int, int, int, int]:
+        """A plot's box and title; returns its plot area (left, top, right, bottom)."""
+        self.draw.rectangle((x, y, x + width - 1, y + height - 1), fill=(255, 255, 255), outline=(120, 120, 120))
+        if title:
+            self._text(title, (x, y + 2, x + width, y + 22), ImageFont.load_default(size=14), (0, 0, 0), 1, 1)
+        return x + 50, y + 26, x + width - 12, y + height - 34
+
+    def _xyplot(self, w, x, y, width, height) -> None:
+        left, top, right, bottom = self._plot_frame(w, x, y, width, height, _str(w, "title"))
+        small = ImageFont.load_default(size=11)
+        self.draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+        for i in range(1, 5):
+            gy = top + (bottom - top) * i // 5
+            self.draw.line((left, gy, right, gy), fill=(225, 225, 225))
+        axis = w.find("y_axes/y_axis")
+        if axis is not None:
+            self.draw.text((x + 4, top), _str(axis, "maximum"), font=small, fill=(0, 0, 0))
+            self.draw.text((x + 4, bottom - 12), _str(axis, "minimum"), font=small, fill=(0, 0, 0))
+        self._text(_str(w, "x_axis/title"), (left, bottom + 2, right, bottom + 18), small, (0, 0, 0), 1, 1)
+        for k, trace in enumerate(w.findall("traces/trace")):  # which PV each trace plots (no live values)
+            self.draw.text((left + 6, top + 4 + 14 * k), _str(trace, "y_pv"), font=small,
+                           fill=_color(trace, "color", (0, 0, 255)))
+
+    def _image(self, w, x, y, width, height) -> None:
+        left, top, right, bottom = self._plot_frame(w, x, y, width, height, "")
+        bar = 40
+        side = min(right - bar - left, bottom - top)
+        for i in range(side):  # the colour map's dark end; live frames cannot be shown
+            shade = 40 + 60 * i // max(side, 1)
+            self.draw.line((left, top + i, left + side, top + i), fill=(68, shade, 84 + shade))
+        self.draw.rectangle((left, top, left + side, top + side), outline=(0, 0, 0))
+        self._text(f"{_str(w, 'pv_name')} ({_str(w, 'data_height')} x {_str(w, 'data_width')})",
+                   (left, top + side // 2 - 10, left + side, top + side // 2 + 10), ImageFont.load_default(size=11),
+                   (255, 255, 255), 1, 1)
+
     def _unknown(self, w, x, y, width, height) -> None:
         self.draw.rectangle((x, y, x + width - 1, y + height - 1), outline=(255, 0, 255))
         self._text(w.get("type", "?"), (x, y, x + width, y + height), ImageFont.load_default(size=11), (255, 0, 255))

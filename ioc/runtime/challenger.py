@@ -28,12 +28,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ioc.core.arrays import TensorLayout
 from ioc.core.config import DriftConfig
-from ioc.core.drift import NoReference, SlidingMoments, WindowScorer, pair_nearest, parse_references
+from ioc.core.drift import NoReference, SlidingMoments, WindowScorer, pair_nearest
 from ioc.core.engine import LoadedModel
 from ioc.core.layout import ModelNames
 from ioc.core.promotion import LiveComparison
 from ioc.core.pvmodel import PV, AlarmLimits, PVDatabase, Severity, Status, clip_message
+from ioc.core.summary import Features, build_features
 from ioc.core.thresholds import Debouncer, ar1_phi, calibrate
 from ioc.runtime.monitor import TruthBuffer
 from ioc.runtime.runner import CycleRecord, ModelRunner
@@ -86,6 +88,10 @@ class ChallengerMonitor:
         s = self.settings
         n = ModelNames(cfg.prefix)
         self.in_names = [i.name for i in cfg.inputs]
+        # Cycle records carry flat vectors (the tensor layout rule): an array takes its elements' columns.
+        in_layout, out_layout = TensorLayout.of(cfg.inputs), TensorLayout.of(cfg.outputs)
+        self._n_in, self._n_out = in_layout.total, out_layout.total
+        self._out_offsets = out_layout.offsets
         self.truth_index = [j for j, o in enumerate(cfg.outputs) if o.truth is not None]
         self.mae_pvs = [db[n.challenger_mae(cfg.outputs[j].name)] for j in self.truth_index]
         self.drift_pv: PV | None = None
@@ -108,6 +114,7 @@ class ChallengerMonitor:
         self.version: str | None = None  # the challenger being judged
         self.champion_version: str | None = None
         self.scorer: WindowScorer | None = None
+        self.features: Features | None = None  # what is scored of the inputs (an array: its principal components)
         self.calibrated = False
         self._generation = 0
         self.listeners: list[ComparisonListener] = []
@@ -188,6 +195,7 @@ class ChallengerMonitor:
         for series in (self._champion, self._challenger, self._inputs):
             series.clear()
         self.scorer = None
+        self.features = None
         self.calibrated = False
         if self.drift_pv is not None:
             self._debouncer.reset()
@@ -199,9 +207,8 @@ class ChallengerMonitor:
 
     def _pair(self, now: float) -> None:
         """Pair matured predictions of both models (same snapshot time) with the truth samples."""
-        k_out = len(self.config.outputs)
-        ct, cy = self._champion.arrays(k_out)
-        kt, ky = self._challenger.arrays(k_out)
+        ct, cy = self._champion.arrays(self._n_out)
+        kt, ky = self._challenger.arrays(self._n_out)
         if not len(ct) or not len(kt) or not self.truth_index:
             return
         cutoff = max(ct[-1], kt[-1]) - self._hold
@@ -219,8 +226,9 @@ class ChallengerMonitor:
             if not len(truth):
                 continue
             p_idx, t_idx = pair_nearest(common, truth[:, 0], self._tolerance)
-            e_champ[p_idx, k] = champ_y[p_idx, j] - truth[t_idx, 1]
-            e_chall[p_idx, k] = chall_y[p_idx, j] - truth[t_idx, 1]
+            col = self._out_offsets[j]  # a scalar output of a model with arrays: its flat column
+            e_champ[p_idx, k] = champ_y[p_idx, col] - truth[t_idx, 1]
+            e_chall[p_idx, k] = chall_y[p_idx, col] - truth[t_idx, 1]
         paired = ~np.isnan(e_chall).all(axis=1)
         if paired.any():
             self.served.push(e_chall[paired])
@@ -245,10 +253,11 @@ class ChallengerMonitor:
         if self.drift_pv is None:
             return
         try:
-            refs = parse_references(model.manifest.reference, "inputs", self.in_names)
+            features = build_features(model.manifest.reference, "inputs", model.manifest.inputs)
         except NoReference as exc:
             self._invalidate_pv(self.drift_pv, clip_message(f"v{model.version}: {exc}"))
             return
+        self.features, refs = features, list(features.refs)
         self.scorer = WindowScorer(refs, s.window, s.bins, s.method)
         phi = ar1_phi(s.correlation_s, s.rate_hz)
         generation = self._generation
@@ -277,16 +286,17 @@ class ChallengerMonitor:
     def _score_drift(self, now: float) -> None:
         if self.drift_pv is None or self.scorer is None:
             return
-        t, x = self._inputs.arrays(len(self.in_names))
+        t, x = self._inputs.arrays(self._n_in)
         self._inputs.clear()
-        if len(t):
-            self.scorer.push(x)
+        if len(t) and self.features is not None:
+            self.scorer.push(self.features.project(x))  # an array input: its principal-component scores
         if not self.calibrated or self.scorer.n == 0:
             return
         scores = self.scorer.scores()
         worst = int(scores.argmax())
         warm = f"warming up {self.scorer.n}/{self.scorer.window}" if self.scorer.n < self.scorer.window else ""
-        self.drift_pv.post(float(scores[worst]), now, message=warm or f"worst input {self.in_names[worst]}")
+        label = self.features.labels[worst] if self.features is not None else "?"  # "q1" or "orbit_x[pc2]"
+        self.drift_pv.post(float(scores[worst]), now, message=warm or f"worst input {label}")
 
     # ------------------------------------------------------------------ helpers
 

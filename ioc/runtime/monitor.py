@@ -30,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from ioc.core.arrays import TensorLayout
 from ioc.core.config import DriftConfig, LimitsConfig
-from ioc.core.drift import NoReference, Reference, SlidingMoments, WindowScorer, pair_nearest, parse_references
+from ioc.core.drift import NoReference, SlidingMoments, WindowScorer, pair_nearest
 from ioc.core.engine import LoadedModel
 from ioc.core.layout import ModelNames, mirrors_inputs
 from ioc.core.pvmodel import PV, AlarmLimits, PVDatabase, Severity, Status, clip_message
+from ioc.core.summary import Features, build_features
 from ioc.core.thresholds import Calibration, Debouncer, ar1_phi, calibrate
 from ioc.runtime.runner import CycleRecord, ModelRunner
 
@@ -124,6 +126,11 @@ class ModelMonitor:
         n = self.names = ModelNames(cfg.prefix)
         self.in_names = [i.name for i in cfg.inputs]
         self.out_names = [o.name for o in cfg.outputs]
+        # Cycle records carry flat vectors (the tensor layout rule): an array takes its elements' columns.
+        in_layout, out_layout = TensorLayout.of(cfg.inputs), TensorLayout.of(cfg.outputs)
+        self._n_in = in_layout.total
+        self._out_offsets = out_layout.offsets
+        self._out_sizes = out_layout.sizes()
         self.score_listeners: list[ScoreListener] = []
 
         self.drift_pv: PV | None = None
@@ -158,13 +165,16 @@ class ModelMonitor:
 
         self._t: list[float] = []
         self._rows: list[np.ndarray] = []  # inputs, outputs, inputs, outputs, ...: one concatenate per batch
-        self._width = len(self.in_names) + len(self.out_names)
+        self._width = in_layout.total + out_layout.total
         self._next_flush = 0.0
         # A batch is flushed every update_s; below this many cycles the clock is not even read.
         self._batch = max(1, int(s.update_s * s.rate_hz * 0.9))
         self._generation = 0
         self.model: LoadedModel | None = None
         self.scorer: WindowScorer | None = None
+        # What is scored of the inputs / outputs: scalars as they are, arrays by their principal components.
+        self.features_in: Features | None = None
+        self.features_out: Features | None = None
         self.calibration: tuple[Calibration | None, Calibration | None] | None = None
         self._in_ok = self._out_ok = False
         self._anomaly: SlidingMoments | None = None
@@ -202,6 +212,7 @@ class ModelMonitor:
         self._t, self._rows = [], []
         self._pred_t, self._pred_y = [], []
         self.scorer = None
+        self.features_in = self.features_out = None
         self.calibration = None
         self.calibrated.clear()
         self._in_ok = self._out_ok = False
@@ -228,19 +239,19 @@ class ModelMonitor:
         s = self.settings
         version = f"v{model.version}"
         ref = model.manifest.reference
-        refs_in: tuple[Reference, ...] = ()
-        refs_out: tuple[Reference, ...] = ()
         try:
-            refs_in = parse_references(ref, "inputs", self.in_names)
+            self.features_in = build_features(ref, "inputs", model.manifest.inputs)
         except NoReference as exc:
             log.error("%s %s: input drift not scored: %s", self.config.name, version, exc)
             self._invalidate([self.drift_pv, *self.input_pvs], f"{version}: {exc}", now)
             self.worst_pv.post("", now)
         try:
-            refs_out = parse_references(ref, "outputs", self.out_names)
+            self.features_out = build_features(ref, "outputs", model.manifest.outputs)
         except NoReference as exc:
             log.error("%s %s: output drift not scored: %s", self.config.name, version, exc)
             self._invalidate([self.out_pv], f"{version}: {exc}", now)
+        refs_in = self.features_in.refs if self.features_in is not None else ()
+        refs_out = self.features_out.refs if self.features_out is not None else ()
         if not refs_in and not refs_out:
             return
         self._in_ok, self._out_ok = bool(refs_in), bool(refs_out)
@@ -300,9 +311,9 @@ class ModelMonitor:
                 self._invalidate([self.anomaly_pv], clip_message(f"{version}: no test_rmse_{name}"), now)
                 return
             scale.append(1.0 / rmse)
-        self._anomaly_scale = np.array(scale)
+        self._anomaly_scale = np.repeat(scale, self._out_sizes)  # an array output: each element alike
         window = max(1, round(self.settings.anomaly_window_s * self.settings.rate_hz))
-        self._anomaly = SlidingMoments(len(scale), window)
+        self._anomaly = SlidingMoments(len(self._anomaly_scale), window)
 
     def _setup_errors(self, model: LoadedModel, now: float) -> None:
         """RMSE limits: multiples of the version's test RMSE (none when the manifest lacks it)."""
@@ -338,11 +349,10 @@ class ModelMonitor:
         rows = np.concatenate(self._rows).reshape(k, self._width)
         times = self._t
         self._t, self._rows = [], []
-        d_in = len(self.in_names)
-        x, y = rows[:, :d_in], rows[:, d_in:]
+        x, y = rows[:, :self._n_in], rows[:, self._n_in:]
         scorer = self.scorer
         if scorer is not None:
-            scorer.push(rows if self._in_ok and self._out_ok else x if self._in_ok else y)
+            scorer.push(self._features(rows, x, y))
             if self.calibration is not None:
                 self._post_drift(scorer, now)
         if self._anomaly is not None:
@@ -354,6 +364,15 @@ class ModelMonitor:
             if now >= self._next_errors:
                 self._next_errors = now + self.error_update_s
                 self._score_errors(now)
+
+    def _features(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The scored features of a batch: the rows themselves for scalars, principal-component scores of arrays."""
+        fin, fout = self.features_in if self._in_ok else None, self.features_out if self._out_ok else None
+        if fin is not None and fout is not None:
+            if fin.identity and fout.identity:
+                return rows
+            return np.concatenate([fin.project(x), fout.project(y)], axis=1)
+        return fin.project(x) if fin is not None else fout.project(y)
 
     def _post(self, pv: PV, value: float, now: float, message: str) -> None:
         """Post a score; while its alarm is held (its debouncer's floor) the message says so."""
@@ -380,30 +399,35 @@ class ModelMonitor:
         warm = f"warming up {scorer.n}/{scorer.window}" if scorer.n < scorer.window else ""
         if not warm:
             self._release(self._drift_pvs())
-        d_in = len(self.in_names) if self._in_ok else 0
+        fin = self.features_in if self._in_ok else None
+        d_in = fin.d if fin is not None else 0
         model = self.config.name
-        if self._in_ok:
+        if fin is not None:
             s_in = scores[:d_in]
-            for pv, value in zip(self.input_pvs, s_in.tolist(), strict=True):
+            per_input, _ = fin.per_signal(s_in)  # an array input: its worst component
+            for pv, value in zip(self.input_pvs, per_input.tolist(), strict=True):
                 self._post(pv, value, now, warm)
             worst = int(s_in.argmax())
-            name, value = self.in_names[worst], float(s_in[worst])
+            label, value = fin.labels[worst], float(s_in[worst])  # "q1" or "orbit_x[pc2]"
+            signal = self.in_names[next(i for i, g in enumerate(fin.groups) if g.start <= worst < g.stop)]
             before = self.drift_pv.reading.severity
-            self._post(self.drift_pv, value, now, warm or f"worst input {name}")
-            if self.worst_pv.value != name:
-                self.worst_pv.post(name, now)
-            self._announce(before, self.drift_pv.reading.severity, name, value)
+            self._post(self.drift_pv, value, now, warm or f"worst input {label}")
+            if self.worst_pv.value != label:
+                self.worst_pv.post(label, now)
+            self._announce(before, self.drift_pv.reading.severity, label, signal, value)
             for listener in self.score_listeners:
-                for input_name, v in zip(self.in_names, s_in.tolist(), strict=True):
+                for input_name, v in zip(self.in_names, per_input.tolist(), strict=True):
                     listener(model, input_name, v)
                 listener(model, None, value)
-        if self._out_ok:
+        if self._out_ok and self.features_out is not None:
+            fout = self.features_out
             s_out = scores[d_in:]
             worst = int(s_out.argmax())
-            self._post(self.out_pv, float(s_out[worst]), now, warm or f"worst output {self.out_names[worst]}")
+            self._post(self.out_pv, float(s_out[worst]), now, warm or f"worst output {fout.labels[worst]}")
 
-    def _announce(self, before: int, after: int, name: str, value: float) -> None:
-        """Tell MESSAGE (and the log) when the debounced drift alarm rises or clears."""
+    def _announce(self, before: int, after: int, name: str, signal: str, value: float) -> None:
+        """Tell MESSAGE (and the log) when the debounced drift alarm rises or clears; ``name`` is the worst
+        feature (an input, or an array input's component: ``orbit_x[pc2]``), ``signal`` its input."""
         if after == before or after > Severity.MAJOR or before > Severity.MAJOR:
             return
         limits = self.drift_pv.spec.alarm
@@ -411,7 +435,7 @@ class ModelMonitor:
             text = f"drift {Severity(after).name}: {name} {value:.3g}"
             log.warning("%s: input drift %s: %s scores %.3g (HIGH %.3g, HIHI %.3g); inspect %s",
                         self.config.name, Severity(after).name, name, value, limits.high, limits.hihi,
-                        self.names.drift_input(name))
+                        self.names.drift_input(signal))
         else:
             text = "drift cleared" if after == 0 else f"drift down to MINOR: {name} {value:.3g}"
             log.warning("%s: input drift now %s (%s %.3g)", self.config.name, Severity(after).name, name, value)
@@ -444,7 +468,7 @@ class ModelMonitor:
                     continue
                 p_idx, t_idx = pair_nearest(tp, truth[:, 0], self._tolerance)
                 if len(p_idx):
-                    errors[p_idx, k] = yp[p_idx, j] - truth[t_idx, 1]
+                    errors[p_idx, k] = yp[p_idx, self._out_offsets[j]] - truth[t_idx, 1]
                     self._last_pair[k] = now
             self._errors.push(errors)
         mae, rmse = self._errors.mae(), self._errors.rmse()

@@ -49,6 +49,7 @@ SCREEN_S = 66.0  # m
 COR_KICK_MRAD_PER_A = 0.05
 COR_RANGE_A = (-5.0, 5.0)
 COR_TAU_S = 0.2  # power-supply lag, as the steering demo's corrector
+COR_WANDER_TAU_S = 1.0  # correlation time of the correctors' wander (Line.wander), as the knobs' (Machine.tau_s)
 COR_READBACK_NOISE_A = 0.002
 ERR_KICK_MRAD = 0.02  # stationary spread of each error kick
 ERR_TAU_S = 120.0  # the error orbit wanders slowly (ground motion, temperature)
@@ -259,26 +260,48 @@ def generate_array_dataset(n: int, seed: int, names: tuple[str, ...] | list[str]
 
 @dataclass
 class Line:
-    """The live transport line: correctors following their setpoints, wandering error kicks (seeded)."""
+    """The live transport line: correctors following their setpoints, wandering error kicks (seeded).
+
+    ``wander`` (0..1) makes each corrector wander around its setpoint as the simulator's knobs wander
+    around theirs (:class:`ioc.sim.physics.Machine`): an Ornstein-Uhlenbeck process of correlation time
+    ``COR_WANDER_TAU_S`` mapped onto the training data's uniform spread, ``wander`` x U(-2, 2) A
+    (a Gaussian copula). With ``wander`` 1 the live orbit, screen and profile are in-distribution for the
+    shipped array models until a setpoint moves or DRIFT shifts the error orbit; with 0 the correctors sit
+    at their setpoints (what a response measurement wants).
+    """
 
     seed: int = 0
     rate_hz: float = 10.0
     setpoints_a: np.ndarray = field(default_factory=lambda: np.zeros(N_COR))
     drift: float = 0.0  # the error kicks' centre, in their reference standard deviations
+    wander: float = 0.0  # the correctors' wander, as a fraction of the training spread (CORRECTOR_SPREAD_A)
     currents_a: np.ndarray = field(init=False)
     kicks: np.ndarray = field(init=False)  # (2, N_ERR) mrad: x, y
     rng: np.random.Generator = field(init=False)
+    _wander_z: np.ndarray = field(init=False)  # the correctors' OU states, N(0, 1)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng([self.seed, 2000])
         self.currents_a = np.array(self.setpoints_a, dtype=np.float64)
         self.kicks = ERR_KICK_MRAD * self.rng.standard_normal((2, N_ERR))
+        self._wander_rng = np.random.default_rng([self.seed, 2001])  # its own stream: wander 0 changes nothing else
+        self._wander_z = self._wander_rng.standard_normal(N_COR)
+
+    def wander_a(self) -> np.ndarray:
+        """The correctors' current offsets from their setpoints (A): wander x U(-2, 2) A, correlated in time."""
+        u = np.array([0.5 * math.erfc(-z / math.sqrt(2.0)) for z in self._wander_z])  # the normal CDF
+        return self.wander * CORRECTOR_SPREAD_A * (2.0 * u - 1.0)
 
     def step(self) -> dict[str, np.ndarray]:
         """Advance one period; return corrector readbacks, measured orbits, the ideal correction and the
         noise-free beam offset at the screen."""
         dt = 1.0 / self.rate_hz
-        self.currents_a = self.currents_a + (self.setpoints_a - self.currents_a) * (1.0 - math.exp(-dt / COR_TAU_S))
+        target = self.setpoints_a
+        if self.wander:
+            w = math.exp(-dt / COR_WANDER_TAU_S)
+            self._wander_z = w * self._wander_z + math.sqrt(1 - w * w) * self._wander_rng.standard_normal(N_COR)
+            target = target + self.wander_a()
+        self.currents_a = self.currents_a + (target - self.currents_a) * (1.0 - math.exp(-dt / COR_TAU_S))
         a = math.exp(-dt / ERR_TAU_S)
         centre = self.drift * ERR_KICK_MRAD
         self.kicks = centre + (self.kicks - centre) * a + ERR_KICK_MRAD * math.sqrt(1 - a * a) * \

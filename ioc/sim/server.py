@@ -19,6 +19,10 @@ Arrays (:mod:`ioc.sim.beamline`, the array demo ``config/demo-arrays.yaml``):
   BPMs' positions along the line (m)
 * ``COR1:I_SP`` ... ``COR4:I_SP`` (writable, -5..5 A), ``COR1:I`` ... — the line's correctors;
   ``COR1:DI_BEST`` ... — the change of each that would flatten the orbit best (the orbit model's truth)
+* ``LINE:WANDER`` (writable, 0..1, default 1) — how far the correctors wander around their setpoints,
+  as a fraction of the array models' training spread (U(-2, 2) A), as every knob wanders around its
+  own: 1 keeps the live orbit, image and profile in-distribution; 0 holds the correctors at their
+  setpoints (a response measurement, a test comparing a prediction with a truth read a moment later)
 * ``CAM:IMAGE`` — the 64 x 64 screen image (PVA NTNDArray, CA waveform of 4096 floats, row-major),
   at ``simulator.image_hz``; ``CAM:ArraySize0_RBV`` (width), ``CAM:ArraySize1_RBV`` (height),
   ``CAM:ArrayCounter_RBV`` (frames, = the NTNDArray's uniqueId); ``CAM:CENTROID:X``/``Y`` — the spot's
@@ -57,6 +61,7 @@ FAULT_CHOICES = ("NONE", "STALL", "NAN")
 NAN_BPM = 6  # FAULT = NAN: this BPM reads NaN (BPM06, element 5 of the orbit waveforms)
 NAN_ROWS = (30, 31)  # ... these image rows are NaN
 NAN_PROFILE_POINTS = (50,)  # ... and these profile points
+LINE_WANDER = 1.0  # the line's correctors wander over the training spread (bl.Line.wander), as the knobs do
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,10 @@ class SimNames:
 
     def line_corrector(self, j: int) -> str:
         return f"{self.prefix}COR{j}:I"
+
+    @property
+    def line_wander(self) -> str:
+        return f"{self.prefix}LINE:WANDER"
 
     def line_corrector_setpoint(self, j: int) -> str:
         return f"{self.prefix}COR{j}:I_SP"
@@ -172,6 +181,9 @@ def line_pv_specs(n: SimNames) -> list[PVSpec]:
                             prec=3, display=bl.COR_RANGE_A, initial=0.0))
         specs.append(PVSpec(name=n.best_correction(j), kind=Kind.AI, desc=f"change of COR{j} that flattens orbit",
                             egu="A", prec=3, display=(-5.0, 5.0), initial=math.nan))
+    specs.append(PVSpec(name=n.line_wander, kind=Kind.AO, desc="corrector wander (x training spread)", prec=2,
+                        display=(0.0, 1.0), control=(0.0, 1.0), writable=True, initial=LINE_WANDER, scan="Passive",
+                        audit=True))
     h, w = bl.IMAGE_SHAPE
     specs += [
         PVSpec(name=n.image_size(0), kind=Kind.LONGIN, desc="image width (x)", initial=w),
@@ -251,14 +263,15 @@ class Simulator:
         self.clock = clock
         self.machine = Machine(seed=seed, rate_hz=rate_hz)
         self.steering = Steering(seed=seed, rate_hz=rate_hz)
-        self.line = bl.Line(seed=seed, rate_hz=rate_hz)
+        self.line = bl.Line(seed=seed, rate_hz=rate_hz, wander=LINE_WANDER)
         self.screen = bl.Screen(seed=seed)
         self.fault = 0
         self.db = PVDatabase()
         now = clock()
         for spec in sim_pv_specs(prefix):
             self.db.add(spec, now)
-        self.truth: dict[str, float] | None = None  # the beam on the screen, for the next frame
+        self.truth: dict[str, float] | None = None  # the beam on the screen, for the next frame ...
+        self.truth_time = 0.0  # ... and the time of the step that made it
         for k in KNOBS:
             self.db[self.names.setpoint(k.pv)].put_handler = self._setpoint_handler(k.name)
         self.db[self.names.drift].put_handler = self._put_drift
@@ -269,6 +282,7 @@ class Simulator:
         self.db[self.names.orbit_offset].put_handler = self._put_orbit_offset
         for j in range(1, bl.N_COR + 1):
             self.db[self.names.line_corrector_setpoint(j)].put_handler = self._line_corrector_handler(j)
+        self.db[self.names.line_wander].put_handler = self._put_line_wander
         for pv in self.db:
             if pv.spec.writable or pv.spec.kind is Kind.LONGIN:
                 pv.post(pv.spec.initial, now)
@@ -310,6 +324,11 @@ class Simulator:
         pv.post(value, self.clock())
         log.warning("orbit offset set to %g mm by %s", value, client)
 
+    def _put_line_wander(self, pv: PV, value: float, client: ClientInfo) -> None:
+        self.line.wander = value
+        pv.post(value, self.clock())
+        log.warning("line corrector wander set to %g by %s", value, client)
+
     def _line_corrector_handler(self, j: int):
         def handler(pv: PV, value: float, client: ClientInfo) -> None:
             self.line.setpoints_a[j - 1] = value
@@ -323,11 +342,11 @@ class Simulator:
         corrector, bpm = self.steering.step()
         line = self.line.step()
         truth = self.screen.truth(self.machine.actual, float(line["screen_x"]), float(line["screen_y"]))
-        self.truth = truth
+        now = self.clock()
+        self.truth, self.truth_time = truth, now
         if self.fault == 1:
             return
         nan = self.fault == 2
-        now = self.clock()
         n, db = self.names, self.db
         for k, value in zip(KNOBS, readback, strict=True):
             db[n.readback(k.pv)].post(math.nan if nan else float(value), now)
@@ -354,15 +373,21 @@ class Simulator:
         db[n.profile].post(_with_nan(prof, list(NAN_PROFILE_POINTS)) if nan else prof, now)
 
     def frame(self) -> None:
-        """Take one camera frame of the current beam (at image_hz)."""
+        """Take one camera frame of the current beam (at image_hz).
+
+        The frame shows the beam of the last machine step and carries that step's time stamp, as a camera
+        triggered by the beam does: the beam sizes and the centroid measured in that step have the same
+        one, so the IOC (truth) and training (recorded targets) pair them exactly, whatever the phase of
+        the image loop against the machine's.
+        """
         if self.truth is None or self.fault == 1:
             return
         image = self.screen.frame(self.truth)
         if self.fault == 2:
             image[list(NAN_ROWS), :] = np.nan
-        now = self.clock()
-        self.db[self.names.image].post(image, now)
-        self.db[self.names.image_counter].post(self.screen.unique_id, now)
+        stamp = self.truth_time or self.clock()
+        self.db[self.names.image].post(image, stamp)
+        self.db[self.names.image_counter].post(self.screen.unique_id, stamp)
 
     async def _every(self, period: float, action) -> None:
         loop = asyncio.get_running_loop()

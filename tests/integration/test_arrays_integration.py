@@ -309,3 +309,27 @@ async def test_ca_keeps_a_bounded_backlog_of_large_frames(port_pool, ca, prefix)
         assert 0 < kept <= SUBSCRIPTION_BACKLOG_BYTES
     finally:
         await server.stop()
+
+
+def test_a_ca_waveform_source_larger_than_16_kb_arrives_whole(tmp_path, prefix, launch, ca, port_pool):
+    """EPICS_CA_MAX_ARRAY_BYTES defaults to 16 kB (2048 doubles); a 4096-element orbit from a C IOC (whose RSRV
+    is configured for it) still reaches an IOC started with that default: the IOC's libca takes large arrays."""
+    p, c = prefix, f"C{prefix}"
+    (tmp_path / "big.db").write_text('record(waveform, "$(P)BIG") {\n    field(FTVL, "DOUBLE")\n'
+                                     '    field(NELM, "4096")\n}\n')
+    ports = port_pool.take()
+    cioc = ServerProcess([str(tmp_path / "big.db"), f"P={c}"], server_env(ports), "cioc", module="tests.support.cioc")
+    cioc.ports = ports
+    launch.started.append(cioc)
+    cioc.start()
+    cioc.wait_for_line("CIOC READY", timeout=30)
+    publish_array_linear(tmp_path / "store", [("orbit", (4096,))], [("x", ())], np.ones((1, 4096)) / 4096, [0.0])
+    config = write_config(tmp_path / "ioc.yaml", model(p, inputs=[{"name": "orbit", "shape": [4096],
+                                                                    "source": f"ca://{c}BIG"}], outputs=["x"]),
+                          ioc={"metrics_port": 0})
+    launch.ioc(config, sources=[cioc], env={"EPICS_CA_MAX_ARRAY_BYTES": "16384"})  # the default of most hosts
+    out = ca.monitor(f"{p}OUT:x")
+    orbit = np.arange(4096.0) / 100
+    ca.put(f"{c}BIG", orbit)
+    out.wait_for(lambda u: u.severity == 0 and abs(u.value - orbit.mean()) < 1e-4, timeout=15)  # float32 graph
+    assert ca.get(f"{p}IN:orbit.NORD") == 4096 and ca.get(f"{p}IN:orbit")[-1] == orbit[-1]

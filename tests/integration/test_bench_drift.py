@@ -23,3 +23,9 @@ def test_bench_drift_quick_prints_the_table():
     delay = rows["detection delay, 1 std step on one input, median of 8"]
     assert delay[0].endswith(" s") and delay[1].startswith("oracle CUSUM")
     assert any(k.startswith("monitoring per cycle: drift (4 inputs") for k in rows)
+    # The array input's table: the orbit waveform, scored by its principal components.
+    assert rows["false MINOR / MAJOR per 24 h, DRIFT (0.05 d, 43200 cycles)"][0].count("/") == 1
+    found, _, named = rows["corrector step: detected within 10 min / reached MAJOR / named orbit_x[pcK] in "
+                           "DRIFT:WORST"][0].split(" / ")
+    assert found == "4/4" and named == "4/4"
+    assert any(k.startswith("monitoring per cycle (projection on 3 components") for k in rows)

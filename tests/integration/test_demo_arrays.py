@@ -5,39 +5,22 @@ bad frame makes the screen model INVALID with the reason."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 
 from ioc.sim.server import NAN_ROWS, SimNames
+from tests.support.demo import demo_arrays_config
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def demo(tmp_path, launch, prefix):
     """The shipped config with this test's prefixes and private copies of the shipped stores."""
-    doc = yaml.safe_load((ROOT / "config" / "demo-arrays.yaml").read_text())
-    sim_prefix = f"{prefix}SIM:"
-    doc["ioc"]["metrics_port"] = 0
-    doc["simulator"]["prefix"] = sim_prefix
-    for m in doc["models"]:
-        shutil.copytree(ROOT / "models" / m["name"], tmp_path / m["name"], ignore=shutil.ignore_patterns(".lock"))
-        m["store"] = str(tmp_path / m["name"])
-        m.pop("store_template", None)
-        m.pop("training")
-        m["prefix"] = m["prefix"].replace("DEMO:", f"{prefix}DEMO:")
-        for i in m["inputs"]:
-            i["source"] = i["source"].replace("://SIM:", f"://{sim_prefix}")
-    config = tmp_path / "demo-arrays.yaml"
-    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    config, p, sim_prefix = demo_arrays_config(tmp_path, prefix)
     sim = launch.sim(config)
     ioc = launch.ioc(config, sources=[sim], env={"EPICS_PVA_ADDR_LIST": f"127.0.0.1:{sim.ports.pva_broadcast}"})
-    return sim, ioc, f"{prefix}DEMO:", SimNames(sim_prefix)
+    return sim, ioc, p, SimNames(sim_prefix)
 
 
 def _close(ca, out: str, truth: str, tol: float, n: int = 5) -> None:
@@ -50,6 +33,8 @@ def _close(ca, out: str, truth: str, tol: float, n: int = 5) -> None:
 
 def test_the_array_models_serve_predictions_that_match_the_simulators_truth(demo, ca, pva):
     sim, ioc, p, s = demo
+    # A steady line (no corrector wander): each prediction is compared with a truth read a moment later.
+    ca.put(s.line_wander, 0)
     # Orbit: a 32-element waveform in, the corrector changes that flatten it out.
     ca.put(s.line_corrector_setpoint(2), 1.5)  # an orbit the correctors must undo
     for j in range(1, 5):

@@ -37,8 +37,19 @@ def test_the_orbit_waveform_follows_a_corrector_through_the_response_matrix(sim,
     assert ca.get(f"{n.orbit('x')}.FTVL", as_string=True) == "DOUBLE"
     assert ca.get(f"{n.orbit('x')}.EGU", as_string=True) == "mm"
     assert ca.get(f"{n.orbit('x')}.RTYP", as_string=True) == "waveform"
+    # The correctors wander over the training spread (LINE:WANDER 1, the default): they follow their
+    # readbacks, not their setpoints alone.
+    wander = ca.monitor(n.line_corrector(2))
+    wander.wait_count(30)
+    spread = np.ptp([u.value for u in wander.updates[-30:]])
+    assert 0.2 < spread < 2 * 2 * bl.CORRECTOR_SPREAD_A
+    correctors = [ca.monitor(n.line_corrector(j)) for j in range(1, bl.N_COR + 1)]
+    marks = [m.mark() for m in correctors]
+    ca.put(n.line_wander, 0)  # held at their setpoints (0 A): a response measurement
+    for monitor, mark in zip(correctors, marks, strict=True):
+        monitor.wait_for(lambda u: abs(u.value) < 0.01, since=mark)
     orbit = ca.monitor(n.orbit("x"))
-    orbit.wait_count(12)
+    orbit.wait_count(orbit.mark() + 12)  # 1.2 s: six power-supply time constants
     before = np.mean([np.array(u.value) for u in orbit.updates[-10:]], axis=0)
     assert before.shape == (bl.N_BPM,) and np.isfinite(before).all()
     # The individual BPM PVs carry the same positions, one PV each (a model can gather them as a list).

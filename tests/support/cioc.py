@@ -1,8 +1,8 @@
 """A real EPICS C IOC (epicscorelibs' minimal softIoc: EPICS base's dbCore, record support and RSRV).
 
-    python -m tests.support.cioc FILE.db MACROS
+    python -m tests.support.cioc FILE.db MACROS [FILE2.db MACROS2 ...]
 
-loads one database with ``dbLoadRecords``, runs ``iocInit`` and serves it over CA on the ports
+loads each database with ``dbLoadRecords``, runs ``iocInit`` and serves it over CA on the ports
 given in the environment until SIGTERM. Tests use it as the reference for what an EPICS record
 with the same fields serves.
 """
@@ -16,8 +16,8 @@ from epicscorelibs.ioc import start_ioc
 
 
 def main() -> None:
-    database, macros = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
-    start_ioc(dbs=[(database, macros)], extra_dbd_load=(), extra_dso_load=())
+    args = sys.argv[1:] + ([""] if len(sys.argv) % 2 == 0 else [])  # FILE [MACROS] pairs
+    start_ioc(dbs=list(zip(args[::2], args[1::2], strict=True)), extra_dbd_load=(), extra_dso_load=())
     print("CIOC READY", flush=True)
     while True:
         signal.pause()

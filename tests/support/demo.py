@@ -23,3 +23,48 @@ def demo_store_copy(dest) -> str:
     if not target.exists():
         shutil.copytree(root, target, ignore=shutil.ignore_patterns(".lock"))
     return str(target)
+
+
+def demo_arrays_config(tmp_path, prefix: str, *, record: bool = False, training: bool = False):
+    """config/demo-arrays.yaml under this test's prefixes, on private copies of the shipped stores (and,
+    with ``record``, recording into ``tmp_path/data``): (config path, IOC prefix ``<prefix>DEMO:``,
+    simulator prefix). Everything else (drift, truth PVs, targets) is the shipped config's."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "config" / "demo-arrays.yaml").read_text())
+    sim_prefix = f"{prefix}SIM:"
+    doc["ioc"]["metrics_port"] = 0
+    doc["ioc"].pop("state_dir", None)
+    doc["simulator"]["prefix"] = sim_prefix
+
+    def resim(ref: str) -> str:
+        return ref.replace("://SIM:", f"://{sim_prefix}")
+
+    for m in doc["models"]:
+        shutil.copytree(root / "models" / m["name"], tmp_path / m["name"], ignore=shutil.ignore_patterns(".lock"))
+        m["store"] = str(tmp_path / m["name"])
+        m.pop("store_template", None)
+        if not training:
+            m.pop("training", None)
+        m["prefix"] = m["prefix"].replace("DEMO:", f"{prefix}DEMO:")
+        for i in m["inputs"]:
+            if isinstance(i.get("source"), str):
+                i["source"] = resim(i["source"])
+            if "x_axis" in i:
+                i["x_axis"] = resim(i["x_axis"])
+        for o in m["outputs"]:
+            for key in ("truth", "x_axis"):
+                if key in o:
+                    o[key] = resim(o[key])
+        if "record" in m and record:
+            m["record"]["dir"] = str(tmp_path / "data" / m["name"])
+            m["record"]["targets"] = {k: resim(v) for k, v in m["record"].get("targets", {}).items()}
+        else:
+            m.pop("record", None)
+    path = tmp_path / "demo-arrays.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path, f"{prefix}DEMO:", sim_prefix

@@ -147,8 +147,10 @@ def _walk(parent: ET.Element, report: BobReport, versions, scope, pw: int, ph: i
                     report.problems.append(f"{here}: opens {file}, which does not exist")
         for rule_pv in w.findall("rules/rule/pv_name"):
             report.pvs.append(_expand(rule_pv.text or "", local, report, here))
-        for trace_pv in w.findall("traces/trace/y_pv"):
-            report.pvs.append(_expand(trace_pv.text or "", local, report, here))
+        for tag in ("traces/trace/y_pv", "traces/trace/x_pv"):  # strip charts and X/Y plots (x: empty = index)
+            for trace_pv in w.findall(tag):
+                if trace_pv.text:
+                    report.pvs.append(_expand(trace_pv.text, local, report, here))
         if wtype == "group":
             # A group box (style 0, the default) draws its title and border inside its bounds.
             boxed = (_int(w, "style") or 0) == 0

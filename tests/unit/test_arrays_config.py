@@ -94,7 +94,7 @@ def test_array_inputs_refused(tmp_path, inp, expected):
     ("out", "expected"),
     [
         ({"alarm": {"high": 1}}, "outputs[0].alarm: arrays have no limit alarms"),
-        ({"truth": "ca://T"}, "outputs[0].truth: ground-truth errors are scalar"),
+        ({"truth": "ca://T"}, "outputs[0].truth: ground-truth errors (MAE/RMSE) are scored for scalar outputs only"),
         ({"adel": 1}, "outputs[0].adel: an array posts on every change"),
         ({"action": {"target": "ca://SP", "min": 0, "max": 1, "max_step": 0.1}}, "an action drives one scalar"),
     ],
@@ -103,13 +103,14 @@ def test_array_outputs_refused(tmp_path, out, expected):
     assert expected in _problems(tmp_path, model("A:", outputs=[{"name": "p", "shape": [8], **out}]))
 
 
-def test_drift_and_recording_of_array_models_not_yet(tmp_path):
-    text = _problems(tmp_path, model("A:", inputs=[{"name": "x", "shape": [8]}], drift={"rate_hz": 10},
-                                     record={"dir": "rec"}))
-    assert "models[0].drift: drift scores of a model with array inputs/outputs is not supported yet" in text
-    assert "models[0].record: recording of a model with array inputs/outputs is not supported yet" in text
-    text = _problems(tmp_path, model("A:", inputs=[{"name": "x", "shape": [8]}], outputs=[{"name": "y", "truth": "T"}]))
-    assert "models[0].outputs[0].truth: ground-truth errors of a model with array inputs/outputs" in text
+def test_drift_recording_and_scalar_truth_of_array_models_are_accepted(tmp_path):
+    path = write_config(tmp_path / "c.yaml", model(
+        "A:", inputs=[{"name": "x", "shape": [8]}],
+        outputs=[{"name": "y", "truth": "ca://T"}, {"name": "p", "shape": [4]}], drift={"rate_hz": 10},
+        record={"dir": "rec", "targets": {"y": "ca://T", "p": "ca://PROFILE"}}))
+    m = load_config(path).models[0]
+    assert m.drift is not None and m.outputs[0].truth.name == "T"
+    assert dict((k, v.name) for k, v in m.record.targets) == {"y": "T", "p": "PROFILE"}
 
 
 def test_problems_carry_file_and_line(tmp_path):

@@ -18,6 +18,7 @@ from ioc.edges.model_manager import ModelManager
 from ioc.edges.promotion import PromotionEdge
 from ioc.runtime.challenger import ChallengerMonitor
 from ioc.runtime.runner import ModelRunner
+from tests.support.clock import Clock
 from tests.support.configs import model, write_config
 from tests.support.models import linear_model, manifest_for
 from tests.unit.test_drift import ref_entry
@@ -34,14 +35,6 @@ def _version(store: ModelStore, bias: float) -> int:
     manifest["reference"] = {"inputs": {n: ref_entry(xs[:, i]) for i, n in enumerate("ab")},
                              "outputs": {"y": ref_entry(ys[:, 0])}}
     return store.add_version(linear_model(W, [bias]), manifest)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1.8e9
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Rig:

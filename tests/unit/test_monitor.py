@@ -21,16 +21,9 @@ from ioc.core.pvmodel import PVDatabase, Severity
 from ioc.core.store import ModelStore
 from ioc.runtime.monitor import ModelMonitor
 from ioc.runtime.runner import ModelRunner
+from tests.support.clock import Clock
 from tests.support.models import linear_model, manifest_for
 from tests.unit.test_drift import ref_entry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1.8e9
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def publish(root: Path, inputs, outputs, w, b, *, reference=True, kind="regression", metrics=None) -> ModelStore:
