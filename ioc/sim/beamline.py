@@ -300,7 +300,8 @@ class Line:
         if self.wander:
             w = math.exp(-dt / COR_WANDER_TAU_S)
             self._wander_z = w * self._wander_z + math.sqrt(1 - w * w) * self._wander_rng.standard_normal(N_COR)
-            target = target + self.wander_a()
+            # A power supply cannot go past its own range: the wander stops at the corrector's limits.
+            target = np.clip(target + self.wander_a(), *COR_RANGE_A)
         self.currents_a = self.currents_a + (target - self.currents_a) * (1.0 - math.exp(-dt / COR_TAU_S))
         a = math.exp(-dt / ERR_TAU_S)
         centre = self.drift * ERR_KICK_MRAD

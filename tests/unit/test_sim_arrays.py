@@ -185,3 +185,12 @@ def test_the_simulator_lists_its_array_pvs():
                  n.image_size(0), n.centroid("y"), n.best_correction(1)):
         assert name in names
     assert "S:BPM:X" in names and "S:COR:I_SP" in names  # the steering demo's PVs are still there
+
+
+def test_a_wandering_corrector_stays_inside_its_power_supplys_range():
+    line = bl.Line(seed=0, rate_hz=10.0, wander=1.0)
+    line.setpoints_a[0] = 4.0  # near the top: the wander (up to +-2 A) would carry it past 5 A
+    currents = [line.step()["currents"][0] for _ in range(600)]
+    lo, hi = bl.COR_RANGE_A
+    assert max(currents) <= hi + 5 * bl.COR_READBACK_NOISE_A and min(currents) >= lo
+    assert max(currents) > 4.5  # it does wander up to the limit
