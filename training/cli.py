@@ -141,6 +141,15 @@ def print_summary(outcome) -> None:
     if d.champion is not None:
         cols = ", ".join(f"{k} {v:.4g}" for k, v in d.champion.rmse.items())
         table.add_row(f"champion v{d.champion_version}", f"{cols}; mean NRMSE {d.champion.mean_nrmse:.4g}")
+    cal = getattr(outcome, "calibration", None)
+    if cal is not None:
+        what = f"{cal.method}" + (f" of {cal.members}" if cal.method == "ensemble" else "")
+        measured = ", ".join(f"{k[len('test_coverage_'):]} {v:.3f}" for k, v in cal.test.items()
+                             if k.startswith("test_coverage_"))
+        widths = ", ".join(f"{k[len('test_band_width_'):]} {v:.4g}" for k, v in cal.test.items()
+                           if k.startswith("test_band_width_"))
+        table.add_row("uncertainty", f"{what}, promise {cal.coverage:g} (calibrated on {cal.rows} val rows); "
+                      f"test coverage {measured or '-'}; mean band width {widths or '-'}")
     table.add_row("decision", ("PROMOTE to " + d.pointer if d.promote else "NOT PROMOTED") + f": {d.reason}")
     if outcome.store_version is not None:
         table.add_row("pushed", f"store version {outcome.store_version} ({d.pointer}), MLflow registry version "

@@ -28,7 +28,7 @@ OPSET = 18
 INPUT, OUTPUT = "x", "y"
 
 
-def export_onnx(net: torch.nn.Sequential, n_in: int) -> bytes:
+def export_onnx(net: torch.nn.Module, n_in: int) -> bytes:
     """Serialise ``net`` (CPU, eval) to ONNX bytes with a dynamic batch dimension."""
     import logging
 
@@ -74,8 +74,11 @@ def check_parity(onnx_bytes: bytes, torch_pred_norm: np.ndarray, x_norm: np.ndar
 
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, split: Split, onnx_bytes: bytes,
-                   provenance: dict[str, Any]) -> dict[str, Any]:
-    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``."""
+                   provenance: dict[str, Any], uncertainty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``.
+
+    ``uncertainty`` is the manifest's section of that name (training/uncertainty.py). An ensemble's graph
+    returns the means then the standard deviations: its test vectors carry both (``spread``)."""
     units_in = {i.name: i.units for i in model.inputs}
     units_out = {o.name: o.units for o in model.outputs} | ({} if spec.kind == "regression" else units_in)
     names_in, names_out = split.train.input_names, split.train.output_names
@@ -83,12 +86,19 @@ def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, spl
     # normalisation: exactly the arithmetic the IOC's engine does, so the IOC's check must reproduce them.
     tv_x = split.test.x[: spec.gate.test_vectors]
     xn = ((tv_x - norm.x_mean) / norm.x_std).astype(np.float32)
-    tv_y = onnx_session(onnx_bytes).run([OUTPUT], {INPUT: xn})[0].astype(np.float64) * norm.y_std + norm.y_mean
-    return {
+    y = onnx_session(onnx_bytes).run([OUTPUT], {INPUT: xn})[0].astype(np.float64)
+    n_out = len(names_out)
+    tv_y = y[:, :n_out] * norm.y_std + norm.y_mean
+    vectors: dict[str, Any] = {"inputs": tv_x.tolist(), "outputs": tv_y.tolist(), "rtol": 1e-4, "atol": 1e-5}
+    onnx_doc: dict[str, Any] = {"input": INPUT, "output": OUTPUT, "opset": OPSET}
+    if y.shape[1] == 2 * n_out:  # an ensemble: means, then standard deviations (scaled, never shifted)
+        vectors["spread"] = (y[:, n_out:] * norm.y_std).tolist()
+        onnx_doc["output_shape"] = [2 * n_out]
+    doc = {
         "format": 1,
         "model": model.name,
         "kind": spec.kind,
-        "onnx": {"input": INPUT, "output": OUTPUT, "opset": OPSET},
+        "onnx": onnx_doc,
         "inputs": [{"name": n, "units": units_in.get(n, ""), "mean": float(m), "std": float(s)}
                    for n, m, s in zip(names_in, norm.x_mean, norm.x_std, strict=True)],
         "outputs": [{"name": n, "units": units_out.get(n, ""), "mean": float(m), "std": float(s)}
@@ -98,7 +108,10 @@ def build_manifest(model: ModelConfig, spec: TrainSpec, norm: Normalisation, spl
             "inputs": {n: reference_stats(split.train.x[:, i]) for i, n in enumerate(names_in)},
             "outputs": {n: reference_stats(split.train.y[:, j]) for j, n in enumerate(names_out)},
         },
-        "test_vectors": {"inputs": tv_x.tolist(), "outputs": tv_y.tolist(), "rtol": 1e-4, "atol": 1e-5},
+        "test_vectors": vectors,
         "provenance": {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                        "created_by": "mlioc train"} | provenance,
     }
+    if uncertainty is not None:
+        doc["uncertainty"] = uncertainty
+    return doc

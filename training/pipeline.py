@@ -34,6 +34,7 @@ from ioc.core.engine import EngineError, build_model
 from ioc.core.manifest import ManifestError, parse_manifest
 from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import registry
+from training import uncertainty as unc
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
 from training.gate import Decision, decide, load_champion
@@ -75,6 +76,7 @@ class Outcome:
     parity: Parity
     decision: Decision
     warm_start: str
+    calibration: unc.Calibration | None = None
     store_version: int | None = None
     registry_version: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -90,9 +92,18 @@ class Reporter:
         return lambda stats: None
 
 
-def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, model: ModelConfig, n_in: int,
+def _architecture(spec: TrainSpec, n_in: int, n_out: int) -> dict:
+    """The network's architecture record, with the member count of an ensemble (its warm start needs both)."""
+    arch = architecture(spec, n_in, n_out)
+    return arch | {"members": spec.uncertainty.members} if spec.uncertainty.method == "ensemble" else arch
+
+
+def _warm_start(spec: TrainSpec, net: torch.nn.Module, store: ModelStore, model: ModelConfig, n_in: int,
                 n_out: int, x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
-    """(description, champion normalisation, parent version, parent sha) — or scratch with the reason."""
+    """(description, champion normalisation, parent version, parent sha) — or scratch with the reason.
+
+    An ensemble warm-starts member by member from an ensemble champion; its check compares the means
+    (the spread's noise floor is calibrated again by every run)."""
     if spec.warm_start == "scratch":
         return "scratch (warm_start: scratch)", None, None, None
     number = store.champion() if store.exists() else None
@@ -108,8 +119,8 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
             why = f"champion v{number} manifest unreadable: {exc}"
         else:
             arch = man.provenance.get("architecture")
-            if arch != architecture(spec, n_in, n_out):
-                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, n_in, n_out)}"
+            if arch != _architecture(spec, n_in, n_out):
+                why = f"champion v{number} has architecture {arch}, this run {_architecture(spec, n_in, n_out)}"
             elif man.kind != spec.kind:
                 why = f"champion v{number} is a {man.kind} model"
     if why is None:
@@ -119,7 +130,7 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
                                  np.array([s.mean for s in man.outputs]), np.array([s.std for s in man.outputs]))
             xn = ((x_check - norm.x_mean) / norm.x_std).astype(np.float32)
             ref = onnx_session(str(store.onnx_path(number))).run([man.onnx_output], {man.onnx_input: xn})[0]
-            diff = float(np.abs(predict(net, xn) - ref).max())
+            diff = float(np.abs(predict(net, xn)[:, :n_out] - ref[:, :n_out]).max())
             if not diff <= spec.gate.parity_atol:
                 raise WarmStartError(f"loaded weights differ from the champion's ONNX by {diff:.2e}")
         except (WarmStartError, OSError) as exc:
@@ -174,7 +185,9 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     client = registry.setup(uri, spec.experiment_name)
     seed_everything(spec.seed)
     n_in, n_out = len(dataset.input_names), len(dataset.output_names)
-    net = build_net(spec, n_in, n_out)
+    ensemble = spec.uncertainty.method == "ensemble"
+    net: torch.nn.Module = (unc.build_ensemble(spec, n_in, n_out, build_net) if ensemble
+                            else build_net(spec, n_in, n_out))
     warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
     norm = champ_norm or Normalisation.fit(split.train)
     arrays = normalise_split(split, norm)
@@ -211,25 +224,34 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         mlflow.log_dict(hw, "hardware.json")
         mlflow.set_tags({f"mlioc.hardware.{k}": str(v) for k, v in hw.items()})
 
-        reporter.stage(f"training ({warm})")
-        on_epoch = reporter.training(spec.epochs)
+        members = unc.members_of(spec)
+        reporter.stage(f"training ({warm})" + (f", {members} ensemble members" if ensemble else ""))
+        on_epoch = reporter.training(spec.epochs * members)
         pending: list = []
 
-        def epoch_hook(stats: EpochStats) -> None:
+        def epoch_hook(stats: EpochStats, prefix: str = "") -> None:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
-            pending.extend([Metric("train_loss", stats.train_loss, now, stats.epoch),
-                            Metric("val_loss", stats.val_loss, now, stats.epoch),
-                            Metric("lr", stats.lr, now, stats.epoch)])
+            pending.extend([Metric(f"{prefix}train_loss", stats.train_loss, now, stats.epoch),
+                            Metric(f"{prefix}val_loss", stats.val_loss, now, stats.epoch),
+                            Metric(f"{prefix}lr", stats.lr, now, stats.epoch)])
             if stats.epoch % METRIC_FLUSH_EVERY == 0 or stats.epoch == spec.epochs:
                 client.log_batch(run_id, metrics=pending)
                 pending.clear()
             on_epoch(stats)
 
-        result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-                       on_epoch=epoch_hook)
+        if isinstance(net, unc.EnsembleNet):  # members' curves as member<i>.*; the ensemble's as train/val_loss
+            result = unc.train_ensemble(spec, net, arrays, lambda i, st: epoch_hook(st, f"member{i}."))
+            last = result.history[-1]
+            mlflow.log_metrics({"train_loss": last.train_loss, "val_loss": last.val_loss}, step=last.epoch)
+        else:
+            result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+                           on_epoch=epoch_hook)
         timings["train_s"] = result.seconds
+        calibration = _calibrate(spec, result.net, arrays, norm)
+        if calibration is not None:
+            mlflow.log_dict(calibration.to_dict(), "uncertainty.json")
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(result.net.state_dict(), Path(tmp) / "state_dict.pt")
             torch.save(result.init_state, Path(tmp) / "init_state_dict.pt")
@@ -255,7 +277,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "code_version": code,
             "environment": registry.key_versions(env),
             "hardware": {k: hw[k] for k in ("cpu", "device") if k in hw},
-            "architecture": architecture(spec, n_in, n_out),
+            "architecture": _architecture(spec, n_in, n_out),
             "seed": spec.seed,
             "warm_start": warm,
             "parent_version": parent,
@@ -264,10 +286,13 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         }
         if options.tuning is not None:
             provenance["tuning"] = options.tuning
-        manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance)
+        manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance,
+                                  calibration.manifest(dataset.output_names) if calibration is not None else None)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
         decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
+        if calibration is not None and loaded is not None:
+            _measure(calibration, loaded, split, dataset, manifest, mlflow)
         if decision.challenger is not None:
             mlflow.log_metrics({f"test_rmse_{k}": v for k, v in decision.challenger.rmse.items()}
                                | {"test_mean_nrmse": decision.challenger.mean_nrmse})
@@ -275,7 +300,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         if decision.champion is not None:
             mlflow.log_metrics({f"champion_test_rmse_{k}": v for k, v in decision.champion.rmse.items()}
                                | {"champion_test_mean_nrmse": decision.champion.mean_nrmse})
-        outcome = Outcome(run_id, uri, dataset, split, result, parity, decision, warm, seconds=timings)
+        outcome = Outcome(run_id, uri, dataset, split, result, parity, decision, warm, calibration, seconds=timings)
         if options.push:
             _push(store, client, model, manifest, onnx_bytes, decision, outcome, artifact_uri, dataset)
         # The store/ artifacts are the version exactly as published (or as it would have been).
@@ -305,6 +330,33 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         del loaded
     timings["total_s"] = time.perf_counter() - t_start
     return outcome
+
+
+def _calibrate(spec: TrainSpec, net: torch.nn.Module, arrays: dict[str, np.ndarray], norm: Normalisation
+               ) -> unc.Calibration | None:
+    """training.uncertainty: calibrate on the validation split (an ensemble's noise floor is set on ``net``)."""
+    u = spec.uncertainty
+    if u.method == "none":
+        return None
+    try:
+        if isinstance(net, unc.EnsembleNet):
+            return unc.calibrate_ensemble(net, arrays["x_val"], arrays["y_val"], norm.y_std, u.coverage)
+        return unc.calibrate_conformal(net, arrays["x_val"], arrays["y_val"], norm.y_std, u.coverage)
+    except unc.CalibrationError as exc:
+        raise TrainError(f"uncertainty: {exc}") from exc
+
+
+def _measure(calibration: unc.Calibration, loaded, split: Split, dataset: Dataset, manifest: dict[str, Any],
+             mlflow) -> None:
+    """Coverage and band width on the test split, through the IOC's own engine: logged, and in the manifest."""
+    if calibration.method == "ensemble":
+        pred, spread = loaded.run_batch_spread(split.test.x)
+    else:
+        pred, spread = loaded.run_batch(split.test.x), None
+    calibration.test = unc.measure(calibration, split.test.y, pred, spread, dataset.output_names)
+    mlflow.log_metrics(calibration.test)
+    manifest["uncertainty"]["test"] = dict(calibration.test)
+    manifest["provenance"]["metrics"] |= calibration.test
 
 
 def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> None:
