@@ -30,7 +30,7 @@ from ioc.edges.duplicates import DuplicatePVs, find_servers
 from ioc.edges.host import local_addresses
 from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
-from ioc.edges.recorder import Recorder, RecorderError
+from ioc.edges.recorder import Recorder, RecorderError, recorded_scores
 from ioc.edges.registry_mirror import RegistryMirror
 from ioc.edges.sources import BUDGET, make_source
 from ioc.protocols.ca_server import CaServer
@@ -208,7 +208,11 @@ class Ioc:
         assert record is not None
         self.locks.append(DirLock(record.dir, "recording directory").acquire())
         try:
-            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
+            # DRIFT / ANOMALY as served at each cycle: the episodes of `mlioc episodes` are found in them.
+            scores = [runner.db[pv] for _, pv in recorded_scores(model)]
+            worst = runner.db[runner.names.drift_worst] if model.drift is not None else None
+            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states],
+                                scores, worst)
         except RecorderError as exc:
             log.error("%s", exc)
             return

@@ -169,6 +169,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return tune_command(args)
 
 
+def cmd_episodes(args: argparse.Namespace) -> int:
+    from training.cli import episodes_command  # lazily: the sidecar's recordings reader (pandas) and plots
+
+    return episodes_command(args)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from training.cli import reproduce_command
 
@@ -305,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
+    _add_episodes(sub)
+
     from ioc.client_cli import add_parser as add_client_parser
     from ioc.models_cli import add_parser as add_models_parser
 
@@ -312,6 +320,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     _add_generate(sub)
     return parser
+
+
+def _add_episodes(sub) -> None:
+    """``mlioc episodes list|show|label``: the DRIFT/ANOMALY stretches of a model's recordings, and verdicts."""
+    p = sub.add_parser("episodes", help="DRIFT/ANOMALY episodes in a model's recordings: list, show, label "
+                       "accept|reject (docs/how-to/uncertainty-and-episodes.md)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("config", help="YAML config")
+        q.add_argument("--model", required=True, help="model name in the config")
+        q.add_argument("--data", metavar="DIR", help="recording directory [the model's record.dir]")
+
+    q = actions.add_parser("list", help="every episode: id, start, end, duration, severity, worst inputs, label")
+    common(q)
+    q = actions.add_parser("show", help="one episode in detail, and a PNG plot of its inputs and scores")
+    common(q)
+    q.add_argument("id", metavar="ID", help="episode id (from list), e.g. beam-20261130T071502Z")
+    q.add_argument("--out", metavar="FILE", help="where to write the plot [ID.png]")
+    q = actions.add_parser("label", help="record a verdict: accept (a new normal: train on it) or reject (a fault)")
+    common(q)
+    q.add_argument("id", metavar="ID", help="episode id (from list)")
+    q.add_argument("verdict", choices=("accept", "reject"), help="accept: train on it; reject: never train on it")
+    q.add_argument("--why", required=True, help="why (kept with the label, shown to the next engineer)")
+    q.add_argument("--by", help="who decides [the login user@host]")
+    q.add_argument("--force", action="store_true", help="overrule a colleague's different verdict (theirs stays "
+                   "in the history)")
+    p.set_defaults(func=cmd_episodes)
 
 
 def _add_generate(sub) -> None:

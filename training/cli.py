@@ -251,6 +251,19 @@ def print_tune_summary(outcome, next_command: str) -> None:
     out.print(table)
 
 
+def episodes_command(args: argparse.Namespace) -> int:
+    """``mlioc episodes list|show|label`` (training/episodes.py)."""
+    from training.episodes import episodes_command as run_episodes
+
+    try:
+        return run_episodes(args)
+    except ConfigError as exc:
+        _error(f"invalid configuration {exc.path}:")
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAIL
+
+
 def reproduce_command(args: argparse.Namespace) -> int:
     from training.reproduce import ReproduceError, reproduce
 

@@ -7,6 +7,10 @@ ranges). Its :attr:`Dataset.digest` is a SHA-256 over the signal names and the e
 so the same content has the same digest whatever file format or source it came from — that is what
 MLflow records and what ``mlioc reproduce`` checks before retraining.
 
+Recorded data are vetted (:func:`training.episodes.vet`): rows of an episode a person rejected are
+dropped, of one they accepted kept, of an unlabelled one dropped unless ``filters.episodes.unlabelled:
+include``; the labels in effect are part of the digest (:attr:`Dataset.episodes`).
+
 Splits respect time (:func:`time_split`): the oldest rows train, then validation, then the newest rows
 test, optionally with a gap at each boundary; nothing from the future leaks into training, which a
 random split of autocorrelated machine data would do.
@@ -27,6 +31,7 @@ import numpy as np
 from ioc.core.config import ModelConfig
 from ioc.core.pvmodel import Severity
 from ioc.edges.recorder import INPROGRESS, SUFFIX, in_progress_files, read_stream_table
+from training.episodes import vet
 from training.spec import SEVERITIES, DataSpec, FilterSpec, SplitSpec, TrainSpec
 
 log = logging.getLogger("mlioc.training.dataset")
@@ -47,15 +52,21 @@ class Dataset:
     output_names: tuple[str, ...]
     source: dict[str, Any]  # how to get this data again (logged to MLflow)
     filtered: dict[str, int] = field(default_factory=dict)  # rows dropped, by reason
+    # Recorded data with DRIFT/ANOMALY episodes: the labels in effect (training.episodes.Vetting.lineage).
+    episodes: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.time)
 
     @property
     def digest(self) -> str:
+        """SHA-256 of the names, the exact values and, when the data had episodes, the labels in effect:
+        the same rows trained under another verdict are another dataset."""
         h = hashlib.sha256()
-        header = {"inputs": list(self.input_names), "outputs": list(self.output_names), "n": len(self),
-                  "dtype": "float64-le"}
+        header: dict[str, Any] = {"inputs": list(self.input_names), "outputs": list(self.output_names),
+                                  "n": len(self), "dtype": "float64-le"}
+        if self.episodes:
+            header["episodes"] = self.episodes
         h.update(json.dumps(header, sort_keys=True).encode())
         for a in (self.time, self.x, self.y):
             h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
@@ -71,7 +82,8 @@ class Dataset:
         return pd.DataFrame(cols)
 
     def subset(self, idx: np.ndarray | slice) -> Dataset:
-        return Dataset(self.time[idx], self.x[idx], self.y[idx], self.input_names, self.output_names, self.source)
+        return Dataset(self.time[idx], self.x[idx], self.y[idx], self.input_names, self.output_names, self.source,
+                       episodes=self.episodes)
 
 
 @dataclass
@@ -156,6 +168,11 @@ def _read_recorded(files: list[Path], directory: Path):
     return pd.concat(frames, ignore_index=True), read
 
 
+def read_recordings(directory: Path):
+    """Every row recorded in ``directory`` (finished files and the file in progress) as one DataFrame."""
+    return _read_recorded(recorded_files(Path(directory)), Path(directory))[0]
+
+
 def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
     """The IOC's own recordings (``ioc/edges/recorder.py`` columns), including the rows already flushed to
     the file it is writing now; rows with no fresh target are dropped."""
@@ -199,8 +216,13 @@ def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple
         dup = pd.Series(key).duplicated().to_numpy()
     dropped["repeated snapshot"] += int((dup & keep).sum())
     keep &= ~dup
+    vetting = vet(df, model, directory, spec.filters.unlabelled_episodes)
+    for reason, mask in vetting.masks.items():
+        dropped[reason] += int((mask & keep).sum())
+        keep &= ~mask
     source = {"kind": "recorded", "directory": str(directory), "files": read}
-    ds = Dataset(t[keep], x[keep], y[keep], ins, outs, source)
+    ds = Dataset(t[keep], x[keep], y[keep], ins, outs, source,
+                 episodes=vetting.lineage() if vetting.in_effect else None)
     return ds, sev[keep], dropped
 
 
@@ -378,9 +400,9 @@ def build_dataset(model: ModelConfig, spec: TrainSpec, data: str | None, *, arch
     return ds
 
 
-def dataset_from_frame(df, source: dict[str, Any]) -> Dataset:
-    """Inverse of :meth:`Dataset.to_frame` (the dataset artifact of a logged run)."""
+def dataset_from_frame(df, source: dict[str, Any], episodes: dict[str, Any] | None = None) -> Dataset:
+    """Inverse of :meth:`Dataset.to_frame` (the dataset artifact of a logged run, and its logged labels)."""
     ins = tuple(c for c in df.columns if c != "time" and not c.startswith("target."))
     outs = tuple(c[len("target."):] for c in df.columns if c.startswith("target."))
     return Dataset(df["time"].to_numpy(np.float64), df[list(ins)].to_numpy(np.float64),
-                   df[[f"target.{n}" for n in outs]].to_numpy(np.float64), ins, outs, source)
+                   df[[f"target.{n}" for n in outs]].to_numpy(np.float64), ins, outs, source, episodes=episodes)

@@ -272,7 +272,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         provenance = {
             "mlflow": {"run_id": run_id, "tracking_uri": uri, "experiment": spec.experiment_name},
             "dataset": {"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
-                        "filtered": dataset.filtered, "split": {"train": len(split.train), "val": len(split.val),
+                        "filtered": dataset.filtered, **({"episodes": dataset.episodes} if dataset.episodes else {}),
+                        "split": {"train": len(split.train), "val": len(split.val),
                                                                 "test": len(split.test), "order": "time"}},
             "code_version": code,
             "environment": registry.key_versions(env),
@@ -373,8 +374,12 @@ def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> Non
             mlflow.log_input(ds, context="training")
     except Exception as exc:  # the dataset entity is a convenience; the digest and artifact are what count
         log.warning("mlflow.log_input failed: %s", exc)
+    if dataset.episodes:  # the labels in effect: part of the digest, and what `mlioc reproduce` restores
+        verdicts = [e["verdict"] for e in dataset.episodes["episodes"]]
+        mlflow.set_tags({f"mlioc.episodes.{v}": str(verdicts.count(v)) for v in ("accept", "reject", "unlabelled")}
+                        | {"mlioc.episodes.unlabelled_policy": dataset.episodes["unlabelled"]})
     mlflow.log_dict({"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
-                     "source_json": source, "filtered": dataset.filtered,
+                     "source_json": source, "filtered": dataset.filtered, "episodes": dataset.episodes,
                      "split": {"train": [float(split.train.time[0]), float(split.train.time[-1])],
                                "test": [float(split.test.time[0]), float(split.test.time[-1])]}},
                     "dataset/metadata.json")

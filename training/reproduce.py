@@ -118,7 +118,8 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
         init_state = torch.load(files["torch/init_state_dict.pt"], weights_only=True)
         original = torch.load(files["torch/state_dict.pt"], weights_only=True)
         if files["dataset/data.parquet"] is not None:
-            dataset = dataset_from_frame(pd.read_parquet(files["dataset/data.parquet"]), meta["source"])
+            dataset = dataset_from_frame(pd.read_parquet(files["dataset/data.parquet"]), meta["source"],
+                                         meta.get("episodes"))
         elif meta["source"].get("kind") == "simulator":
             dataset = _regenerate(meta["source"], run)
         else:
