@@ -135,6 +135,12 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
         for warning in range_warnings(model.inputs, loaded.manifest.reference, loaded.version):
             print(f"  {model.name}: warning: {warning}")
+        u = loaded.uncertainty
+        if model.uncertainty is not None and (u is None or u.method != model.uncertainty):
+            has = "no uncertainty" if u is None else f"{u.method} uncertainty"
+            pvs = "OUT:<name>:STD" if model.uncertainty == "ensemble" else "OUT:<name>:LO/HI"
+            print(f"  {model.name}: warning: v{loaded.version} has {has}, the config asks for {model.uncertainty}: "
+                  f"its {pvs} (and COVERAGE) PVs will be INVALID until such a version is served")
     if failed:
         print(f"{config.path}: {failed} of {n} model(s) FAILED")
         return EXIT_FAIL

@@ -121,6 +121,14 @@ class ModelPVs:
     def challenger_output(self, output_name: str) -> PVSpec | None:
         return self.get(self.names.challenger_output(output_name))
 
+    def band(self, output_name: str, challenger: bool = False) -> list[PVSpec]:
+        """The uncertainty PVs of an output: [STD] or [LO, HI]; empty for a model without uncertainty."""
+        names = self.names.bands(output_name, self.model.uncertainty, challenger)
+        return [s for n in names if (s := self.get(n)) is not None]
+
+    def coverage(self, output_name: str) -> PVSpec | None:
+        return self.get(self.names.coverage(output_name))
+
     @property
     def input_drifts(self) -> list[tuple[InputConfig, PVSpec]]:
         return [(i, s) for i in self.model.inputs if (s := self.drift_of(i.name)) is not None]
@@ -146,5 +154,8 @@ class ModelPVs:
         claimed += [s for s in (self.challenger, self.drift) if s is not None]
         claimed += [s for _, s in self.input_drifts]
         claimed += [s for o in self.model.outputs if (s := self.challenger_output(o.name)) is not None]
+        for o in self.model.outputs:  # the expert screen shows the bands and coverage beside each output
+            claimed += [*self.band(o.name), *self.band(o.name, challenger=True)]
+            claimed += [s for s in (self.coverage(o.name),) if s is not None]
         self._claimed = {s.name for s in claimed}
 

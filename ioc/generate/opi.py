@@ -245,6 +245,51 @@ def _limits_text(spec: PVSpec) -> str:
     return ", ".join(parts) + (f" {spec.egu}" if spec.egu else "")
 
 
+def _expert_outputs(d: Display, pvs: ModelPVs, s: Screen, y: int, inner: int) -> int:
+    """The Outputs group of the expert screen; returns the y below it.
+
+    With uncertainty (docs/how-to/uncertainty-and-episodes.md) each prediction has its band beside it
+    (LO and HI, or +- STD) and the live coverage of its truth, so an operator judging a prediction sees
+    how sure the model is, and whether that claim holds right now.
+    """
+    outputs = pvs.outputs
+    shadow = {o.name: spec for o, _ in outputs if (spec := pvs.challenger_output(o.name)) is not None}
+    g = d.group("Outputs", MARGIN, y, inner, _group_height(len(outputs) + 1))
+    gy = GROUP_TOP
+    method = pvs.model.uncertainty
+    band_x = (235, 350)  # LO, HI (or STD) between the prediction and its coverage
+    if method is None:
+        columns = {"Output": (5, 110), "Champion": (120, 130), "Alarm limits": (260, 250), "Challenger": (520, 130)}
+    else:
+        band = ("Lower bound", "Upper bound") if method == "conformal" else ("+- Std dev",)
+        bands = {b: (x, 110) for b, x in zip(band, band_x, strict=False)}
+        columns = {"Output": (5, 100), "Champion": (110, 120), **bands, "Coverage": (465, 80),
+                   "Alarm limits": (550, 230), "Challenger": (785, 130)}
+    for text, (x, w) in columns.items():
+        if text != "Challenger" or shadow:
+            _label(g, text, x, gy, w, bold=True)
+    for out, spec in outputs:
+        gy += ROW
+        _label(g, out.name, 5, gy, columns["Output"][1], tooltip=spec.desc)
+        _value(g, s, spec, columns["Champion"][0], gy, columns["Champion"][1])
+        for bspec, x in zip(pvs.band(out.name), band_x, strict=False):
+            _value(g, s, bspec, x, gy, 110)
+        coverage = pvs.coverage(out.name)
+        if coverage is not None:
+            x, w = columns["Coverage"]
+            _value(g, s, coverage, x, gy, w)
+        x, w = columns["Alarm limits"]
+        _label(g, _limits_text(spec), x, gy, w)
+        if out.name in shadow:
+            x, w = columns["Challenger"]
+            band_names = ", ".join(s.pv(b) for b in pvs.band(out.name, challenger=True))
+            c = shadow[out.name]
+            g.add("textupdate", pvs.suffix(c), x, gy, w, H, pv_name=s.pv(c), horizontal_alignment=2,
+                  vertical_alignment=1, tooltip=f"$(pv_name): {c.desc}" + (f"; band {band_names}" if band_names
+                                                                           else ""))
+    return y + _group_height(len(outputs) + 1) + MARGIN
+
+
 def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> Display:
     model = pvs.model
     s = Screen(pvs, protocol)
@@ -274,23 +319,8 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
             _bar(g, s, drifts[inp.name], 770, y + 2, 150)
     y = y0 + _group_height(len(inputs) + 1) + MARGIN
 
-    # --- outputs: value, limits, challenger
-    outputs = pvs.outputs
-    shadow = {o.name: spec for o, _ in outputs if (spec := pvs.challenger_output(o.name)) is not None}
-    g = d.group("Outputs", MARGIN, y, inner, _group_height(len(outputs) + 1))
-    gy = GROUP_TOP
-    for text, x, w in (("Output", 5, 110), ("Champion", 120, 130), ("Alarm limits", 260, 250)):
-        _label(g, text, x, gy, w, bold=True)
-    if shadow:
-        _label(g, "Challenger", 520, gy, 130, bold=True)
-    for out, spec in outputs:
-        gy += ROW
-        _label(g, out.name, 5, gy, 110, tooltip=spec.desc)
-        _value(g, s, spec, 120, gy, 130)
-        _label(g, _limits_text(spec), 260, gy, 250)
-        if out.name in shadow:
-            _value(g, s, shadow[out.name], 520, gy, 130)
-    y += _group_height(len(outputs) + 1) + MARGIN
+    # --- outputs: value, uncertainty band and its live coverage, limits, challenger
+    y = _expert_outputs(d, pvs, s, y, inner)
 
     # --- inference statistics and state | versions and provenance
     col_w = (inner - MARGIN) // 2
