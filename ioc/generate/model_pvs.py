@@ -154,8 +154,7 @@ class ModelPVs:
         claimed += [s for s in (self.challenger, self.drift) if s is not None]
         claimed += [s for _, s in self.input_drifts]
         claimed += [s for o in self.model.outputs if (s := self.challenger_output(o.name)) is not None]
-        for o in self.model.outputs:  # the expert screen shows the bands and coverage beside each output
-            claimed += [*self.band(o.name), *self.band(o.name, challenger=True)]
-            claimed += [s for s in (self.coverage(o.name),) if s is not None]
+        for o in self.model.outputs:  # the expert screen shows the champion's band and coverage beside each output
+            claimed += [*self.band(o.name), *(s for s in (self.coverage(o.name),) if s is not None)]
         self._claimed = {s.name for s in claimed}
 

@@ -280,13 +280,9 @@ def _expert_outputs(d: Display, pvs: ModelPVs, s: Screen, y: int, inner: int) ->
             _value(g, s, coverage, x, gy, w)
         x, w = columns["Alarm limits"]
         _label(g, _limits_text(spec), x, gy, w)
-        if out.name in shadow:
+        if out.name in shadow:  # (the challenger's band is under Other PVs)
             x, w = columns["Challenger"]
-            band_names = ", ".join(s.pv(b) for b in pvs.band(out.name, challenger=True))
-            c = shadow[out.name]
-            g.add("textupdate", pvs.suffix(c), x, gy, w, H, pv_name=s.pv(c), horizontal_alignment=2,
-                  vertical_alignment=1, tooltip=f"$(pv_name): {c.desc}" + (f"; band {band_names}" if band_names
-                                                                           else ""))
+            _value(g, s, shadow[out.name], x, gy, w)
     return y + _group_height(len(outputs) + 1) + MARGIN
 
 
