@@ -7,10 +7,11 @@ which; the on-call engineer can. ``mlioc episodes list|show|label CONFIG --model
 
 * **Found from what the IOC recorded.** The recorder writes the DRIFT / ANOMALY reading served at every
   cycle (``score_sev.drift``, ``score_sev.anomaly``: ioc/edges/recorder.py). An episode is a run of
-  rows whose severity is MINOR or MAJOR; alarmed rows less than ``MERGE_S`` apart belong to one episode
-  (a score that dips below its limit for a moment is the same event). Its rows — what training
-  includes or excludes — run from one drift window before its first alarmed row (the data the score
-  had seen when it first alarmed) to its last alarmed row.
+  rows whose severity is MINOR or MAJOR; alarmed rows less than one drift window (``drift.window_s``)
+  apart belong to one episode: the score's window still holds the first stretch when the second
+  starts, so it is the same event. Its rows — what training includes or excludes — run from one drift
+  window before its first alarmed row (the data the score had seen when it first alarmed) to its last
+  alarmed row.
 * **A stable id**: ``<model>-<UTC time of the first alarmed row>``, e.g. ``beam-20261130T071502Z``. It
   does not change as the IOC records more (an episode still going on only grows at its end).
 * **Labels** live beside the recordings, in ``labels.jsonl``: one JSON line per verdict (``accept`` or
@@ -48,7 +49,7 @@ import numpy as np
 from ioc.core.config import ModelConfig
 from ioc.core.pvmodel import Severity
 
-MERGE_S = 60.0  # alarmed rows closer than this belong to one episode
+MERGE_S = 60.0  # alarmed rows closer than this belong to one episode, for a model without a drift window
 LABELS = "labels.jsonl"
 VERDICTS = ("accept", "reject")
 SIGNALS = {"drift": "DRIFT", "anomaly": "ANOMALY"}
@@ -100,8 +101,9 @@ def score_columns(df) -> list[str]:
     return [name for name in SIGNALS if f"score_sev.{name}" in df.columns]
 
 
-def find_episodes(df, model: ModelConfig, merge_s: float = MERGE_S) -> list[Episode]:
+def find_episodes(df, model: ModelConfig) -> list[Episode]:
     """Every alarmed stretch in recorded rows (a DataFrame of ioc/edges/recorder.py's columns), oldest first."""
+    window = model.drift.window_s if model.drift is not None else MERGE_S
     names = score_columns(df)
     if not names or not len(df):
         return []
@@ -115,10 +117,9 @@ def find_episodes(df, model: ModelConfig, merge_s: float = MERGE_S) -> list[Epis
     idx = np.nonzero(alarmed)[0]
     if not len(idx):
         return []
-    breaks = np.nonzero(np.diff(t[idx]) > merge_s)[0]
+    breaks = np.nonzero(np.diff(t[idx]) > window)[0]
     groups = np.split(idx, breaks + 1)
-    lead = model.drift.window_s if model.drift is not None else 0.0
-    spans = [(t[g[0]] - lead, t[g[-1]]) for g in groups]
+    spans = [(t[g[0]] - window, t[g[-1]]) for g in groups]
     inside_any = np.zeros(len(df), dtype=bool)
     for a, b in spans:
         inside_any |= (t >= a) & (t <= b)

@@ -75,8 +75,9 @@ def test_the_recorder_writes_the_drift_reading_of_every_cycle(tmp_path):
 
 def test_alarmed_stretches_become_episodes_with_a_stable_id(tmp_path):
     _, _, m = _config(tmp_path)
-    # MAJOR at 100..159 with a 30 s dip at 130 (merged: shorter than MERGE_S); MINOR again at 400..419.
-    _record(tmp_path, m, {100: (2, "a"), 130: (0, ""), 160: (2, "a"), 200: (0, ""), 400: (1, "b"), 420: (0, "")})
+    # MAJOR at 100..199 with a 15 s dip at 130 (merged: shorter than the drift window); MINOR again at 400..419
+    # (apart: more than a window later).
+    _record(tmp_path, m, {100: (2, "a"), 130: (0, ""), 145: (2, "a"), 200: (0, ""), 400: (1, "b"), 420: (0, "")})
     episodes = find_episodes(read_recordings(tmp_path / "rec"), m)
     assert [e.id for e in episodes] == ["m-20270115T080140Z", "m-20270115T080640Z"]
     first, second = episodes
