@@ -21,6 +21,7 @@ from ioc.core.configfile import load_config  # noqa: E402
 from ioc.core.engine import EnsembleModel, load_champion  # noqa: E402
 from ioc.core.store import ModelStore  # noqa: E402
 from tests.conftest import write_yaml  # noqa: E402
+from tests.unit.test_training_pipeline import REGRESSION  # noqa: E402
 from training.export import export_onnx, onnx_session  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.pipeline import Options, TrainError, run  # noqa: E402
@@ -70,32 +71,12 @@ def test_the_exported_ensemble_graph_is_its_members_mean_and_spread(tmp_path):
     assert sorted(ens.state_dict())[:2] == ["members.0.0.bias", "members.0.0.weight"]  # no noise: not warm-started
 
 
-CONFIG = """\
-ioc: {{protocols: [ca], metrics_port: 0}}
-models:
-  - name: beam
-    prefix: "T:BEAM:"
-    store: store
-    inputs:
-      - {{name: q1, units: A, range: [0, 10]}}
-      - {{name: q2, units: A, range: [0, 10]}}
-      - {{name: rf_phase, units: deg, range: [-30, 30]}}
-      - {{name: charge, units: nC, range: [0, 3]}}
-    outputs:
-      - {{name: sigma_x, units: mm}}
-      - {{name: sigma_y, units: mm}}
-      - {{name: loss, units: "%"}}
-    training:
-      hidden: [16, 16]
-      epochs: 8
-      batch_size: 128
-      data: {{source: simulator, samples: 2000, seed: 3}}
-      uncertainty: {uncertainty}
-"""
+# The pipeline tests' small demo-like model (3000 simulator rows: 300 validation rows calibrate), with uncertainty.
+CONFIG = REGRESSION.replace("PARITY", "1e-4").replace("MINIMP", "0.0") + "      uncertainty: {uncertainty}\n"
 
 
 def _setup(tmp_path: Path, uncertainty: str):
-    config = load_config(write_yaml(tmp_path / "c.yaml", CONFIG.format(uncertainty=uncertainty)))
+    config = load_config(write_yaml(tmp_path / "c.yaml", CONFIG.replace("{uncertainty}", uncertainty)))
     return config, Options(push=True, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
@@ -105,10 +86,10 @@ def test_a_conformal_run_calibrates_on_validation_rows_measures_the_test_rows_an
     assert outcome.store_version == 1
     manifest = json.loads(ModelStore(tmp_path / "store").manifest_path(1).read_text())
     u = manifest["uncertainty"]
-    assert (u["method"], u["coverage"], u["calibration"]) == ("conformal", 0.8, {"split": "val", "rows": 200})
+    assert (u["method"], u["coverage"], u["calibration"]) == ("conformal", 0.8, {"split": "val", "rows": 300})
     assert len(u["halfwidth"]) == 3 and all(h > 0 for h in u["halfwidth"])
-    for name in ("sigma_x", "sigma_y", "loss"):  # 400 test rows: within a few binomial std devs of 0.8
-        assert abs(u["test"][f"test_coverage_{name}"] - 0.8) < 4 * math.sqrt(0.16 / 400) + 0.05
+    for name in ("sigma_x", "sigma_y", "loss"):  # 600 test rows: within a few binomial std devs of 0.8
+        assert abs(u["test"][f"test_coverage_{name}"] - 0.8) < 4 * math.sqrt(0.16 / 600) + 0.05
     served = load_champion(config.model("beam"), config.ioc.inference)
     np.testing.assert_allclose(served.uncertainty.halfwidth, u["halfwidth"])
     report = reproduce(outcome.run_id, tracking_uri=opts.tracking_uri)
@@ -140,15 +121,15 @@ def test_an_ensemble_run_warm_starts_member_by_member_and_the_ioc_serves_its_spr
 
 def test_too_few_calibration_rows_is_a_clear_error(tmp_path):
     config, opts = _setup(tmp_path, "{method: conformal, coverage: 0.999}")
-    with pytest.raises(TrainError, match=r"200 calibration rows cannot calibrate coverage 0.999: at least 999"):
+    with pytest.raises(TrainError, match=r"300 calibration rows cannot calibrate coverage 0.999: at least 999"):
         run(config, "beam", load_spec(config, "beam"), opts)
 
 
 def test_uncertainty_needs_a_regression_model_and_validation_rows(tmp_path):
     from ioc.core.config import ConfigError
 
-    text = CONFIG.format(uncertainty="{method: ensemble, members: 1}").replace(
-        "      epochs: 8", "      epochs: 8\n      split: {val: 0, test: 0.2}")
+    text = CONFIG.replace("{uncertainty}", "{method: ensemble, members: 1}").replace(
+        "      epochs: 15", "      epochs: 15\n      split: {val: 0, test: 0.2}")
     config = load_config(write_yaml(tmp_path / "c.yaml", text))
     with pytest.raises(ConfigError) as exc:
         load_spec(config, "beam")
