@@ -96,6 +96,7 @@ class Uncertainty:
     coverage: float
     members: int = 0
     halfwidth: np.ndarray | None = None
+    halfwidth_values: tuple[float, ...] = ()  # the same as floats: the scalar hot path adds them without numpy
 
     @property
     def ensemble(self) -> bool:
@@ -281,8 +282,8 @@ def _uncertainty(raw: Any, outputs: tuple[Signal, ...]) -> Uncertainty | None:
         if isinstance(members, bool) or not isinstance(members, int) or members < 2:
             raise ManifestError(f"{where}.members: expected an integer >= 2, got {members!r}")
         return Uncertainty("ensemble", coverage, members=members)
-    return Uncertainty("conformal", coverage, halfwidth=_halfwidths(_req(raw, "halfwidth", where), outputs,
-                                                                    f"{where}.halfwidth"))
+    halfwidth = _halfwidths(_req(raw, "halfwidth", where), outputs, f"{where}.halfwidth")
+    return Uncertainty("conformal", coverage, halfwidth=halfwidth, halfwidth_values=tuple(halfwidth.tolist()))
 
 
 def _tensor_shape(onnx: dict, key: str, n: int, what: str) -> tuple[int, ...]:

@@ -72,6 +72,11 @@ class Bands:
             for pvs, value in zip(per_output, self._values(spread), strict=True):
                 pvs[0].post(value, timestamp, tag=version)
             return
+        if self.layout is None:  # scalars: plain floats (numpy on three numbers costs more than the sums)
+            for pvs, y, h in zip(per_output, result.tolist(), u.halfwidth_values, strict=True):
+                pvs[0].post(y - h, timestamp, tag=version)
+                pvs[1].post(y + h, timestamp, tag=version)
+            return
         halfwidth = u.halfwidth
         assert halfwidth is not None  # the manifest parser requires it for a conformal version
         lows, highs = self._values(result - halfwidth), self._values(result + halfwidth)

@@ -257,3 +257,25 @@ def test_autocorrelated_samples_count_as_fewer_and_the_window_is_bounded_in_time
     w.push(np.arange(0.0, 20.0, 0.5), np.arange(40) % 4 != 0)
     assert w.n == 20 and w.times[0] == 10.0 and w.fraction == pytest.approx(0.75)
 
+
+
+async def test_an_array_output_has_waveform_bands_element_by_element(tmp_path):
+    from ioc.core.store import ModelStore
+    from tests.support.models import array_linear_model, array_manifest
+
+    w = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # profile = (a, b, a + b)
+    xs = np.array([[1.0, 2.0], [0.5, -1.0]])
+    doc = array_manifest([("a", ()), ("b", ())], [("profile", (3,))], xs, xs @ w.T)
+    doc["uncertainty"] = {"method": "conformal", "coverage": 0.9, "halfwidth": [[0.1, 0.2, 0.3]]}
+    store = ModelStore(tmp_path / "s")
+    store.write_pointer("champion", store.add_version(array_linear_model(w, np.zeros(3), (2,), (3,)), doc))
+    config = ModelConfig(name="m", prefix="P:", store=str(store.root), trigger=TriggerConfig("on_change"),
+                         inputs=(InputConfig("a"), InputConfig("b")),
+                         outputs=(OutputConfig("profile", units="mm", shape=(3,)),), uncertainty="conformal")
+    names = model_pv_names(config)
+    assert "P:OUT:profile:LO" in names and not any(n.startswith("P:COVERAGE") for n in names)
+    runner, db = await _serving(tmp_path, store, config)
+    lo, hi = db["P:OUT:profile:LO"], db["P:OUT:profile:HI"]
+    assert lo.spec.shape == (3,) and lo.spec.egu == "mm"
+    np.testing.assert_allclose(lo.value, [1.9, -1.2, 0.7], atol=1e-5)  # (2, -1, 1) - (0.1, 0.2, 0.3)
+    np.testing.assert_allclose(hi.value, [2.1, -0.8, 1.3], atol=1e-5)
