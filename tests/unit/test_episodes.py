@@ -168,3 +168,29 @@ def test_the_cli_lists_shows_with_a_plot_and_refuses_bad_input(tmp_path, capsys)
     assert mlioc([*base, "list", str(path), "--model", "m"]) == 0
     assert "labelled reject by alice, but its recordings are gone" in capsys.readouterr().out
     assert len(read_labels(tmp_path / "rec")) == 1  # nothing lost
+
+
+def test_a_run_on_labelled_recordings_logs_the_labels_and_reproduce_restores_them(tmp_path):
+    pytest.importorskip("torch", reason="needs the train extra (scripts/setup train)")
+    import mlflow
+
+    from training.pipeline import Options, run
+    from training.reproduce import reproduce
+
+    _, config, m = _config(tmp_path)
+    _record(tmp_path, m, {100: (2, "a"), 200: (0, ""), 400: (1, "b"), 420: (0, "")})
+    first, second = find_episodes(read_recordings(tmp_path / "rec"), m)
+    add_label(tmp_path / "rec", first, "reject", "alice", "trip")
+    add_label(tmp_path / "rec", second, "accept", "alice", "new point")
+    spec = load_spec(config, "m")
+    import dataclasses
+
+    spec = dataclasses.replace(spec, epochs=3, hidden=(8,))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run(config, "m", spec, Options(data="recorded", tracking_uri=uri))
+    tags = mlflow.MlflowClient(uri).get_run(outcome.run_id).data.tags
+    assert (tags["mlioc.episodes.reject"], tags["mlioc.episodes.accept"], tags["mlioc.episodes.unlabelled"]) == \
+        ("1", "1", "0")
+    assert tags["mlioc.dataset.digest"] == outcome.dataset.digest
+    report = reproduce(outcome.run_id, tracking_uri=uri)  # the digest includes the labels: restored from the run
+    assert report.passed and report.digest == outcome.dataset.digest

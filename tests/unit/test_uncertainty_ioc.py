@@ -279,3 +279,21 @@ async def test_an_array_output_has_waveform_bands_element_by_element(tmp_path):
     assert lo.spec.shape == (3,) and lo.spec.egu == "mm"
     np.testing.assert_allclose(lo.value, [1.9, -1.2, 0.7], atol=1e-5)  # (2, -1, 1) - (0.1, 0.2, 0.3)
     np.testing.assert_allclose(hi.value, [2.1, -0.8, 1.3], atol=1e-5)
+
+
+async def test_the_challenger_gets_its_own_bands_and_loses_them_with_it(tmp_path):
+    w, b = [[2.0, 1.0], [1.0, -1.0]], [0.0, 1.0]
+    store, _ = publish_conformal(tmp_path / "s", ["a", "b"], ["y1", "y2"], w, b, [0.25, 1.5])
+    config = _config(store.root, "conformal")
+    runner, db = await _serving(tmp_path, store, config)
+    _, n = publish_conformal(tmp_path / "s", ["a", "b"], ["y1", "y2"], w, [10.0, 1.0], [0.5, 0.5], pointer=None)
+    from ioc.core.engine import load_version
+
+    runner.set_challenger(load_version(store, n, config, INF))
+    await _settle()
+    lo = db["P:CHALLENGER:OUT:y1:LO"].reading
+    assert lo.value == pytest.approx(12.5, abs=1e-5) and lo.tag == str(n) and lo.severity == Severity.NO_ALARM
+    assert db["P:OUT:y1:LO"].value == pytest.approx(2.75, abs=1e-5)  # the champion's are its own
+    runner.set_challenger(None)
+    lo = db["P:CHALLENGER:OUT:y1:LO"].reading
+    assert lo.severity == Severity.INVALID and lo.message == "no challenger"
