@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="only data before this time")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and cron jobs)")
+    p.add_argument("--unlabelled-episodes", choices=("exclude", "include"),
+                   help="recorded data: rows of DRIFT/ANOMALY episodes nobody labelled (mlioc episodes) "
+                   "[training.filters.episodes.unlabelled, exclude]")
     p.add_argument("--params", choices=("best",), help="best: train with the best trial of the model's "
                    "`mlioc tune` study (recorded in the run and the manifest's provenance)")
     p.add_argument("--study", help="with --params best: the study [training.search.study, mlioc-<model>]")

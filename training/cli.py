@@ -102,7 +102,7 @@ def train_command(args: argparse.Namespace) -> int:
                       f"(val loss {best.value:.5g}): {best.overrides}")
         options = Options(data=args.data, push=args.push, tracking_uri=args.tracking_uri, epochs=args.epochs,
                           seed=args.seed, start=_time_arg(args.start, "--start"), end=_time_arg(args.end, "--end"),
-                          tuning=tuning)
+                          tuning=tuning, unlabelled_episodes=getattr(args, "unlabelled_episodes", None))
         reporter = RichReporter(err, enabled=not args.no_progress)
         outcome = run(config, args.model, spec, options, reporter)
     except ConfigError as exc:

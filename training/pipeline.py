@@ -62,6 +62,7 @@ class Options:
     start: float | None = None
     end: float | None = None
     tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
+    unlabelled_episodes: str | None = None  # `--unlabelled-episodes`: overrides filters.episodes.unlabelled
 
 
 @dataclass
@@ -171,6 +172,9 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         spec = dataclasses.replace(spec, filters=dataclasses.replace(
             spec.filters, start=options.start if options.start is not None else spec.filters.start,
             end=options.end if options.end is not None else spec.filters.end))
+    if options.unlabelled_episodes is not None:
+        spec = dataclasses.replace(spec, filters=dataclasses.replace(
+            spec.filters, unlabelled_episodes=options.unlabelled_episodes))
     if model.store_is_registry:
         raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
     store = model_store(model)

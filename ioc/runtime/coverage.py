@@ -72,6 +72,7 @@ class CoverageMonitor:
         self._pending_t: list[float] = []  # an ensemble's cycles: time and STD, until their truth is judged
         self._pending_std: list[np.ndarray] = []
         self.dropped = 0
+        self._broken = False
 
     @property
     def active(self) -> bool:
@@ -114,7 +115,13 @@ class CoverageMonitor:
             return
         if record.version != model.version:
             return
-        spread = model.spread(record.outputs)
+        try:
+            spread = model.spread(record.outputs)
+        except ValueError as exc:  # the cycle did not hand over what run() returned: say so once, not per cycle
+            if not self._broken:
+                self._broken = True
+                log.error("%s: COVERAGE cannot see the ensemble's STD: %s", self.config.name, exc)
+            return
         if spread is None:
             return
         self._pending_t.append(record.timestamp)
