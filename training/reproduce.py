@@ -35,8 +35,17 @@ import torch
 
 from training import registry
 from training import uncertainty as unc
-from training.dataset import Normalisation, dataset_from_frame, time_split
+from training.dataset import (
+    ARRAY_GENERATOR,
+    Dataset,
+    Normalisation,
+    dataset_from_frame,
+    simulator_arrays,
+    time_split,
+)
+from training.layout import Layout
 from training.models import build_model
+from training.pipeline import normalise_split
 from training.spec import TrainSpec
 from training.trainer import predict, seed_everything, train
 
@@ -103,56 +112,58 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
         raise ReproduceError(f"run {run_id} is not an `mlioc train` run (no mlioc.dataset.digest tag)")
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: _download(client, run_id, name, tmp) for name in (
-            "spec.json", "normalisation.json", "dataset/metadata.json", "dataset/data.parquet",
+            "spec.json", "layout.json", "normalisation.json", "dataset/metadata.json", "dataset/data.parquet",
             "torch/init_state_dict.pt", "torch/state_dict.pt", "uncertainty.json")}
         missing = [k for k in ("spec.json", "normalisation.json", "dataset/metadata.json", "torch/init_state_dict.pt",
                                "torch/state_dict.pt") if files[k] is None]
         if missing:
             raise ReproduceError(f"run {run_id} lacks artifact(s) {missing}")
-        spec = TrainSpec.from_dict(json.loads(files["spec.json"].read_text()))
-        meta = json.loads(files["dataset/metadata.json"].read_text())
-        norm_d = json.loads(files["normalisation.json"].read_text())
+        got = {k: v for k, v in files.items() if v is not None}
+        spec = TrainSpec.from_dict(json.loads(got["spec.json"].read_text()))
+        meta = json.loads(got["dataset/metadata.json"].read_text())
+        norm_d = json.loads(got["normalisation.json"].read_text())
         logged_cal = json.loads(files["uncertainty.json"].read_text()) if files["uncertainty.json"] else None
         if spec.uncertainty.method != "none" and logged_cal is None:
             raise ReproduceError(f"run {run_id} has training.uncertainty but lacks its uncertainty.json artifact")
-        init_state = torch.load(files["torch/init_state_dict.pt"], weights_only=True)
-        original = torch.load(files["torch/state_dict.pt"], weights_only=True)
+        init_state = torch.load(got["torch/init_state_dict.pt"], weights_only=True)
+        original = torch.load(got["torch/state_dict.pt"], weights_only=True)
+        # Runs from before arrays logged no layout: every signal a scalar, the inputs one [batch, N] tensor.
+        layout = (Layout.from_dict(json.loads(files["layout.json"].read_text())) if files["layout.json"] is not None
+                  else None)
         if files["dataset/data.parquet"] is not None:
             dataset = dataset_from_frame(pd.read_parquet(files["dataset/data.parquet"]), meta["source"],
-                                         meta.get("episodes"))
+                                         meta.get("shapes"), meta.get("episodes"))
         elif meta["source"].get("kind") == "simulator":
-            dataset = _regenerate(meta["source"], run)
+            dataset = _regenerate(meta["source"], run, layout)
         else:
             raise ReproduceError(f"run {run_id} did not log its dataset (log_dataset: false) and its source "
                                  f"({meta['source'].get('kind')}) cannot be regenerated")
     if dataset.digest != digest:
         raise ReproduceError(f"dataset digest {dataset.digest[:16]} != the run's {digest[:16]}: the data changed")
     split = time_split(dataset, spec.split)
+    if layout is None:
+        layout = Layout.build(dataset.input_signals, dataset.output_signals, spec.kind)
     norm = Normalisation(*(np.asarray(norm_d[k]) for k in ("x_mean", "x_std", "y_mean", "y_std")))
-    arrays = {}
-    for name in ("train", "val", "test"):
-        part = getattr(split, name)
-        arrays[f"x_{name}"] = ((part.x - norm.x_mean) / norm.x_std).astype(np.float32)
-        arrays[f"y_{name}"] = ((part.y - norm.y_mean) / norm.y_std).astype(np.float32)
+    arrays = normalise_split(split, norm, layout)
 
     if reporter is not None:
         reporter.stage(f"retraining run {run_id} ({len(dataset)} rows, {spec.epochs} epochs, seed {spec.seed})")
     seed_everything(spec.seed)
-    n_in, n_out = len(dataset.input_names), len(dataset.output_names)
     on_epoch = reporter.training(spec.epochs * unc.members_of(spec)) if reporter is not None else None
     net: torch.nn.Module
+    orig_net: torch.nn.Module
     if spec.uncertainty.method == "ensemble":
-        net = unc.build_ensemble(spec, n_in, n_out, build_model)
+        net = unc.build_ensemble(spec, layout, build_model)
         net.load_state_dict(init_state)
         result = unc.train_ensemble(spec, net, arrays,
                                     (lambda i, stats: on_epoch(stats)) if on_epoch is not None else None)
-        orig_net = unc.EnsembleNet([build_model(spec, n_in, n_out) for _ in range(spec.uncertainty.members)], n_out)
+        orig_net = unc.build_ensemble(spec, layout, build_model)
     else:
-        net = build_model(spec, n_in, n_out)
+        net = build_model(spec, layout)
         net.load_state_dict(init_state)
         result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
                        on_epoch=on_epoch)
-        orig_net = build_model(spec, n_in, n_out)
+        orig_net = build_model(spec, layout)
     orig_net.load_state_dict(original)
     orig_net.eval()
     cal_diff = None
@@ -197,10 +208,14 @@ def _recalibrate(spec: TrainSpec, net: torch.nn.Module, orig_net: torch.nn.Modul
     return float(np.abs((new - old) / norm.y_std).max())
 
 
-def _regenerate(source: dict, run) -> object:
+def _regenerate(source: dict, run, layout: Layout | None) -> Dataset:
     from ioc.sim.physics import KNOBS, OBSERVABLES, generate_dataset
     from training.dataset import Dataset
 
+    if source.get("generator") == ARRAY_GENERATOR:
+        if layout is None:
+            raise ReproduceError("an array-generator run without its layout.json cannot be regenerated")
+        return simulator_arrays(source, layout)
     ins = tuple(json.loads(run.data.params["inputs"]))
     outs = tuple(json.loads(run.data.params["outputs"]))
     x_all, y_all = generate_dataset(int(source["samples"]), seed=int(source["seed"]), shift=float(source["shift"]))

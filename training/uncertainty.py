@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ioc.core.manifest import ENSEMBLE_K
+from training.layout import Layout
 from training.spec import TrainSpec
 from training.trainer import EpochStats, TrainResult, predict, seed_everything, train
 
@@ -45,7 +46,7 @@ class CalibrationError(Exception):
 
 
 class EnsembleNet(torch.nn.Module):
-    """N member networks as one module: ``[batch, n_in] -> [batch, 2 * n_out]`` (mean, then STD).
+    """N member networks as one module: ``[batch, *input_tensor] -> [batch, 2 * n_out]`` (mean, then STD).
 
     The members' parameters are ``members.<i>.<layer>.weight`` ..., the names the exported ONNX graph
     gives its initializers, so a later run warm-starts member ``i`` from them. ``noise`` (normalised
@@ -77,15 +78,18 @@ def members_of(spec: TrainSpec) -> int:
     return spec.uncertainty.members if spec.uncertainty.method == "ensemble" else 1
 
 
-def build_ensemble(spec: TrainSpec, n_in: int, n_out: int,
-                   build: Callable[[TrainSpec, int, int], torch.nn.Sequential]) -> EnsembleNet:
-    """N freshly initialised members: member ``i`` after ``torch.manual_seed(seed + i)``."""
+def build_ensemble(spec: TrainSpec, layout: Layout,
+                   build: Callable[[TrainSpec, Layout], torch.nn.Sequential]) -> EnsembleNet:
+    """N freshly initialised members: member ``i`` after ``torch.manual_seed(seed + i)``.
+
+    Every member takes the layout's input tensor and returns the flat output vector, so the ensemble's
+    graph is ``[batch, *input_tensor] -> [batch, 2 * n_out]`` for array models too."""
     members = []
     for i in range(spec.uncertainty.members):
         seed_everything(spec.seed + i)
-        members.append(build(spec, n_in, n_out))
+        members.append(build(spec, layout))
     seed_everything(spec.seed)
-    return EnsembleNet(members, n_out)
+    return EnsembleNet(members, layout.n_out)
 
 
 def train_ensemble(spec: TrainSpec, ens: EnsembleNet, arrays: dict[str, np.ndarray],
@@ -192,9 +196,11 @@ def calibrate_ensemble(ens: EnsembleNet, x_cal: np.ndarray, y_cal: np.ndarray, y
 
 
 def measure(calibration: Calibration, y: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
-            names: tuple[str, ...]) -> dict[str, float]:
+            outputs: dict[str, slice]) -> dict[str, float]:
     """Coverage and mean band width (raw units) on held-out rows, per output: ``test_coverage_<name>``,
-    ``test_band_width_<name>`` (HI - LO, or 2 K STD)."""
+    ``test_band_width_<name>`` (HI - LO, or 2 K STD). ``outputs``: each output's columns of the flat
+    output vector (:attr:`training.layout.Layout.output_slices`); an array output's figures are over
+    all its elements."""
     if calibration.method == "ensemble":
         assert spread is not None
         bound = ENSEMBLE_K * spread
@@ -203,9 +209,9 @@ def measure(calibration: Calibration, y: np.ndarray, pred: np.ndarray, spread: n
         bound = np.broadcast_to(calibration.halfwidth, pred.shape)
     inside = np.abs(pred - y) <= bound
     out: dict[str, float] = {}
-    for j, name in enumerate(names):
-        out[f"test_coverage_{name}"] = float(inside[:, j].mean())
-        out[f"test_band_width_{name}"] = float(2 * bound[:, j].mean())
+    for name, cols in outputs.items():
+        out[f"test_coverage_{name}"] = float(inside[:, cols].mean())
+        out[f"test_band_width_{name}"] = float(2 * bound[:, cols].mean())
     return out
 
 

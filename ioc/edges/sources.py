@@ -101,14 +101,13 @@ class _CaChannel:
     @classmethod
     def attach(cls, source: CaSource) -> _CaChannel:
         with CA_LOCK:
-            channel = cls.channels.get(source.ref.name)
-            new = channel is None
-            if new:
-                channel = cls.channels[source.ref.name] = cls(source.ref.name)
+            existing = cls.channels.get(source.ref.name)
+            new = existing is None
+            channel = cls.channels[source.ref.name] = cls(source.ref.name) if existing is None else existing
             channel.users.append(source)
             connected = channel.connected
         if new:
-            channel._create()
+            channel.create()
         elif connected:
             source.on_connected(channel.chid)
         return channel
@@ -127,7 +126,7 @@ class _CaChannel:
             self.generation += 1  # late callbacks of this channel are ignored
             self._clear()
 
-    def _create(self) -> None:
+    def create(self) -> None:
         ca = ca_client()
         self.generation += 1
         generation = self.generation
@@ -177,7 +176,7 @@ class _CaChannel:
         for source in users:
             source.drop_subscription()
         self._clear()
-        self._create()
+        self.create()
         self._schedule_renew()  # until it connects (the connection callback cancels it)
 
 
@@ -195,8 +194,10 @@ class CaSource:
     """A CA monitor on one PV (DBR_TIME: value, severity and timestamp).
 
     If a connected channel delivers no first value within FIRST_VALUE_S (seen rarely right after a
-    source IOC starts), the subscription is made again: a PV that never changes would otherwise
-    never be seen.
+    source IOC starts, and in CI when an IOC and its simulator start together), the subscription is made
+    again: a PV that never changes would otherwise never be seen. The first attempt again is routine and
+    logged at INFO (it heals by itself; an operator reading the log after an incident must see only real
+    problems); a subscription that stays silent after that is a WARNING each time.
     """
 
     FIRST_VALUE_S = 2.0
@@ -209,6 +210,7 @@ class CaSource:
         self._channel: _CaChannel | None = None
         self._sub = None
         self._got_value = False
+        self._silent = 0  # subscriptions made again because this channel's did not deliver a first value
         self._check: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -235,7 +237,9 @@ class CaSource:
     def _check_first_value(self, chid) -> None:
         if self._got_value or not self.connected:
             return
-        log.warning("source %s: no value %.0f s after connecting; subscribing again", self.ref, self.FIRST_VALUE_S)
+        self._silent += 1
+        log.log(logging.INFO if self._silent == 1 else logging.WARNING,
+                "source %s: no value %.1f s after connecting; subscribing again", self.ref, self.FIRST_VALUE_S)
         self.drop_subscription()
         ca_client()
         self._subscribe(chid)
@@ -261,6 +265,9 @@ class CaSource:
 
     def _on_value(self, value=None, severity=0, timestamp=None, **_):
         BUDGET.take()
+        if not self._got_value and self._silent:
+            log.info("source %s: first value after subscribing %d more time(s)", self.ref, self._silent)
+            self._silent = 0
         self._got_value = True
         if timestamp is None or timestamp <= 0:
             timestamp = time.time()
@@ -307,6 +314,7 @@ class PvaSource:
         self.connected = True
         BUDGET.take()
         try:
+            raw: Any
             if is_ntndarray(value):  # a camera frame: pixels, dimension, codec, ColorMode
                 raw = frame_from_ntndarray(value)
             else:

@@ -250,39 +250,43 @@ def _expert_outputs(d: Display, pvs: ModelPVs, s: Screen, y: int, inner: int) ->
 
     With uncertainty (docs/how-to/uncertainty-and-episodes.md) each prediction has its band beside it
     (LO and HI, or +- STD) and the live coverage of its truth, so an operator judging a prediction sees
-    how sure the model is, and whether that claim holds right now.
+    how sure the model is, and whether that claim holds right now. With a truth, the live error of the
+    champion and of the challenger sit side by side (the retraining loop's promotion data,
+    docs/how-to/retraining-loop.md). Columns only appear when some output has them; the alarm limits
+    take the width left over.
     """
     outputs = pvs.outputs
     shadow = {o.name: spec for o, _ in outputs if (spec := pvs.challenger_output(o.name)) is not None}
+    errors = {o.name: (m, pvs.challenger_mae(o.name)) for o, _ in outputs if (m := pvs.mae(o.name)) is not None}
+    method = pvs.model.uncertainty
+    band = {"conformal": ("Lower bound", "Upper bound"), "ensemble": ("+- Std dev",)}.get(method or "", ())
+    widths = {"Output": 80, "Champion": 100, **dict.fromkeys(band, 95), **({"Coverage": 70} if method else {}),
+              "Alarm limits": 0, **({"Challenger": 95} if shadow else {}),
+              **({"MAE champion": 110, "MAE challenger": 115} if errors else {})}
+    gap = 5
+    widths["Alarm limits"] = inner - 2 * gap - sum(widths.values()) - gap * len(widths)
+    columns: dict[str, tuple[int, int]] = {}
+    x = gap
+    for text, w in widths.items():
+        columns[text] = (x, w)
+        x += w + gap
     g = d.group("Outputs", MARGIN, y, inner, _group_height(len(outputs) + 1))
     gy = GROUP_TOP
-    method = pvs.model.uncertainty
-    band_x = (235, 350)  # LO, HI (or STD) between the prediction and its coverage
-    if method is None:
-        columns = {"Output": (5, 110), "Champion": (120, 130), "Alarm limits": (260, 250), "Challenger": (520, 130)}
-    else:
-        band = ("Lower bound", "Upper bound") if method == "conformal" else ("+- Std dev",)
-        bands = {b: (x, 110) for b, x in zip(band, band_x, strict=False)}
-        columns = {"Output": (5, 100), "Champion": (110, 120), **bands, "Coverage": (465, 80),
-                   "Alarm limits": (550, 230), "Challenger": (785, 130)}
     for text, (x, w) in columns.items():
-        if text != "Challenger" or shadow:
-            _label(g, text, x, gy, w, bold=True)
+        _label(g, text, x, gy, w, bold=True)
     for out, spec in outputs:
         gy += ROW
-        _label(g, out.name, 5, gy, columns["Output"][1], tooltip=spec.desc)
-        _value(g, s, spec, columns["Champion"][0], gy, columns["Champion"][1])
-        for bspec, x in zip(pvs.band(out.name), band_x, strict=False):
-            _value(g, s, bspec, x, gy, 110)
-        coverage = pvs.coverage(out.name)
-        if coverage is not None:
-            x, w = columns["Coverage"]
-            _value(g, s, coverage, x, gy, w)
+        _label(g, out.name, columns["Output"][0], gy, columns["Output"][1], tooltip=spec.desc)
+        champion_mae, challenger_mae = errors.get(out.name, (None, None))
+        # (the challenger's band is under Other PVs)
+        cells = [("Champion", spec), *zip(band, pvs.band(out.name), strict=False), ("Coverage", pvs.coverage(out.name)),
+                 ("Challenger", shadow.get(out.name)), ("MAE champion", champion_mae),
+                 ("MAE challenger", challenger_mae)]
+        for text, cell in cells:
+            if cell is not None and text in columns:
+                _value(g, s, cell, columns[text][0], gy, columns[text][1])
         x, w = columns["Alarm limits"]
         _label(g, _limits_text(spec), x, gy, w)
-        if out.name in shadow:  # (the challenger's band is under Other PVs)
-            x, w = columns["Challenger"]
-            _value(g, s, shadow[out.name], x, gy, w)
     return y + _group_height(len(outputs) + 1) + MARGIN
 
 
@@ -315,7 +319,7 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
             _bar(g, s, drifts[inp.name], 770, y + 2, 150)
     y = y0 + _group_height(len(inputs) + 1) + MARGIN
 
-    # --- outputs: value, uncertainty band and its live coverage, limits, challenger
+    # --- outputs: value, uncertainty band and its live coverage, limits, challenger, live errors
     y = _expert_outputs(d, pvs, s, y, inner)
 
     # --- inference statistics and state | versions and provenance
@@ -361,6 +365,7 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
         _command(g, s, spec, text, x, gy - 2, 100, confirm)
         x += 108
     y += _group_height(5) + MARGIN
+    y = _retraining(d, s, pvs, y, inner)
 
     # --- every further PV of the layout (e.g. ANOMALY): shown until a screen gives it a place
     others = pvs.others
@@ -380,6 +385,39 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
           actions=actions(open_display(TOP, "All models")), text="All models...")
     d.resize(WIDTH, y + 30 + MARGIN)
     return d
+
+
+def _retraining(d: Display, s: Screen, pvs: ModelPVs, y: int, inner: int) -> int:
+    """The continual-learning loop (a model with ``retrain:``): what the watcher is doing, whether the
+    challenger has earned promotion, and the RETRAIN / PROMOTE buttons. Returns the next free y."""
+    if pvs.retrain_status is None or pvs.retrain_message is None:
+        return y
+    model = pvs.model
+    g = d.group("Retraining", MARGIN, y, inner, _group_height(3))
+    gy = GROUP_TOP
+    _label(g, "Retrain", 5, gy, 110, bold=True, tooltip=pvs.retrain_status.desc)
+    _value(g, s, pvs.retrain_status, 120, gy, 130, name="RETRAIN_STATUS")
+    _value(g, s, pvs.retrain_message, 260, gy, 390, name="RETRAIN_MESSAGE")
+    if pvs.retrain is not None:
+        _command(g, s, pvs.retrain, "Retrain", 660, gy - 2, 120, f"Retrain {model.name} now (mlioc watch)?")
+    gy += ROW
+    if pvs.promote_ready is not None:
+        _label(g, "Challenger", 5, gy, 110, bold=True, tooltip=pvs.promote_ready.desc)
+        _value(g, s, pvs.promote_ready, 120, gy, 130, name="PROMOTE_READY")
+    if pvs.challenger_drift is not None:
+        _label(g, "its own drift", 260, gy, 100, fine=True)
+        _bar(g, s, pvs.challenger_drift, 360, gy + 2, 150)
+    if pvs.promote is not None:
+        _command(g, s, pvs.promote, "Promote", 660, gy - 2, 120, f"Make the challenger of {model.name} the champion?")
+    gy += ROW
+    policy = model.retrain
+    if policy is not None:
+        schedule = f"nightly retrain (cron '{policy.schedule}')" if policy.schedule else "no scheduled retrain"
+        drift = f", after DRIFT MAJOR {policy.on_drift_s:g} s" if policy.on_drift_s is not None else ""
+        text = (f"promote: {policy.promote} (margin {policy.margin:+.0%} over {policy.min_samples} samples); "
+                f"{schedule}{drift}")
+        _label(g, text, 5, gy, inner - 20, fine=True)
+    return y + _group_height(3) + MARGIN
 
 
 # ---------------------------------------------------------------------------- top level

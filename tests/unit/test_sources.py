@@ -33,3 +33,65 @@ def test_within_the_budget_nothing_waits():
     for _ in range(500):
         budget.take()
     assert budget.held_back_s == 0.0 and time.monotonic() - t0 < 0.05
+
+
+class _SilentThenLiveCa:
+    """Stands in for libca where a fault cannot be caused on demand: a subscription made right after
+    connecting that never delivers (seen rarely, e.g. in tests/integration/test_quickstart.py's CI runs).
+    The first ``silent`` subscriptions stay silent; later ones deliver at once."""
+
+    def __init__(self, silent: int):
+        self.silent = silent
+        self.made = 0
+        self.cleared = 0
+
+    def create_subscription(self, chid, use_time=True, callback=None):
+        self.made += 1
+        if self.made > self.silent:
+            threading.Thread(target=callback, kwargs=dict(value=1.0, severity=0, timestamp=time.time())).start()
+        return (None, None, self.made)
+
+    def clear_subscription(self, event_id):
+        self.cleared += 1
+
+
+def _source_with(monkeypatch, ca, delivered):
+    from ioc.core.config import PVRef
+    from ioc.edges import sources
+
+    monkeypatch.setattr(sources, "ca_module", lambda: ca)
+    monkeypatch.setattr(sources, "ca_client", lambda: ca)
+    source = sources.CaSource(PVRef("ca", "SIM:SILENT"), lambda *a: delivered.append(a))
+    source.FIRST_VALUE_S = 0.05
+    return source
+
+
+def test_a_silent_first_subscription_is_made_again_and_its_recovery_is_not_a_warning(monkeypatch, caplog):
+    from tests.support.wait import wait_until
+
+    ca = _SilentThenLiveCa(silent=1)
+    delivered: list = []
+    source = _source_with(monkeypatch, ca, delivered)
+    caplog.set_level("INFO", logger="mlioc.sources")
+    source.on_connected(chid=7)
+    wait_until(lambda: delivered, timeout=5)
+    source.stop()
+    assert ca.made == 2 and ca.cleared >= 1
+    assert delivered[0][0] == 1.0 and delivered[0][3] is True
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("subscribing again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_subscription_that_stays_silent_is_a_warning(monkeypatch, caplog):
+    from tests.support.wait import wait_until
+
+    ca = _SilentThenLiveCa(silent=3)
+    delivered: list = []
+    source = _source_with(monkeypatch, ca, delivered)
+    caplog.set_level("INFO", logger="mlioc.sources")
+    source.on_connected(chid=7)
+    wait_until(lambda: delivered, timeout=5)
+    source.stop()
+    assert ca.made == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and "no value" in warnings[0]

@@ -23,6 +23,7 @@ from ioc.core.store import ModelStore  # noqa: E402
 from tests.conftest import write_yaml  # noqa: E402
 from tests.unit.test_training_pipeline import REGRESSION  # noqa: E402
 from training.export import export_onnx, onnx_session  # noqa: E402
+from training.layout import Layout, Signal  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.pipeline import Options, TrainError, run  # noqa: E402
 from training.reproduce import reproduce  # noqa: E402
@@ -58,13 +59,14 @@ def test_the_exported_ensemble_graph_is_its_members_mean_and_spread(tmp_path):
     from training.spec import TrainSpec, UncertaintySpec
 
     spec = TrainSpec(model="m", hidden=(8,), uncertainty=UncertaintySpec("ensemble", members=4))
-    ens = build_ensemble(spec, 3, 2, build_model).eval()
+    layout = Layout.build((Signal("a"), Signal("b"), Signal("c")), (Signal("y1"), Signal("y2")), "regression")
+    ens = build_ensemble(spec, layout, build_model).eval()
     ens.noise.copy_(torch.tensor([0.05, 0.2]))
     x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     members = ens.member_predictions(x).astype(np.float64)
     want_mean, want_std = members.mean(axis=0), np.sqrt(members.var(axis=0) + np.array([0.05, 0.2]) ** 2)
     assert members.std(axis=0).min() > 1e-3  # different seeds: the members disagree
-    got = onnx_session(export_onnx(ens, 3)).run(["y"], {"x": x})[0]
+    got = onnx_session(export_onnx(ens, layout.input_tensor)).run(["y"], {"x": x})[0]
     assert got.shape == (64, 4)
     np.testing.assert_allclose(got[:, :2], want_mean, atol=1e-5)
     np.testing.assert_allclose(got[:, 2:], want_std, atol=1e-5)
