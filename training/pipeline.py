@@ -314,7 +314,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             provenance["tuning"] = options.tuning
         reference = _reference_rows(dataset, options.reference_since)
         manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance, reference=reference,
-                                  uncertainty=calibration.manifest(dataset.output_names)
+                                  uncertainty=calibration.manifest(layout.outputs)
                                   if calibration is not None else None)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")

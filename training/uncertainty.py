@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ioc.core.manifest import ENSEMBLE_K
-from training.layout import Layout
+from training.layout import Layout, Signal, slices
 from training.spec import TrainSpec
 from training.trainer import EpochStats, TrainResult, predict, seed_everything, train
 
@@ -153,18 +153,24 @@ class Calibration:
     noise: np.ndarray | None = None  # ensemble, raw units, per output element
     test: dict[str, float] = field(default_factory=dict)  # measured on the test split (filled by measure())
 
-    def manifest(self, output_names: tuple[str, ...]) -> dict[str, Any]:
-        """The manifest's ``uncertainty`` section (docs/how-to/model-store.md)."""
+    def manifest(self, outputs: tuple[Signal, ...]) -> dict[str, Any]:
+        """The manifest's ``uncertainty`` section (docs/how-to/model-store.md): one entry per output, a
+        number for a scalar and a list of one per element for an array output."""
         doc: dict[str, Any] = {"method": self.method, "coverage": self.coverage,
                                "calibration": {"split": "val", "rows": self.rows}}
+
+        def per_output(values: np.ndarray) -> list[Any]:
+            return [[float(v) for v in values[cols]] if s.shape else float(values[cols][0])
+                    for s, cols in zip(outputs, slices(outputs).values(), strict=True)]
+
         if self.method == "ensemble":
             doc["members"] = self.members
             assert self.noise is not None
-            doc["noise_std"] = [float(v) for v in self.noise]
+            doc["noise_std"] = per_output(self.noise)
             doc["k"] = ENSEMBLE_K
         else:
             assert self.halfwidth is not None
-            doc["halfwidth"] = [float(v) for v in self.halfwidth]
+            doc["halfwidth"] = per_output(self.halfwidth)
         if self.test:
             doc["test"] = dict(self.test)
         return doc
