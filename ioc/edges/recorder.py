@@ -346,7 +346,7 @@ class Recorder:
         if not waiters:
             return
         try:
-            self._close_file()
+            self._roll()
         except Exception:
             log.exception("%s: closing the recording file for a roll failed", self.model.name)
         for done in waiters:
