@@ -191,9 +191,14 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         spec = dataclasses.replace(spec, filters=dataclasses.replace(
             spec.filters, start=options.start if options.start is not None else spec.filters.start,
             end=options.end if options.end is not None else spec.filters.end))
-    if options.unlabelled_episodes is not None:
-        spec = dataclasses.replace(spec, filters=dataclasses.replace(
-            spec.filters, unlabelled_episodes=options.unlabelled_episodes))
+    unlabelled = options.unlabelled_episodes
+    if unlabelled is None and options.reference_since is not None and spec.filters.unlabelled_episodes != "include":
+        # A drift run (the loop's, --reference-since) is there to learn the new regime, which is exactly the
+        # DRIFT episode nobody has labelled yet: train on it. A rejected episode is still left out.
+        log.info("drift run: rows of unlabelled episodes are trained on (the new regime); rejected ones are not")
+        unlabelled = "include"
+    if unlabelled is not None:
+        spec = dataclasses.replace(spec, filters=dataclasses.replace(spec.filters, unlabelled_episodes=unlabelled))
     if model.store_is_registry:
         raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
     store = model_store(model)

@@ -194,3 +194,31 @@ def test_a_run_on_labelled_recordings_logs_the_labels_and_reproduce_restores_the
     assert tags["mlioc.dataset.digest"] == outcome.dataset.digest
     report = reproduce(outcome.run_id, tracking_uri=uri)  # the digest includes the labels: restored from the run
     assert report.passed and report.digest == outcome.dataset.digest
+
+
+def test_a_drift_run_trains_on_the_unlabelled_drift_episode_but_never_on_a_rejected_one(tmp_path):
+    """The retraining loop's drift run (``--reference-since``) exists to learn the new regime, which is the
+    DRIFT episode nobody has labelled yet; a person's reject still wins."""
+    pytest.importorskip("torch", reason="needs the train extra (scripts/setup train)")
+    import dataclasses
+
+    import mlflow
+
+    from training.pipeline import Options, run
+
+    _, config, m = _config(tmp_path)
+    _record(tmp_path, m, {100: (2, "a"), 200: (0, ""), 400: (1, "b"), 420: (0, "")})
+    first, second = find_episodes(read_recordings(tmp_path / "rec"), m)
+    add_label(tmp_path / "rec", first, "reject", "alice", "trip")
+    spec = dataclasses.replace(load_spec(config, "m"), epochs=2, hidden=(8,))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    drift = run(config, "m", spec, Options(data="recorded", tracking_uri=uri, reference_since=second.start))
+    times = drift.dataset.time
+    assert ((times >= second.rows_from) & (times <= second.end)).sum() == second.rows  # the new regime: kept
+    assert ((times >= first.rows_from) & (times <= first.end)).sum() == 0  # rejected: never
+    assert mlflow.MlflowClient(uri).get_run(drift.run_id).data.tags["mlioc.episodes.unlabelled_policy"] == "include"
+    # The flag still decides when given; a run that is not a drift run keeps the configured policy.
+    for options in (Options(data="recorded", tracking_uri=uri, reference_since=second.start,
+                            unlabelled_episodes="exclude"), Options(data="recorded", tracking_uri=uri)):
+        other = run(config, "m", spec, options).dataset
+        assert ((other.time >= second.rows_from) & (other.time <= second.end)).sum() == 0
