@@ -93,11 +93,13 @@ def _labelling(model: ModelConfig, config_name: str) -> str:
     if model.record is None:
         return ""
     cmd = f"mlioc episodes {{}} {config_name} --model {model.name}"
+    # A drift run of the retraining loop learns its own window unless a person rejected it (training/pipeline.py).
+    loop = " (but a drift-triggered retrain learns its own drift window unless you reject it)" if model.retrain else ""
     return (f"\n4. Once you know what it was, label the episode so the nightly retraining learns the right lesson: "
             f"{cmd.format('list')} shows it (id = {model.name}-<UTC start>); "
             f"{cmd.format('label')} ID reject --why TEXT if it was a fault (never train on it), "
             f"or ... ID accept --why TEXT if it is the machine's new normal (train on it). Unlabelled episodes are "
-            f"left out of training. {cmd.format('show')} ID plots it.")
+            f"left out of training{loop}. {cmd.format('show')} ID plots it.")
 
 
 def _loop_guidance(model: ModelConfig) -> str:
