@@ -110,6 +110,7 @@ def _reference_val_loss(config_path: Path, model: str, runs: list[tuple[str, dic
     import torch  # noqa: F401 - imported here so the searches above start without it
 
     from training.dataset import Normalisation, build_dataset, time_split
+    from training.layout import Layout
     from training.models import build_model
     from training.pipeline import normalise_split
     from training.spec import load_spec
@@ -120,12 +121,13 @@ def _reference_val_loss(config_path: Path, model: str, runs: list[tuple[str, dic
     spec = load_spec(config, model)
     ds = build_dataset(config.model(model), spec, None)
     split = time_split(ds, spec.split)
-    arrays = normalise_split(split, Normalisation.fit(split.train))
+    layout = Layout.from_model(config.model(model), spec.kind)
+    arrays = normalise_split(split, Normalisation.fit(split.train), layout)
     out = []
     for label, ov in runs:
         s = apply_overrides(spec, ov)
         seed_everything(s.seed)
-        net = build_model(s, len(ds.input_names), len(ds.output_names))
+        net = build_model(s, layout)
         t0 = time.perf_counter()
         result = train(s, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"])
         out.append((label, s.epochs, result.history[-1].val_loss, time.perf_counter() - t0))

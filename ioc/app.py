@@ -31,13 +31,14 @@ from ioc.edges.host import local_addresses
 from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
 from ioc.edges.promotion import PromotionEdge
-from ioc.edges.recorder import Recorder, RecorderError
+from ioc.edges.recorder import Recorder, RecorderError, recorded_scores
 from ioc.edges.registry_mirror import RegistryMirror
 from ioc.edges.retrain import RetrainEdge
 from ioc.edges.sources import BUDGET, make_source
 from ioc.protocols.ca_server import CaServer
 from ioc.protocols.pva_server import PvaServer
 from ioc.runtime.challenger import ChallengerMonitor
+from ioc.runtime.coverage import CoverageMonitor
 from ioc.runtime.monitor import ModelMonitor
 from ioc.runtime.runner import ModelRunner
 from ioc.runtime.triggers import Trigger, make_trigger
@@ -73,6 +74,7 @@ class Ioc:
     recorders: list[Recorder] = field(default_factory=list)
     managers: list[ModelManager] = field(default_factory=list)
     monitors: list[ModelMonitor] = field(default_factory=list)
+    coverages: list[CoverageMonitor] = field(default_factory=list)
     actions: list[ActionController] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
     challengers: list[ChallengerMonitor] = field(default_factory=list)
@@ -213,7 +215,11 @@ class Ioc:
         assert record is not None
         self.locks.append(DirLock(record.dir, "recording directory").acquire())
         try:
-            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states])
+            # DRIFT / ANOMALY as served at each cycle: the episodes of `mlioc episodes` are found in them.
+            scores = [runner.db[pv] for _, pv in recorded_scores(model)]
+            worst = runner.db[runner.names.drift_worst] if model.drift is not None else None
+            recorder = Recorder(model, record, lambda states=runner.inputs: [(s.severity, s.timestamp) for s in states],
+                                scores, worst)
         except RecorderError as exc:
             log.error("%s", exc)
             return
@@ -246,11 +252,25 @@ class Ioc:
         runner.model_listeners.append(monitor.on_model)
         monitor.score_listeners.append(self.metrics.set_drift)  # mlioc_drift_score, mlioc_input_drift_score
         monitor.start()
+        if runner.config.uncertainty is not None:
+            self._start_coverage(runner, monitor)
         for index, j in enumerate(monitor.truth_index):
             source = make_source(runner.config.outputs[j].truth, monitor.truth_sink(index))
             source.start()
             self._sources.append(source)
         self.monitors.append(monitor)
+
+    def _start_coverage(self, runner: ModelRunner, monitor: ModelMonitor) -> None:
+        """COVERAGE:<output> (ioc/runtime/coverage.py): the monitor's truth pairs judged against the bands."""
+        coverage = CoverageMonitor(runner.config, monitor, self.db)
+        if not coverage.active:  # no scalar output has a truth
+            return
+        monitor.pair_listeners.append(coverage.on_pairs)
+        runner.model_listeners.append(coverage.on_model)
+        if runner.config.uncertainty == "ensemble":  # the STD of each cycle waits for its truth
+            runner.cycle_listeners.append(coverage.on_cycle)
+        coverage.start()
+        self.coverages.append(coverage)
 
     def _start_loop(self, runner: ModelRunner, manager: ModelManager) -> None:
         """The continual-learning loop's IOC side (docs/how-to/retraining-loop.md): the challenger's live

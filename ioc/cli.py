@@ -136,6 +136,12 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"(warm-up median {loaded.warm_median_ms * 1e3:.0f} us, p99 {loaded.warm_p99_ms * 1e3:.0f} us)")
         for warning in range_warnings(model.inputs, loaded.manifest.reference, loaded.version):
             print(f"  {model.name}: warning: {warning}")
+        u = loaded.uncertainty
+        if model.uncertainty is not None and (u is None or u.method != model.uncertainty):
+            has = "no uncertainty" if u is None else f"{u.method} uncertainty"
+            pvs = "OUT:<name>:STD" if model.uncertainty == "ensemble" else "OUT:<name>:LO/HI"
+            print(f"  {model.name}: warning: v{loaded.version} has {has}, the config asks for {model.uncertainty}: "
+                  f"its {pvs} (and COVERAGE) PVs will be INVALID until such a version is served")
     if failed:
         print(f"{config.path}: {failed} of {n} model(s) FAILED")
         return EXIT_FAIL
@@ -174,6 +180,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from training.cli import tune_command  # lazily: only the sidecar loads torch, MLflow and Optuna
 
     return tune_command(args)
+
+
+def cmd_episodes(args: argparse.Namespace) -> int:
+    from training.cli import episodes_command  # lazily: the sidecar's recordings reader (pandas) and plots
+
+    return episodes_command(args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -287,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="only data before this time")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and cron jobs)")
+    p.add_argument("--unlabelled-episodes", choices=("exclude", "include"),
+                   help="recorded data: rows of DRIFT/ANOMALY episodes nobody labelled (mlioc episodes) "
+                   "[training.filters.episodes.unlabelled, exclude]")
     # The continual-learning loop (mlioc watch, the Airflow DAG) runs `mlioc train` with these.
     p.add_argument("--as", dest="promote_to", choices=("champion", "challenger"),
                    help="a winner becomes this (override training.gate.promote_to); the loop uses challenger")
@@ -330,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
+    _add_episodes(sub)
+
     from ioc.client_cli import add_parser as add_client_parser
     from ioc.models_cli import add_parser as add_models_parser
 
@@ -337,6 +354,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     _add_generate(sub)
     return parser
+
+
+def _add_episodes(sub) -> None:
+    """``mlioc episodes list|show|label``: the DRIFT/ANOMALY stretches of a model's recordings, and verdicts."""
+    p = sub.add_parser("episodes", help="DRIFT/ANOMALY episodes in a model's recordings: list, show, label "
+                       "accept|reject (docs/how-to/uncertainty-and-episodes.md)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("config", help="YAML config")
+        q.add_argument("--model", required=True, help="model name in the config")
+        q.add_argument("--data", metavar="DIR", help="recording directory [the model's record.dir]")
+
+    q = actions.add_parser("list", help="every episode: id, start, end, duration, severity, worst inputs, label")
+    common(q)
+    q = actions.add_parser("show", help="one episode in detail, and a PNG plot of its inputs and scores")
+    common(q)
+    q.add_argument("id", metavar="ID", help="episode id (from list), e.g. beam-20261130T071502Z")
+    q.add_argument("--out", metavar="FILE", help="where to write the plot [ID.png]")
+    q = actions.add_parser("label", help="record a verdict: accept (a new normal: train on it) or reject (a fault)")
+    common(q)
+    q.add_argument("id", metavar="ID", help="episode id (from list)")
+    q.add_argument("verdict", choices=("accept", "reject"), help="accept: train on it; reject: never train on it")
+    q.add_argument("--why", required=True, help="why (kept with the label, shown to the next engineer)")
+    q.add_argument("--by", help="who decides [the login user@host]")
+    q.add_argument("--force", action="store_true", help="overrule a colleague's different verdict (theirs stays "
+                   "in the history)")
+    p.set_defaults(func=cmd_episodes)
 
 
 def _add_generate(sub) -> None:

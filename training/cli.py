@@ -104,7 +104,8 @@ def train_command(args: argparse.Namespace) -> int:
                                   ("mlioc.requested_by", getattr(args, "requested_by", None))) if v}
         options = Options(data=args.data, push=args.push, tracking_uri=args.tracking_uri, epochs=args.epochs,
                           seed=args.seed, start=_time_arg(args.start, "--start"), end=_time_arg(args.end, "--end"),
-                          tuning=tuning, promote_to=getattr(args, "promote_to", None), tags=tags,
+                          tuning=tuning, unlabelled_episodes=getattr(args, "unlabelled_episodes", None),
+                          promote_to=getattr(args, "promote_to", None), tags=tags,
                           reference_since=_time_arg(getattr(args, "reference_since", None), "--reference-since"))
         reporter = RichReporter(err, enabled=not args.no_progress)
         outcome = run(config, args.model, spec, options, reporter)
@@ -162,6 +163,15 @@ def print_summary(outcome) -> None:
     if d.champion is not None:
         cols = ", ".join(f"{k} {v:.4g}" for k, v in d.champion.rmse.items())
         table.add_row(f"champion v{d.champion_version}", f"{cols}; mean NRMSE {d.champion.mean_nrmse:.4g}")
+    cal = getattr(outcome, "calibration", None)
+    if cal is not None:
+        what = f"{cal.method}" + (f" of {cal.members}" if cal.method == "ensemble" else "")
+        measured = ", ".join(f"{k[len('test_coverage_'):]} {v:.3f}" for k, v in cal.test.items()
+                             if k.startswith("test_coverage_"))
+        widths = ", ".join(f"{k[len('test_band_width_'):]} {v:.4g}" for k, v in cal.test.items()
+                           if k.startswith("test_band_width_"))
+        table.add_row("uncertainty", f"{what}, promise {cal.coverage:g} (calibrated on {cal.rows} val rows); "
+                      f"test coverage {measured or '-'}; mean band width {widths or '-'}")
     table.add_row("decision", ("PROMOTE to " + d.pointer if d.promote else "NOT PROMOTED") + f": {d.reason}")
     if outcome.store_version is not None:
         table.add_row("pushed", f"store version {outcome.store_version} ({d.pointer}), MLflow registry version "
@@ -261,6 +271,19 @@ def print_tune_summary(outcome, next_command: str) -> None:
     if outcome.best is not None:
         table.add_row("next", next_command)
     out.print(table)
+
+
+def episodes_command(args: argparse.Namespace) -> int:
+    """``mlioc episodes list|show|label`` (training/episodes.py)."""
+    from training.episodes import episodes_command as run_episodes
+
+    try:
+        return run_episodes(args)
+    except ConfigError as exc:
+        _error(f"invalid configuration {exc.path}:")
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def reproduce_command(args: argparse.Namespace) -> int:

@@ -10,6 +10,10 @@ Its :attr:`Dataset.digest` is a SHA-256 over the signal names (and shapes) and t
 so the same content has the same digest whatever file format or source it came from — that is what
 MLflow records and what ``mlioc reproduce`` checks before retraining.
 
+Recorded data are vetted (:func:`training.episodes.vet`): rows of an episode a person rejected are
+dropped, of one they accepted kept, of an unlabelled one dropped unless ``filters.episodes.unlabelled:
+include``; the labels in effect are part of the digest (:attr:`Dataset.episodes`).
+
 Splits respect time (:func:`time_split`): the oldest rows train, then validation, then the newest rows
 test, optionally with a gap at each boundary; nothing from the future leaks into training, which a
 random split of autocorrelated machine data would do.
@@ -31,6 +35,7 @@ import numpy as np
 from ioc.core.config import ModelConfig
 from ioc.core.pvmodel import Severity
 from ioc.edges.recorder import INPROGRESS, SUFFIX, in_progress_files, read_stream_table
+from training.episodes import vet
 from training.layout import Layout, Shape, Signal, slices
 from training.spec import SEVERITIES, DataSpec, FilterSpec, SplitSpec, TrainSpec
 
@@ -52,6 +57,8 @@ class Dataset:
     output_names: tuple[str, ...]
     source: dict[str, Any]  # how to get this data again (logged to MLflow)
     filtered: dict[str, int] = field(default_factory=dict)  # rows dropped, by reason
+    # Recorded data with DRIFT/ANOMALY episodes: the labels in effect (training.episodes.Vetting.lineage).
+    episodes: dict[str, Any] | None = None
     shapes: dict[str, Shape] = field(default_factory=dict)  # the array signals' shapes (scalars absent)
 
     def __len__(self) -> int:
@@ -67,9 +74,13 @@ class Dataset:
 
     @property
     def digest(self) -> str:
+        """SHA-256 of the names, the exact values and, when the data had episodes, the labels in effect:
+        the same rows trained under another verdict are another dataset."""
         h = hashlib.sha256()
         header: dict[str, Any] = {"inputs": list(self.input_names), "outputs": list(self.output_names),
                                   "n": len(self), "dtype": "float64-le"}
+        if self.episodes:
+            header["episodes"] = self.episodes
         if self.shapes:  # (absent for scalar data: their digests stay what they were)
             header["shapes"] = {k: list(v) for k, v in self.shapes.items()}
         h.update(json.dumps(header, sort_keys=True).encode())
@@ -95,7 +106,7 @@ class Dataset:
 
     def subset(self, idx: np.ndarray | slice) -> Dataset:
         return Dataset(self.time[idx], self.x[idx], self.y[idx], self.input_names, self.output_names, self.source,
-                       shapes=self.shapes)
+                       episodes=self.episodes, shapes=self.shapes)
 
 
 @dataclass
@@ -249,6 +260,11 @@ def _read_recorded(files: list[Path], directory: Path):
     return pd.concat(frames, ignore_index=True), read
 
 
+def read_recordings(directory: Path):
+    """Every row recorded in ``directory`` (finished files and the file in progress) as one DataFrame."""
+    return _read_recorded(recorded_files(Path(directory)), Path(directory))[0]
+
+
 def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple[Dataset, np.ndarray, Counter]:
     """The IOC's own recordings (``ioc/edges/recorder.py`` columns), including the rows already flushed to
     the file it is writing now; rows with no fresh target are dropped."""
@@ -293,8 +309,13 @@ def load_recorded(directory: Path, model: ModelConfig, spec: TrainSpec) -> tuple
         dup = pd.Series(key).duplicated().to_numpy()
     dropped["repeated snapshot"] += int((dup & keep).sum())
     keep &= ~dup
+    vetting = vet(df, model, directory, spec.filters.unlabelled_episodes)
+    for reason, mask in vetting.masks.items():
+        dropped[reason] += int((mask & keep).sum())
+        keep &= ~mask
     source = {"kind": "recorded", "directory": str(directory), "files": read}
-    ds = Dataset(t[keep], x[keep], y[keep], ins, outs, source, shapes=layout.shapes)
+    ds = Dataset(t[keep], x[keep], y[keep], ins, outs, source,
+                 episodes=vetting.lineage() if vetting.in_effect else None, shapes=layout.shapes)
     return ds, sev[keep], dropped
 
 
@@ -535,13 +556,14 @@ def build_dataset(model: ModelConfig, spec: TrainSpec, data: str | None, *, arch
     return ds
 
 
-def dataset_from_frame(df, source: dict[str, Any], shapes: dict[str, Shape] | None = None) -> Dataset:
+def dataset_from_frame(df, source: dict[str, Any], shapes: dict[str, Shape] | None = None,
+                       episodes: dict[str, Any] | None = None) -> Dataset:
     """Inverse of :meth:`Dataset.to_frame` (the dataset artifact of a logged run); ``shapes`` of the array
-    signals (logged in ``dataset/metadata.json``)."""
+    signals (logged in ``dataset/metadata.json``) and the labels in effect (``episodes``, logged there too)."""
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
     ins = tuple(c for c in df.columns if c != "time" and not c.startswith("target."))
     outs = tuple(c[len("target."):] for c in df.columns if c.startswith("target."))
     sig = lambda names: tuple(Signal(n, shapes.get(n, ())) for n in names)  # noqa: E731
     x = _signals_matrix(df, sig(ins), lambda n: [n], "input", "dataset artifact")
     y = _signals_matrix(df, sig(outs), lambda n: [f"target.{n}"], "output", "dataset artifact")
-    return Dataset(df["time"].to_numpy(np.float64), x, y, ins, outs, source, shapes=shapes)
+    return Dataset(df["time"].to_numpy(np.float64), x, y, ins, outs, source, shapes=shapes, episodes=episodes)

@@ -32,7 +32,7 @@ OPSET = 18
 INPUT, OUTPUT = "x", "y"
 
 
-def export_onnx(net: torch.nn.Sequential, input_tensor: tuple[int, ...]) -> bytes:
+def export_onnx(net: torch.nn.Module, input_tensor: tuple[int, ...]) -> bytes:
     """Serialise ``net`` (CPU, eval) to ONNX bytes with a dynamic batch dimension; ``input_tensor`` is the
     input's shape without the batch (:attr:`training.layout.Layout.input_tensor`)."""
     import logging
@@ -100,11 +100,15 @@ def _significant(a: np.ndarray, digits: int = 7) -> np.ndarray:
 
 
 def build_manifest(model: ModelConfig, spec: TrainSpec, layout: Layout, norm: Normalisation, split: Split,
-                   onnx_bytes: bytes, provenance: dict[str, Any], reference: Dataset | None = None) -> dict[str, Any]:
+                   onnx_bytes: bytes, provenance: dict[str, Any], reference: Dataset | None = None,
+                   uncertainty: dict[str, Any] | None = None) -> dict[str, Any]:
     """The version manifest (docs/how-to/model-store.md); ``sha256``, ``version``: set by ``ModelStore.add_version``.
 
     ``reference``: the rows the drift reference is taken from (default: the training split); a drift-triggered
     run passes the new regime's rows (training/pipeline.py, ``--reference-since``).
+
+    ``uncertainty`` is the manifest's section of that name (training/uncertainty.py). An ensemble's graph
+    returns the means then the standard deviations: its test vectors carry both (``spread``).
     """
     ref = split.train if reference is None else reference
     # Test vectors: raw-unit rows of the test split through the exported graph and the manifest's
@@ -114,11 +118,17 @@ def build_manifest(model: ModelConfig, spec: TrainSpec, layout: Layout, norm: No
     if not layout.is_scalar:
         tv_x = _significant(tv_x)
     xn = layout.to_input_tensor((tv_x - norm.x_mean) / norm.x_std)
-    tv_y = onnx_session(onnx_bytes).run([OUTPUT], {INPUT: xn})[0].astype(np.float64) * norm.y_std + norm.y_mean
-    onnx = {"input": INPUT, "output": OUTPUT, "opset": OPSET}
+    y = onnx_session(onnx_bytes).run([OUTPUT], {INPUT: xn})[0].astype(np.float64).reshape(len(tv_x), -1)
+    n_out = int(np.size(norm.y_mean))
+    tv_y = y[:, :n_out] * norm.y_std + norm.y_mean
+    vectors: dict[str, Any] = {"inputs": tv_x.tolist(), "outputs": tv_y.tolist(), "rtol": 1e-4, "atol": 1e-5}
+    onnx: dict[str, Any] = {"input": INPUT, "output": OUTPUT, "opset": OPSET}
     if not layout.is_scalar:
         onnx |= layout.onnx_section()
-    return {
+    if y.shape[1] == 2 * n_out:  # an ensemble: means, then standard deviations (scaled, never shifted)
+        vectors["spread"] = (y[:, n_out:] * norm.y_std).tolist()
+        onnx["output_shape"] = [2 * n_out]
+    doc = {
         "format": 1,
         "model": model.name,
         "kind": manifest_kind(spec.kind),
@@ -131,7 +141,10 @@ def build_manifest(model: ModelConfig, spec: TrainSpec, layout: Layout, norm: No
             "inputs": _reference(layout.inputs, ref.x, norm.x_mean, norm.x_std),
             "outputs": _reference(layout.outputs, ref.y, norm.y_mean, norm.y_std),
         },
-        "test_vectors": {"inputs": tv_x.tolist(), "outputs": tv_y.tolist(), "rtol": 1e-4, "atol": 1e-5},
+        "test_vectors": vectors,
         "provenance": {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                        "created_by": "mlioc train"} | provenance,
     }
+    if uncertainty is not None:
+        doc["uncertainty"] = uncertainty
+    return doc

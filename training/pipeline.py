@@ -34,6 +34,7 @@ from ioc.core.engine import EngineError, build_model
 from ioc.core.manifest import ManifestError, parse_manifest, read_manifest
 from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import registry
+from training import uncertainty as unc
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
 from training.export import Parity, build_manifest, check_parity, export_onnx, manifest_kind, onnx_session
 from training.gate import Decision, decide, load_champion
@@ -63,6 +64,7 @@ class Options:
     start: float | None = None
     end: float | None = None
     tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
+    unlabelled_episodes: str | None = None  # `--unlabelled-episodes`: overrides filters.episodes.unlabelled
     # The continual-learning loop (training/watch.py): where a winner goes, why the run happened, and
     # for a drift run the time the new regime began (the drift reference is taken from there on).
     promote_to: str | None = None  # None: training.gate.promote_to
@@ -82,6 +84,7 @@ class Outcome:
     parity: Parity
     decision: Decision
     warm_start: str
+    calibration: unc.Calibration | None = None
     store_version: int | None = None
     registry_version: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -105,9 +108,18 @@ class Reporter:
         return lambda stats: None
 
 
-def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, layout: Layout,
+def _architecture(spec: TrainSpec, layout: Layout) -> dict:
+    """The network's architecture record, with the member count of an ensemble (its warm start needs both)."""
+    arch = architecture(spec, layout)
+    return arch | {"members": spec.uncertainty.members} if spec.uncertainty.method == "ensemble" else arch
+
+
+def _warm_start(spec: TrainSpec, net: torch.nn.Module, store: ModelStore, layout: Layout,
                 x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
-    """(description, champion normalisation, parent version, parent sha) — or scratch with the reason."""
+    """(description, champion normalisation, parent version, parent sha) — or scratch with the reason.
+
+    An ensemble warm-starts member by member from an ensemble champion; its check compares the means
+    (the spread's noise floor is calibrated again by every run)."""
     if spec.warm_start == "scratch":
         return "scratch (warm_start: scratch)", None, None, None
     number = store.champion() if store.exists() else None
@@ -121,8 +133,8 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, la
             why = f"champion v{number} manifest unreadable: {exc}"
         else:
             arch = man.get("provenance", {}).get("architecture")
-            if arch != architecture(spec, layout):
-                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, layout)}"
+            if arch != _architecture(spec, layout):
+                why = f"champion v{number} has architecture {arch}, this run {_architecture(spec, layout)}"
             elif man.get("kind", "regression") != manifest_kind(spec.kind):
                 why = f"champion v{number} is a {man.get('kind')} model"
     if why is None:
@@ -133,7 +145,8 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, la
             onnx = man.get("onnx", {})
             ref = onnx_session(str(store.onnx_path(number))).run([onnx.get("output", "y")],
                                                                   {onnx.get("input", "x"): xn})[0]
-            diff = float(np.abs(predict(net, xn) - ref).max())
+            n_out = layout.n_out
+            diff = float(np.abs(predict(net, xn)[:, :n_out] - ref[:, :n_out]).max())
             if not diff <= spec.gate.parity_atol:
                 raise WarmStartError(f"loaded weights differ from the champion's ONNX by {diff:.2e}")
         except (WarmStartError, OSError) as exc:
@@ -178,6 +191,14 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         spec = dataclasses.replace(spec, filters=dataclasses.replace(
             spec.filters, start=options.start if options.start is not None else spec.filters.start,
             end=options.end if options.end is not None else spec.filters.end))
+    unlabelled = options.unlabelled_episodes
+    if unlabelled is None and options.reference_since is not None and spec.filters.unlabelled_episodes != "include":
+        # A drift run (the loop's, --reference-since) is there to learn the new regime, which is exactly the
+        # DRIFT episode nobody has labelled yet: train on it. A rejected episode is still left out.
+        log.info("drift run: rows of unlabelled episodes are trained on (the new regime); rejected ones are not")
+        unlabelled = "include"
+    if unlabelled is not None:
+        spec = dataclasses.replace(spec, filters=dataclasses.replace(spec.filters, unlabelled_episodes=unlabelled))
     if model.store_is_registry:
         raise TrainError(f"model {model.name}: store is {model.store}; training pushes into a store directory")
     store = model_store(model)
@@ -192,7 +213,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     client = registry.setup(uri, spec.experiment_name)
     seed_everything(spec.seed)
     layout = Layout.from_model(model, spec.kind)
-    net = build_net(spec, layout)
+    ensemble = spec.uncertainty.method == "ensemble"
+    net: torch.nn.Module = unc.build_ensemble(spec, layout, build_net) if ensemble else build_net(spec, layout)
     warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, layout, split.test.x[:256])
     norm = champ_norm or Normalisation.fit(split.train, per_element=spec.normalise == "element")
     arrays = normalise_split(split, norm, layout)
@@ -232,25 +254,34 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         mlflow.log_dict(hw, "hardware.json")
         mlflow.set_tags({f"mlioc.hardware.{k}": str(v) for k, v in hw.items()})
 
-        reporter.stage(f"training ({warm})")
-        on_epoch = reporter.training(spec.epochs)
+        members = unc.members_of(spec)
+        reporter.stage(f"training ({warm})" + (f", {members} ensemble members" if ensemble else ""))
+        on_epoch = reporter.training(spec.epochs * members)
         pending: list = []
 
-        def epoch_hook(stats: EpochStats) -> None:
+        def epoch_hook(stats: EpochStats, prefix: str = "") -> None:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
-            pending.extend([Metric("train_loss", stats.train_loss, now, stats.epoch),
-                            Metric("val_loss", stats.val_loss, now, stats.epoch),
-                            Metric("lr", stats.lr, now, stats.epoch)])
+            pending.extend([Metric(f"{prefix}train_loss", stats.train_loss, now, stats.epoch),
+                            Metric(f"{prefix}val_loss", stats.val_loss, now, stats.epoch),
+                            Metric(f"{prefix}lr", stats.lr, now, stats.epoch)])
             if stats.epoch % METRIC_FLUSH_EVERY == 0 or stats.epoch == spec.epochs:
                 client.log_batch(run_id, metrics=pending)
                 pending.clear()
             on_epoch(stats)
 
-        result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-                       on_epoch=epoch_hook)
+        if isinstance(net, unc.EnsembleNet):  # members' curves as member<i>.*; the ensemble's as train/val_loss
+            result = unc.train_ensemble(spec, net, arrays, lambda i, st: epoch_hook(st, f"member{i}."))
+            last = result.history[-1]
+            mlflow.log_metrics({"train_loss": last.train_loss, "val_loss": last.val_loss}, step=last.epoch)
+        else:
+            result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+                           on_epoch=epoch_hook)
         timings["train_s"] = result.seconds
+        calibration = _calibrate(spec, result.net, arrays, norm)
+        if calibration is not None:
+            mlflow.log_dict(calibration.to_dict(), "uncertainty.json")
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(result.net.state_dict(), Path(tmp) / "state_dict.pt")
             torch.save(result.init_state, Path(tmp) / "init_state_dict.pt")
@@ -271,12 +302,13 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         provenance = {
             "mlflow": {"run_id": run_id, "tracking_uri": uri, "experiment": spec.experiment_name},
             "dataset": {"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
-                        "filtered": dataset.filtered, "split": {"train": len(split.train), "val": len(split.val),
+                        "filtered": dataset.filtered, **({"episodes": dataset.episodes} if dataset.episodes else {}),
+                        "split": {"train": len(split.train), "val": len(split.val),
                                                                 "test": len(split.test), "order": "time"}},
             "code_version": code,
             "environment": registry.key_versions(env),
             "hardware": {k: hw[k] for k in ("cpu", "device") if k in hw},
-            "architecture": architecture(spec, layout),
+            "architecture": _architecture(spec, layout),
             "seed": spec.seed,
             "warm_start": warm,
             "parent_version": parent,
@@ -286,10 +318,14 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         if options.tuning is not None:
             provenance["tuning"] = options.tuning
         reference = _reference_rows(dataset, options.reference_since)
-        manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance, reference=reference)
+        manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance, reference=reference,
+                                  uncertainty=calibration.manifest(layout.outputs)
+                                  if calibration is not None else None)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
         decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
+        if calibration is not None and loaded is not None:
+            _measure(calibration, loaded, split, layout, manifest, mlflow)
         if decision.challenger is not None:
             mlflow.log_metrics({f"test_rmse_{k}": v for k, v in decision.challenger.rmse.items()}
                                | {"test_mean_nrmse": decision.challenger.mean_nrmse})
@@ -297,7 +333,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         if decision.champion is not None:
             mlflow.log_metrics({f"champion_test_rmse_{k}": v for k, v in decision.champion.rmse.items()}
                                | {"champion_test_mean_nrmse": decision.champion.mean_nrmse})
-        outcome = Outcome(run_id, uri, dataset, split, result, parity, decision, warm, seconds=timings)
+        outcome = Outcome(run_id, uri, dataset, split, result, parity, decision, warm, calibration, seconds=timings)
         if options.push:
             _push(store, client, model, manifest, onnx_bytes, decision, outcome, artifact_uri, dataset)
         # The store/ artifacts are the version exactly as published (or as it would have been).
@@ -327,6 +363,33 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         del loaded
     timings["total_s"] = time.perf_counter() - t_start
     return outcome
+
+
+def _calibrate(spec: TrainSpec, net: torch.nn.Module, arrays: dict[str, np.ndarray], norm: Normalisation
+               ) -> unc.Calibration | None:
+    """training.uncertainty: calibrate on the validation split (an ensemble's noise floor is set on ``net``)."""
+    u = spec.uncertainty
+    if u.method == "none":
+        return None
+    try:
+        if isinstance(net, unc.EnsembleNet):
+            return unc.calibrate_ensemble(net, arrays["x_val"], arrays["y_val"], norm.y_std, u.coverage)
+        return unc.calibrate_conformal(net, arrays["x_val"], arrays["y_val"], norm.y_std, u.coverage)
+    except unc.CalibrationError as exc:
+        raise TrainError(f"uncertainty: {exc}") from exc
+
+
+def _measure(calibration: unc.Calibration, loaded, split: Split, layout: Layout, manifest: dict[str, Any],
+             mlflow) -> None:
+    """Coverage and band width on the test split, through the IOC's own engine: logged, and in the manifest."""
+    if calibration.method == "ensemble":
+        pred, spread = loaded.run_batch_spread(split.test.x)
+    else:
+        pred, spread = loaded.run_batch(split.test.x), None
+    calibration.test = unc.measure(calibration, split.test.y, pred, spread, layout.output_slices)
+    mlflow.log_metrics(calibration.test)
+    manifest["uncertainty"]["test"] = dict(calibration.test)
+    manifest["provenance"]["metrics"] |= calibration.test
 
 
 def _reference_rows(dataset: Dataset, since: float | None) -> Dataset | None:
@@ -418,8 +481,12 @@ def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> Non
                 mlflow.log_input(ds, context="training")
     except Exception as exc:  # the dataset entity is a convenience; the digest and artifact are what count
         log.warning("mlflow.log_input failed: %s", exc)
+    if dataset.episodes:  # the labels in effect: part of the digest, and what `mlioc reproduce` restores
+        verdicts = [e["verdict"] for e in dataset.episodes["episodes"]]
+        mlflow.set_tags({f"mlioc.episodes.{v}": str(verdicts.count(v)) for v in ("accept", "reject", "unlabelled")}
+                        | {"mlioc.episodes.unlabelled_policy": dataset.episodes["unlabelled"]})
     mlflow.log_dict({"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
-                     "source_json": source, "filtered": dataset.filtered,
+                     "source_json": source, "filtered": dataset.filtered, "episodes": dataset.episodes,
                      "shapes": {k: list(v) for k, v in dataset.shapes.items()},
                      "split": {"train": [float(split.train.time[0]), float(split.train.time[-1])],
                                "test": [float(split.test.time[0]), float(split.test.time[-1])]}},

@@ -16,6 +16,11 @@ original's (``torch/state_dict.pt``). Pass when
 On the same hardware and library versions the run is deterministic and both differences are 0; the
 tolerances leave room for another CPU/GPU's floating-point reduction order. The comparison is logged
 as its own MLflow run tagged ``mlioc.reproduces=RUN_ID``.
+
+A run with ``training.uncertainty`` is reproduced whole: an ensemble's members retrained with their own
+seeds (the predictions compared are the means *and* the standard deviations), and the calibration
+repeated on the same validation rows and compared with the run's ``uncertainty.json`` (max |difference|
+in normalised output units <= ``pred_atol``: a conformal half-width, an ensemble's noise floor).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from training import registry
+from training import uncertainty as unc
 from training.dataset import (
     ARRAY_GENERATOR,
     Dataset,
@@ -60,10 +66,12 @@ class ReproduceReport:
     weight_rtol: float
     val_loss_original: float
     val_loss_new: float
+    calibration_max_abs: float | None = None  # training.uncertainty: recalibrated vs logged, normalised units
 
     @property
     def passed(self) -> bool:
-        return bool(self.pred_max_abs <= self.pred_atol and self.weight_rel_l2 <= self.weight_rtol)
+        calibrated = self.calibration_max_abs is None or self.calibration_max_abs <= self.pred_atol
+        return bool(self.pred_max_abs <= self.pred_atol and self.weight_rel_l2 <= self.weight_rtol and calibrated)
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
@@ -76,7 +84,9 @@ class ReproduceReport:
             ("weights: max |diff|", f"{self.weight_max_abs:.3g}", "(reported)", ""),
             ("final val loss: original / new", f"{self.val_loss_original:.6g} / {self.val_loss_new:.6g}", "(reported)",
              ""),
-        ]
+        ] + ([] if self.calibration_max_abs is None else [
+            ("uncertainty: max |calibration diff| (normalised)", f"{self.calibration_max_abs:.3g}",
+             f"<= {self.pred_atol:g}", ok(self.calibration_max_abs <= self.pred_atol))])
 
 
 def _download(client, run_id: str, path: str, dst: str) -> Path | None:
@@ -103,7 +113,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: _download(client, run_id, name, tmp) for name in (
             "spec.json", "layout.json", "normalisation.json", "dataset/metadata.json", "dataset/data.parquet",
-            "torch/init_state_dict.pt", "torch/state_dict.pt")}
+            "torch/init_state_dict.pt", "torch/state_dict.pt", "uncertainty.json")}
         missing = [k for k in ("spec.json", "normalisation.json", "dataset/metadata.json", "torch/init_state_dict.pt",
                                "torch/state_dict.pt") if files[k] is None]
         if missing:
@@ -112,6 +122,9 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
         spec = TrainSpec.from_dict(json.loads(got["spec.json"].read_text()))
         meta = json.loads(got["dataset/metadata.json"].read_text())
         norm_d = json.loads(got["normalisation.json"].read_text())
+        logged_cal = json.loads(files["uncertainty.json"].read_text()) if files["uncertainty.json"] else None
+        if spec.uncertainty.method != "none" and logged_cal is None:
+            raise ReproduceError(f"run {run_id} has training.uncertainty but lacks its uncertainty.json artifact")
         init_state = torch.load(got["torch/init_state_dict.pt"], weights_only=True)
         original = torch.load(got["torch/state_dict.pt"], weights_only=True)
         # Runs from before arrays logged no layout: every signal a scalar, the inputs one [batch, N] tensor.
@@ -119,7 +132,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
                   else None)
         if files["dataset/data.parquet"] is not None:
             dataset = dataset_from_frame(pd.read_parquet(files["dataset/data.parquet"]), meta["source"],
-                                         meta.get("shapes"))
+                                         meta.get("shapes"), meta.get("episodes"))
         elif meta["source"].get("kind") == "simulator":
             dataset = _regenerate(meta["source"], run, layout)
         else:
@@ -136,15 +149,26 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
     if reporter is not None:
         reporter.stage(f"retraining run {run_id} ({len(dataset)} rows, {spec.epochs} epochs, seed {spec.seed})")
     seed_everything(spec.seed)
-    net = build_model(spec, layout)
-    net.load_state_dict(init_state)
-    on_epoch = reporter.training(spec.epochs) if reporter is not None else None
-    result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-                   on_epoch=on_epoch)
-
-    orig_net = build_model(spec, layout)
+    on_epoch = reporter.training(spec.epochs * unc.members_of(spec)) if reporter is not None else None
+    net: torch.nn.Module
+    orig_net: torch.nn.Module
+    if spec.uncertainty.method == "ensemble":
+        net = unc.build_ensemble(spec, layout, build_model)
+        net.load_state_dict(init_state)
+        result = unc.train_ensemble(spec, net, arrays,
+                                    (lambda i, stats: on_epoch(stats)) if on_epoch is not None else None)
+        orig_net = unc.build_ensemble(spec, layout, build_model)
+    else:
+        net = build_model(spec, layout)
+        net.load_state_dict(init_state)
+        result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+                       on_epoch=on_epoch)
+        orig_net = build_model(spec, layout)
     orig_net.load_state_dict(original)
     orig_net.eval()
+    cal_diff = None
+    if logged_cal is not None:
+        cal_diff = _recalibrate(spec, result.net, orig_net, arrays, norm, logged_cal)
     pred_diff = float(np.abs(predict(result.net, arrays["x_test"]) - predict(orig_net, arrays["x_test"])).max())
     new_state = result.net.state_dict()
     w_old = torch.cat([original[k].flatten().double() for k in original])
@@ -157,14 +181,31 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
     mlflow.set_experiment(experiment_id=run.info.experiment_id)
     with mlflow.start_run(run_name=f"reproduce-{run_id[:8]}") as active:
         report = ReproduceReport(run_id, active.info.run_id, digest, pred_diff, spec.reproduce.pred_atol, w_max, w_rel,
-                                 spec.reproduce.weight_rtol, val_orig, result.history[-1].val_loss)
+                                 spec.reproduce.weight_rtol, val_orig, result.history[-1].val_loss, cal_diff)
         mlflow.set_tags({"mlioc.reproduces": run_id, "mlioc.model": spec.model, "mlioc.dataset.digest": digest,
                          "mlioc.reproduce.passed": str(report.passed)})
         mlflow.log_params({"reproduce.pred_atol": spec.reproduce.pred_atol,
                            "reproduce.weight_rtol": spec.reproduce.weight_rtol, "seed": spec.seed})
         mlflow.log_metrics({"pred_max_abs_diff": pred_diff, "weight_max_abs_diff": w_max,
-                            "weight_rel_l2_diff": w_rel, "val_loss": report.val_loss_new})
+                            "weight_rel_l2_diff": w_rel, "val_loss": report.val_loss_new}
+                           | ({} if cal_diff is None else {"calibration_max_abs_diff": cal_diff}))
     return report
+
+
+def _recalibrate(spec: TrainSpec, net: torch.nn.Module, orig_net: torch.nn.Module, arrays: dict, norm: Normalisation,
+                 logged: dict) -> float:
+    """Calibrate the retrained model as the run did; max |difference| from the logged calibration in normalised
+    units. The original ensemble gets its logged noise floor back (its predictions include it)."""
+    u = spec.uncertainty
+    if isinstance(net, unc.EnsembleNet) and isinstance(orig_net, unc.EnsembleNet):
+        new = unc.calibrate_ensemble(net, arrays["x_val"], arrays["y_val"], norm.y_std, u.coverage).noise
+        old = np.asarray(logged["noise"], dtype=np.float64)
+        orig_net.noise.copy_(torch.as_tensor(old / norm.y_std, dtype=torch.float32))
+    else:
+        new = unc.calibrate_conformal(net, arrays["x_val"], arrays["y_val"], norm.y_std, u.coverage).halfwidth
+        old = np.asarray(logged["halfwidth"], dtype=np.float64)
+    assert new is not None
+    return float(np.abs((new - old) / norm.y_std).max())
 
 
 def _regenerate(source: dict, run, layout: Layout | None) -> Dataset:

@@ -33,10 +33,16 @@ DEVICES = ("auto", "cpu", "cuda")
 
 _TRAINING = ("kind", "hidden", "bottleneck", "activation", "epochs", "batch_size", "lr", "weight_decay", "seed",
              "warm_start", "device", "experiment", "data", "filters", "split", "gate", "reproduce", "log_dataset",
-             "channels", "kernel", "stride", "decoder", "decoder_channels", "normalise", "search")
+             "channels", "kernel", "stride", "decoder", "decoder_channels", "normalise", "search",
+             "uncertainty")
 _DATA = ("source", "path", "samples", "seed", "shift", "archiver")
 _ARCHIVER = ("url", "pvs", "start", "end", "max_age_s", "align_to")
-_FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_skew_s")
+_FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_skew_s", "episodes")
+_EPISODES = ("unlabelled",)
+UNLABELLED = ("exclude", "include")
+_UNCERTAINTY = ("method", "members", "coverage")
+UNCERTAINTY_METHODS = ("none", "ensemble", "conformal")
+ENSEMBLE_DEFAULT_COVERAGE = 0.9545  # +- 2 standard deviations of a normal distribution
 _EXCLUDE = ("start", "end", "reason")
 _SPLIT = ("val", "test", "gap_s")
 _GATE = ("parity_atol", "min_improvement", "max_output_regression", "promote_to", "test_vectors")
@@ -82,6 +88,18 @@ class FilterSpec:
     status: tuple[str, ...] = ()  # recorded data: keep only these cycle statuses (empty: all)
     exclude: tuple[Exclusion, ...] = ()
     max_skew_s: float = 0.05  # recorded data: every input and target of a row within this of its snapshot time
+    # Recorded data: rows of DRIFT/ANOMALY episodes nobody labelled (training/episodes.py); rejected
+    # episodes are always excluded, accepted ones always included.
+    unlabelled_episodes: str = "exclude"
+
+
+@dataclass(frozen=True)
+class UncertaintySpec:
+    """``training.uncertainty`` (training/uncertainty.py): what the exported version promises about its error."""
+
+    method: str = "none"  # none | ensemble | conformal
+    members: int = 5  # ensemble
+    coverage: float = 0.9  # the promised fraction (ensemble: of mean +- 2 STD, default 0.9545)
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,7 @@ class TrainSpec:
     split: SplitSpec = field(default_factory=SplitSpec)
     gate: GateSpec = field(default_factory=GateSpec)
     reproduce: ReproduceSpec = field(default_factory=ReproduceSpec)
+    uncertainty: UncertaintySpec = field(default_factory=UncertaintySpec)
 
     @property
     def experiment_name(self) -> str:
@@ -159,7 +178,8 @@ class TrainSpec:
             **{**d, "hidden": tuple(d["hidden"]),
                "split": SplitSpec(**d.get("split", {})),
                "gate": GateSpec(**d.get("gate", {})),
-               "reproduce": ReproduceSpec(**d.get("reproduce", {}))},
+               "reproduce": ReproduceSpec(**d.get("reproduce", {})),
+               "uncertainty": UncertaintySpec(**d.get("uncertainty", {}))},
             data=DataSpec(**data, archiver=ArchiverSpec(**arch) if arch else None),
             filters=FilterSpec(**filters),
         )
@@ -302,7 +322,9 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
             if b <= a:
                 c.error((*fp, "exclude", i), "end must be after start")
             excl.append(Exclusion(a, b, str(ed.get("reason", ""))))
+    ed = c.mapping(fd.get("episodes"), (*fp, "episodes"), _EPISODES)
     filters = FilterSpec(
+        unlabelled_episodes=s.choice(ed.get("unlabelled"), (*fp, "episodes", "unlabelled"), UNLABELLED, "exclude"),
         start=s.time(fd.get("start"), (*fp, "start")),
         end=s.time(fd.get("end"), (*fp, "end")),
         max_severity=s.choice(fd.get("max_severity"), (*fp, "max_severity"), SEVERITIES, "MINOR"),
@@ -339,6 +361,7 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
         c.error((*path, "log_dataset"), f"expected true or false, got {log_dataset!r}")
         log_dataset = True
     lr = c.number(d.get("lr"), (*path, "lr"), positive=True, default=3e-3)
+    uncertainty = _parse_uncertainty(c, s, d.get("uncertainty"), (*path, "uncertainty"), kind, split)
     return TrainSpec(
         model=model.name,
         kind=kind,
@@ -360,7 +383,33 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
         split=split,
         gate=gate,
         reproduce=reproduce,
+        uncertainty=uncertainty,
     )
+
+
+def _parse_uncertainty(c: Checker, s: _SpecChecker, raw: Any, path: tuple, kind: str, split: SplitSpec
+                       ) -> UncertaintySpec:
+    """``training.uncertainty`` (the IOC's config parser has already checked ``method``)."""
+    if raw is None:
+        return UncertaintySpec()
+    d = c.mapping(raw, path, _UNCERTAINTY, required=("method",))
+    method = s.choice(d.get("method"), (*path, "method"), UNCERTAINTY_METHODS[1:], "conformal")
+    members = c.number(d.get("members"), (*path, "members"), integer=True, positive=True, default=5)
+    if method == "ensemble" and members < 2:
+        c.error((*path, "members"), f"an ensemble needs at least 2 members, got {members}")
+    if method == "conformal" and "members" in d:
+        c.error((*path, "members"), "members is for method: ensemble")
+    default = ENSEMBLE_DEFAULT_COVERAGE if method == "ensemble" else 0.9
+    coverage = c.number(d.get("coverage"), (*path, "coverage"), positive=True, default=default)
+    if coverage is not None and not 0 < coverage < 1:
+        c.error((*path, "coverage"), f"expected a fraction in (0, 1), got {coverage}")
+        coverage = default
+    if kind == "autoencoder":
+        c.error(path, "uncertainty is for models that predict (this one is an autoencoder: its ANOMALY score is "
+                "its own measure of the unusual)")
+    if split.val <= 0:
+        c.error(path, "the calibration rows are the validation split: set split.val > 0")
+    return UncertaintySpec(method=method, members=members if method == "ensemble" else 1, coverage=coverage)
 
 
 def _shape(item) -> tuple[int, ...]:

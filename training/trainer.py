@@ -33,7 +33,7 @@ class EpochStats:
 
 @dataclass
 class TrainResult:
-    net: torch.nn.Sequential  # on the CPU, in eval mode
+    net: torch.nn.Module  # on the CPU, in eval mode (a Sequential, or an ensemble of them)
     init_state: dict[str, torch.Tensor]  # the weights training started from (CPU copies)
     history: list[EpochStats] = field(default_factory=list)
     device: str = "cpu"

@@ -113,6 +113,15 @@ class ActionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Explicit HIGH/HIHI (and HYST) of a monitoring score, replacing the calibrated ones."""
+
+    high: float
+    hihi: float
+    hyst: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     name: str
     units: str = ""
@@ -127,6 +136,7 @@ class OutputConfig:
     shape: tuple[int, ...] = ()  # () a scalar, (n,) a waveform / profile, (h, w) an image
     dtype: str = "float64"  # of an array: float64 (FTVL DOUBLE) or float32 (FTVL FLOAT)
     x_axis: PVRef | None = None  # of a waveform [n]: a PV holding its elements' positions (screens plot against it)
+    std_limits: LimitsConfig | None = None  # ``uncertainty: {high, hihi}``: alarm limits of OUT:<name>:STD
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +161,6 @@ class RecordConfig:
     max_mb: float = 64.0  # size roll threshold (and an upper bound for daily/hourly files)
     flush_s: float = 5.0  # how often buffered rows are written
     targets: tuple[tuple[str, PVRef], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    """Explicit HIGH/HIHI (and HYST) of a monitoring score, replacing the calibrated ones."""
-
-    high: float
-    hihi: float
-    hyst: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,11 @@ class DriftConfig:
     error_window_s: float = 60.0
     error_factors: LimitsConfig = LimitsConfig(high=2.0, hihi=3.0)  # x the version's test RMSE
     truth_tolerance_s: float | None = None  # None: half a cycle
+    # COVERAGE:<output> (ioc.core.coverage): the window (None: error_window_s), and the chance that a
+    # version keeping its promise still raises MINOR / MAJOR, per independent window.
+    coverage_window_s: float | None = None
+    coverage_p_minor: float = 1e-3
+    coverage_p_major: float = 1e-6
 
     @property
     def window(self) -> int:
@@ -255,6 +261,9 @@ class ModelConfig:
     # never needs it, and must not import training to check it).
     training: Any = field(default=None, hash=False, compare=False)
     drift: DriftConfig | None = None
+    # ``training.uncertainty.method`` (ensemble | conformal | None): which uncertainty PVs the IOC serves
+    # (OUT:<name>:STD, or OUT:<name>:LO and :HI). The rest of that section is training/spec.py's.
+    uncertainty: str | None = None
     retrain: RetrainConfig | None = None
 
     @property
@@ -355,7 +364,8 @@ ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape",
           "dtype", "x_axis")
 _OUTPUT = ("name", "units", "description", "prec", "display", "alarm", "mdel", "adel", "truth", "action", "shape",
-           "dtype", "x_axis")
+           "dtype", "x_axis", "uncertainty")
+UNCERTAINTY_METHODS = ("ensemble", "conformal")
 # Keys an array input / output does not take, and why (the fix goes into the error message).
 _NOT_FOR_ARRAYS = {
     "mdel": "an array posts on every change, as an EPICS waveform does; remove 'mdel'",
@@ -364,6 +374,7 @@ _NOT_FOR_ARRAYS = {
     "truth": "ground-truth errors (MAE/RMSE) are scored for scalar outputs only; remove 'truth' from the array "
              "output (record.targets can still record its measured value for training)",
     "action": "an action drives one scalar setpoint; remove 'action' from the array output",
+    "uncertainty": "an array's STD is a waveform, and arrays have no limit alarms; remove 'uncertainty'",
 }
 _ACTION = ("target", "min", "max", "max_step", "max_rate_hz", "deadband", "readback", "tolerance", "settle_s", "mode",
            "max_held", "drift_limit")
@@ -649,6 +660,7 @@ def _parse_output(c: Checker, raw: Any, path: KeyPath) -> OutputConfig | None:
         shape=shape,
         dtype=_parse_dtype(c, d, path, shape),
         x_axis=_parse_x_axis(c, d, path, shape),
+        std_limits=_parse_limits(c, d.get("uncertainty"), (*path, "uncertainty")),
     )
 
 
@@ -755,6 +767,7 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
         c.error((*path, "training"), f"expected a mapping, got {typename(training)}")
         training = None
     drift = _parse_drift(c, d.get("drift"), (*path, "drift"), trigger, inputs, outputs)
+    uncertainty = _parse_uncertainty_method(c, training, (*path, "training", "uncertainty"), outputs, path)
     retrain = _parse_retrain(c, d.get("retrain"), (*path, "retrain"), d, drift, outputs)
     if not name or prefix is None:
         return None
@@ -772,8 +785,30 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
                                        integer=True, positive=True),
         drift=drift,
         store_template=template,
+        uncertainty=uncertainty,
         retrain=retrain,
     )
+
+
+def _parse_uncertainty_method(c: Checker, training: Any, path: KeyPath, outputs: list, model_path: KeyPath
+                              ) -> str | None:
+    """``training.uncertainty.method``: the one key of the training section the IOC reads, because it
+    decides which PVs are served. STD limits (``outputs[].uncertainty``) only make sense for an ensemble."""
+    raw = training.get("uncertainty") if isinstance(training, dict) else None
+    method = None
+    if raw is not None:
+        if not isinstance(raw, dict):
+            c.error(path, f"expected a mapping {{method: ensemble|conformal, ...}}, got {typename(raw)}")
+        elif raw.get("method") not in UNCERTAINTY_METHODS:
+            c.error((*path, "method"), f"expected one of {', '.join(UNCERTAINTY_METHODS)}, got {raw.get('method')!r}")
+        else:
+            method = str(raw["method"])
+    for j, out in enumerate(outputs):
+        if out.std_limits is not None and method != "ensemble":
+            c.error((*model_path, "outputs", j, "uncertainty"), "STD alarm limits need an ensemble "
+                    "(training.uncertainty.method: ensemble); a conformal interval's LO/HI take the output's own "
+                    "alarm limits")
+    return method
 
 
 def _parse_record(c: Checker, raw: Any, path: KeyPath, base: Path, outputs: list[str]) -> RecordConfig | None:
@@ -810,7 +845,8 @@ def _parse_record(c: Checker, raw: Any, path: KeyPath, base: Path, outputs: list
 
 
 _DRIFT = ("enabled", "method", "window_s", "bins", "rate_hz", "correlation_s", "update_s", "raise_s", "clear_s",
-          "sigmas", "limits", "output_limits", "anomaly", "error")
+          "sigmas", "limits", "output_limits", "anomaly", "error", "coverage")
+_COVERAGE = ("window_s", "p_minor", "p_major")
 _SIGMAS = ("minor", "major")
 _LIMITS = ("high", "hihi", "hyst")
 _WINDOWED = ("window_s", "high", "hihi")
@@ -881,6 +917,17 @@ def _parse_drift(c: Checker, raw: Any, path: KeyPath, trigger: TriggerConfig, in
             c.error((*path, key), f"high must be < hihi, got high={hi} hihi={hh}")
         windowed[key] = (w, LimitsConfig(high=hi, hihi=hh))
     tolerance = c.number(error.get("tolerance_s"), (*path, "error", "tolerance_s"), positive=True)
+    cov = c.mapping(d.get("coverage"), (*path, "coverage"), _COVERAGE)
+    cov_p = {}
+    for key, default in (("p_minor", 1e-3), ("p_major", 1e-6)):
+        p = c.number(cov.get(key), (*path, "coverage", key), positive=True, default=default)
+        if p is not None and p >= 0.5:
+            c.error((*path, "coverage", key), f"a false-alarm probability must be < 0.5, got {p}")
+            p = default
+        cov_p[key] = p
+    if not cov_p["p_major"] < cov_p["p_minor"]:
+        c.error((*path, "coverage"), f"p_major must be < p_minor (MAJOR is the rarer alarm), got p_minor="
+                f"{cov_p['p_minor']} p_major={cov_p['p_major']}")
     if any(getattr(i, "name", None) == "OUT" for i in inputs):
         c.error(path, "an input named OUT would clash with the output drift PV $(P)DRIFT:OUT; rename it")
     return DriftConfig(
@@ -901,6 +948,9 @@ def _parse_drift(c: Checker, raw: Any, path: KeyPath, trigger: TriggerConfig, in
         error_window_s=windowed["error"][0],
         error_factors=windowed["error"][1],
         truth_tolerance_s=tolerance,
+        coverage_window_s=c.number(cov.get("window_s"), (*path, "coverage", "window_s"), positive=True),
+        coverage_p_minor=cov_p["p_minor"],
+        coverage_p_major=cov_p["p_major"],
     )
 
 

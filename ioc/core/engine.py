@@ -21,7 +21,7 @@ import numpy as np
 
 from ioc.core.arrays import TensorLayout
 from ioc.core.config import InferenceConfig, ModelConfig
-from ioc.core.manifest import Manifest, ManifestError, read_manifest
+from ioc.core.manifest import Manifest, ManifestError, Uncertainty, read_manifest
 from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 
 log = logging.getLogger("mlioc.engine")
@@ -155,6 +155,64 @@ class LoadedModel:
         y = self.session.run([self.output_name], {self.input_name: xn})[0]
         return y.astype(np.float64).reshape(len(xs), -1) * self.out_std + self.out_mean
 
+    @property
+    def uncertainty(self) -> Uncertainty | None:
+        """What this version promises about its error (None: nothing)."""
+        return self.manifest.uncertainty
+
+    def spread(self, result: np.ndarray) -> np.ndarray | None:
+        """The standard deviations that came with ``result`` (a value :meth:`run` returned); None here:
+        only an :class:`EnsembleModel` has them."""
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class EnsembleModel(LoadedModel):
+    """An ensemble exported as one graph: its output tensor is ``[batch, 2 * n_out]``, the members'
+    mean then their standard deviation (manifest ``uncertainty.method: ensemble``).
+
+    :meth:`run` returns the means as before (every consumer of a prediction is unchanged): a view of
+    the first half of one freshly allocated row, whose second half :meth:`spread` hands out. Both are
+    de-normalised in one pass (a standard deviation scales with the output's std, with no shift).
+    """
+
+    out_scale2: np.ndarray = field(default_factory=lambda: np.ones(0), repr=False)  # (out_std, out_std)
+    out_shift2: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # (out_mean, 0)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.in_identity:
+            xn = x.astype(np.float32)
+        else:
+            t = x - self.in_mean
+            t *= self.in_scale
+            xn = t.astype(np.float32)
+        y = self.session.run([self.output_name], {self.input_name: xn.reshape(1, *self.in_shape)})[0].reshape(-1)
+        if self.out_identity:
+            full = y.astype(np.float64)
+        else:
+            full = y * self.out_scale2
+            full += self.out_shift2
+        return full[: len(self.out_mean)]
+
+    def spread(self, result: np.ndarray) -> np.ndarray | None:
+        full = result.base
+        n = len(self.out_mean)
+        if not isinstance(full, np.ndarray) or full.shape != (2 * n,):
+            raise ValueError("not a prediction returned by this ensemble's run()")
+        return full[n:]
+
+    def run_batch(self, xs: np.ndarray) -> np.ndarray:
+        return self.run_batch_spread(xs)[0]
+
+    def run_batch_spread(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat raw-unit inputs (k, n_inputs) -> (means, standard deviations), each (k, n_outputs)."""
+        xs = np.asarray(xs, dtype=np.float64)
+        xn = ((xs - self.in_mean) * self.in_scale).astype(np.float32).reshape(len(xs), *self.in_shape)
+        y = self.session.run([self.output_name], {self.input_name: xn})[0].astype(np.float64).reshape(len(xs), -1)
+        full = y * self.out_scale2 + self.out_shift2
+        n = len(self.out_mean)
+        return full[:, :n], full[:, n:]
+
 
 def _dim_ok(dim, expected: int) -> bool:
     """A fixed dimension must equal ``expected``; a symbolic one (str/None) accepts anything."""
@@ -254,7 +312,10 @@ def build_model(
         log.warning("%s: CUDA provider not usable, running on %s", where, provider)
     in_mean, in_std = _normalisation(manifest.inputs)
     out_mean, out_std = _normalisation(manifest.outputs)
-    model = LoadedModel(
+    ensemble = manifest.uncertainty is not None and manifest.uncertainty.ensemble
+    extra = dict(out_scale2=np.concatenate([out_std, out_std]),
+                 out_shift2=np.concatenate([out_mean, np.zeros_like(out_mean)])) if ensemble else {}
+    model = (EnsembleModel if ensemble else LoadedModel)(
         model=config.name,
         version=version,
         manifest=manifest,
@@ -271,6 +332,7 @@ def build_model(
         in_identity=bool(not in_mean.any() and (in_std == 1.0).all()),
         out_identity=bool(not out_mean.any() and (out_std == 1.0).all()),
         sha256=digest,
+        **extra,
     )
     _check_test_vectors(model, where)
     median, p99 = _warm_up(model)
@@ -287,12 +349,21 @@ def _check_test_vectors(model: LoadedModel, where: str) -> None:
             if not np.all(np.isfinite(y)):
                 raise EngineError(f"{where}: non-finite output at the reference mean input: {y.tolist()}")
             return
-        want = tv.outputs
-        got = model.run_batch(tv.inputs)
+        got_spread = None
+        if isinstance(model, EnsembleModel):
+            got, got_spread = model.run_batch_spread(tv.inputs)
+        else:
+            got = model.run_batch(tv.inputs)
     except EngineError:
         raise
     except Exception as exc:
         raise EngineError(f"{where}: running the test vectors failed: {str(exc).splitlines()[0][:300]}") from exc
+    _compare_vectors(model, where, got, tv.outputs, tv, "test vector")
+    if got_spread is not None and tv.spread is not None:
+        _compare_vectors(model, where, got_spread, tv.spread, tv, "spread of test vector")
+
+
+def _compare_vectors(model: LoadedModel, where: str, got: np.ndarray, want: np.ndarray, tv, what: str) -> None:
     if got.shape != want.shape:
         raise EngineError(f"{where}: test vectors gave shape {got.shape}, expected {want.shape}")
     if not np.all(np.isfinite(got)):
@@ -301,7 +372,7 @@ def _check_test_vectors(model: LoadedModel, where: str) -> None:
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise EngineError(
-            f"{where}: test vector {i} output {TensorLayout.of(model.manifest.outputs).locate(j)} = {got[i, j]:.6g}, "
+            f"{where}: {what} {i} output {TensorLayout.of(model.manifest.outputs).locate(j)} = {got[i, j]:.6g}, "
             f"expected {want[i, j]:.6g} (rtol {tv.rtol}, atol {tv.atol}); {int(bad.sum())} mismatches"
         )
 

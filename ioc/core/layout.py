@@ -63,6 +63,38 @@ class ModelNames:
     def challenger_mad(self, name: str) -> str:
         return f"{self.prefix}CHALLENGER:MAD:{name}"
 
+    # Uncertainty (docs/how-to/uncertainty-and-episodes.md): served when training.uncertainty names a method.
+    def output_std(self, name: str) -> str:
+        return f"{self.prefix}OUT:{name}:STD"
+
+    def output_lo(self, name: str) -> str:
+        return f"{self.prefix}OUT:{name}:LO"
+
+    def output_hi(self, name: str) -> str:
+        return f"{self.prefix}OUT:{name}:HI"
+
+    def challenger_output_std(self, name: str) -> str:
+        return f"{self.prefix}CHALLENGER:OUT:{name}:STD"
+
+    def challenger_output_lo(self, name: str) -> str:
+        return f"{self.prefix}CHALLENGER:OUT:{name}:LO"
+
+    def challenger_output_hi(self, name: str) -> str:
+        return f"{self.prefix}CHALLENGER:OUT:{name}:HI"
+
+    def coverage(self, output: str) -> str:
+        return f"{self.prefix}COVERAGE:{output}"
+
+    def bands(self, output: str, method: str | None, challenger: bool = False) -> tuple[str, ...]:
+        """The uncertainty PVs of one output: (STD,) for an ensemble, (LO, HI) for a conformal interval."""
+        if method == "ensemble":
+            return (self.challenger_output_std(output) if challenger else self.output_std(output),)
+        if method == "conformal":
+            if challenger:
+                return self.challenger_output_lo(output), self.challenger_output_hi(output)
+            return self.output_lo(output), self.output_hi(output)
+        return ()
+
     @property
     def enable(self) -> str:
         return f"{self.prefix}ENABLE"
@@ -239,6 +271,36 @@ def challenger_output_spec(names: ModelNames, out: OutputConfig) -> PVSpec:
     )
 
 
+def band_specs(names: ModelNames, out: OutputConfig, method: str | None, challenger: bool = False) -> list[PVSpec]:
+    """``OUT:<name>:STD`` (ensemble) or ``OUT:<name>:LO`` / ``:HI`` (conformal), and the challenger's.
+
+    An interval's bounds are in the output's units with its display and alarm limits (a bound past
+    HIHI is worth an alarm as the prediction is); a standard deviation has one more digit, a display
+    of a fifth of the output's range and the limits of ``outputs[].uncertainty``. Both carry the
+    model version like the output they belong to. An array output's are waveforms of its shape.
+    """
+    if method is None:
+        return []
+    who = "challenger " if challenger else ""
+    common = dict(egu=out.units, initial=math.nan, version_field=True, **_array_fields(out))
+    pvs = names.bands(out.name, method, challenger)
+    if method == "ensemble":
+        display = (0.0, (out.display[1] - out.display[0]) / 5) if out.display else None
+        return [PVSpec(name=pvs[0], desc=f"{who}std dev of {out.name}"[:40], prec=out.prec + 1, display=display,
+                       alarm=limits_of(out.std_limits), **common)]
+    return [PVSpec(name=name, desc=f"{who}{side} bound of {out.name}"[:40], prec=out.prec, display=out.display,
+                   alarm=None if out.shape else _alarm_limits(out), mdel=out.mdel, adel=out.adel, **common)
+            for name, side in zip(pvs, ("lower", "upper"), strict=True)]
+
+
+def coverage_spec(names: ModelNames, out: OutputConfig, method: str) -> PVSpec:
+    """``COVERAGE:<name>``: the fraction of truth values inside the band over a window (limits LOW/LOLO
+    are set at run time from the version's promise and the samples in the window: ioc.core.coverage)."""
+    band = "within 2 STD" if method == "ensemble" else "in [LO, HI]"
+    return PVSpec(name=names.coverage(out.name), kind=Kind.AI, desc=f"{out.name} truth {band}"[:40], egu="",
+                  prec=3, display=(0.0, 1.0), initial=math.nan)
+
+
 def shape_spec(name: str, sig: InputConfig | OutputConfig) -> PVSpec:
     """``$(P)IN:<name>:SHAPE`` / ``$(P)OUT:<name>:SHAPE`` of an image: ``[h, w]`` (waveform LONG)."""
     return PVSpec(name=name, kind=Kind.WAVEFORM, shape=(2,), ftvl="LONG", desc=f"[height, width] of {sig.name}"[:40],
@@ -296,6 +358,8 @@ def monitor_pv_specs(model: ModelConfig) -> list[PVSpec]:
         common = dict(kind=Kind.AI, egu=out.units, prec=out.prec, display=out.display, initial=math.nan)
         specs.append(PVSpec(name=n.mae(out.name), desc=f"rolling MAE of {out.name} vs truth"[:40], **common))
         specs.append(PVSpec(name=n.rmse(out.name), desc=f"rolling RMSE of {out.name} vs truth"[:40], **common))
+        if model.uncertainty is not None and not out.shape:
+            specs.append(coverage_spec(n, out, model.uncertainty))
     return specs
 
 
@@ -311,6 +375,7 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
         specs.append(output_spec(n, o))
         if len(o.shape) == 2:
             specs.append(shape_spec(n.output_shape(o.name), o))
+        specs += band_specs(n, o, model.uncertainty)
     specs += [
         PVSpec(name=n.enable, kind=Kind.BO, desc=f"enable model {model.name}"[:40], choices=ENABLE_CHOICES,
                writable=True, initial=1, scan="Passive", asg=CONTROL_ASG, audit=True),
@@ -331,7 +396,9 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
         PVSpec(name=n.audit, kind=Kind.MBBI, desc="audit trail of operator actions", choices=("OK", "FAULT"),
                choice_severities=(Severity.NO_ALARM, Severity.MAJOR), initial=0),
     ]
-    specs += [challenger_output_spec(n, o) for o in model.outputs]
+    for o in model.outputs:
+        specs.append(challenger_output_spec(n, o))
+        specs += band_specs(n, o, model.uncertainty, challenger=True)
     specs += [PVSpec(name=n.challenger_mad(o.name), kind=Kind.AI,
                      desc=f"mean |challenger - champion| {o.name}"[:40], egu=o.units, prec=o.prec + 1,
                      initial=math.nan) for o in model.outputs]

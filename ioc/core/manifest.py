@@ -10,6 +10,12 @@ Arrays (docs/how-to/model-store.md, "Arrays and images"): a signal may carry a `
 is one number (per channel) or one per element; ``onnx.input_shape`` / ``onnx.output_shape`` give the
 tensors' shapes after the batch axis, and test-vector rows are the flat vectors of the tensor layout
 rule (:class:`ioc.core.arrays.TensorLayout`).
+
+Uncertainty (docs/how-to/uncertainty-and-episodes.md): ``uncertainty: {method: ensemble, members: N,
+coverage}`` says the graph's one output tensor holds the means *then* the standard deviations of every
+output element (``[batch, 2 * n_out]``, flat), and the test vectors carry the expected ``spread``;
+``{method: conformal, coverage, halfwidth}`` says every prediction has the interval
+``[y - halfwidth, y + halfwidth]`` (one half-width per output, or per element of an array output).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from ioc.core.arrays import size_of
 
 FORMAT = 1
 KINDS = ("regression", "autoencoder")
+UNCERTAINTY_METHODS = ("ensemble", "conformal")
+ENSEMBLE_K = 2.0  # an ensemble's interval is the prediction +- ENSEMBLE_K standard deviations
+ENSEMBLE_COVERAGE = 0.9545  # ... which covers this fraction of a normal distribution (the default promise)
 
 
 class ManifestError(Exception):
@@ -64,13 +73,34 @@ class TestVectors:
 
     ``inputs`` (k, n_in) and ``outputs`` (k, n_out) are float64 arrays of flat rows: an image's
     test vectors are megabytes, which Python floats would multiply by four, for as long as the
-    version is served.
+    version is served. ``spread`` (k, n_out): an ensemble's expected standard deviations.
     """
 
     inputs: np.ndarray
     outputs: np.ndarray
     rtol: float = 1e-4
     atol: float = 1e-5
+    spread: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Uncertainty:
+    """What a version promises about its own error (the ``uncertainty`` section).
+
+    ``coverage`` is the promise: the fraction of true values inside ``[LO, HI]`` (conformal) or within
+    ``ENSEMBLE_K`` standard deviations of the prediction (ensemble). ``halfwidth`` (conformal) has one
+    raw-unit number per element of the flat output vector, read-only.
+    """
+
+    method: str
+    coverage: float
+    members: int = 0
+    halfwidth: np.ndarray | None = None
+    halfwidth_values: tuple[float, ...] = ()  # the same as floats: the scalar hot path adds them without numpy
+
+    @property
+    def ensemble(self) -> bool:
+        return self.method == "ensemble"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +120,7 @@ class Manifest:
     reference: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
+    uncertainty: Uncertainty | None = field(default=None, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # less its test vectors
 
     @property
@@ -187,7 +218,7 @@ def _rows(raw: Any, n: int, where: str) -> np.ndarray:
     return out
 
 
-def _vectors(raw: Any, n_in: int, n_out: int) -> TestVectors | None:
+def _vectors(raw: Any, n_in: int, n_out: int, uncertainty: Uncertainty | None = None) -> TestVectors | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -201,7 +232,58 @@ def _vectors(raw: Any, n_in: int, n_out: int) -> TestVectors | None:
     atol = _finite(raw.get("atol", 1e-5), "test_vectors.atol")
     if rtol < 0 or atol < 0:
         raise ManifestError("test_vectors: rtol and atol must be >= 0")
-    return TestVectors(rows_in, rows_out, rtol, atol)
+    spread = None
+    if uncertainty is not None and uncertainty.ensemble:
+        raw_spread = _req(raw, "spread", "test_vectors (an ensemble's test vectors carry its spread)")
+        if not isinstance(raw_spread, list) or len(raw_spread) != len(xs):
+            raise ManifestError("test_vectors.spread: expected one row per test vector")
+        spread = _rows(raw_spread, n_out, "test_vectors.spread")
+        if (spread < 0).any():
+            raise ManifestError("test_vectors.spread: a standard deviation cannot be negative")
+    elif "spread" in raw:
+        raise ManifestError("test_vectors.spread: only an ensemble (uncertainty.method: ensemble) has a spread")
+    return TestVectors(rows_in, rows_out, rtol, atol, spread)
+
+
+def _halfwidths(raw: Any, outputs: tuple[Signal, ...], where: str) -> np.ndarray:
+    """One half-width per output (a number, or for an array output one per element), flattened."""
+    if not isinstance(raw, list) or len(raw) != len(outputs):
+        raise ManifestError(f"{where}: expected a list of {len(outputs)} half-widths, one per output")
+    parts = []
+    for i, (value, sig) in enumerate(zip(raw, outputs, strict=True)):
+        per = _per_element(value, sig.shape, f"{where}[{i}] ({sig.name})")
+        arr = np.broadcast_to(np.asarray(per, dtype=np.float64), (sig.size,))
+        if (arr < 0).any():
+            raise ManifestError(f"{where}[{i}] ({sig.name}): a half-width cannot be negative")
+        parts.append(arr)
+    out = np.concatenate(parts)
+    out.flags.writeable = False
+    return out
+
+
+def _uncertainty(raw: Any, outputs: tuple[Signal, ...]) -> Uncertainty | None:
+    """The ``uncertainty`` section (absent: the version makes no promise about its error)."""
+    if raw is None:
+        return None
+    where = "uncertainty"
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: expected an object")
+    method = raw.get("method")
+    if method not in UNCERTAINTY_METHODS:
+        raise ManifestError(f"{where}.method: expected one of {UNCERTAINTY_METHODS}, got {method!r}")
+    if "coverage" not in raw and method == "ensemble":
+        coverage = ENSEMBLE_COVERAGE
+    else:
+        coverage = _finite(_req(raw, "coverage", where), f"{where}.coverage")
+    if not 0 < coverage < 1:
+        raise ManifestError(f"{where}.coverage: expected a fraction in (0, 1), got {coverage}")
+    if method == "ensemble":
+        members = raw.get("members")
+        if isinstance(members, bool) or not isinstance(members, int) or members < 2:
+            raise ManifestError(f"{where}.members: expected an integer >= 2, got {members!r}")
+        return Uncertainty("ensemble", coverage, members=members)
+    halfwidth = _halfwidths(_req(raw, "halfwidth", where), outputs, f"{where}.halfwidth")
+    return Uncertainty("conformal", coverage, halfwidth=halfwidth, halfwidth_values=tuple(halfwidth.tolist()))
 
 
 def _tensor_shape(onnx: dict, key: str, n: int, what: str) -> tuple[int, ...]:
@@ -246,6 +328,10 @@ def parse_manifest(raw: Any) -> Manifest:
     model = raw.get("model", "")
     if not isinstance(model, str):
         raise ManifestError("model: expected a string")
+    uncertainty = _uncertainty(raw.get("uncertainty"), outputs)
+    n_in, n_out = sum(s.size for s in inputs), sum(s.size for s in outputs)
+    # An ensemble's one output tensor holds the means, then the standard deviations (docs/how-to/model-store.md).
+    n_tensor_out = 2 * n_out if uncertainty is not None and uncertainty.ensemble else n_out
     return Manifest(
         model=model,
         kind=kind,
@@ -254,12 +340,14 @@ def parse_manifest(raw: Any) -> Manifest:
         onnx_output=str(onnx.get("output", "y")),
         inputs=inputs,
         outputs=outputs,
-        test_vectors=_vectors(raw.get("test_vectors"), sum(s.size for s in inputs), sum(s.size for s in outputs)),
-        input_shape=_tensor_shape(onnx, "input_shape", sum(s.size for s in inputs), "inputs"),
-        output_shape=_tensor_shape(onnx, "output_shape", sum(s.size for s in outputs), "outputs"),
+        test_vectors=_vectors(raw.get("test_vectors"), n_in, n_out, uncertainty),
+        input_shape=_tensor_shape(onnx, "input_shape", n_in, "inputs"),
+        output_shape=_tensor_shape(onnx, "output_shape", n_tensor_out,
+                                   "outputs" if n_tensor_out == n_out else "outputs' means and spreads"),
         reference=reference,
         provenance=provenance,
         version=version,
+        uncertainty=uncertainty,
         raw={k: v for k, v in raw.items() if k != "test_vectors"},  # they are kept once, as arrays
     )
 

@@ -5,7 +5,9 @@ records what the model saw and did, not only what it predicted: per cycle the sn
 each input's value, severity and timestamp (so training can keep only rows that are one moment),
 each output (NaN when the cycle produced none), the latest value, timestamp and severity of each
 configured *target* PV (the measured truth of an output), the cycle's status, the served version,
-the inference latency and the message.
+the inference latency and the message; and, for a model with ``drift:``, the DRIFT (and ANOMALY)
+score and severity being served at that cycle with the input that drifted most, so the stretches
+where they alarmed can be found again later (``mlioc episodes``, training/episodes.py).
 
 Why it is built this way:
 
@@ -61,7 +63,8 @@ import numpy as np
 
 from ioc.core.arrays import TensorLayout, size_of
 from ioc.core.config import ModelConfig, RecordConfig
-from ioc.core.pvmodel import Severity
+from ioc.core.layout import ModelNames, mirrors_inputs
+from ioc.core.pvmodel import PV, Severity
 
 if TYPE_CHECKING:
     from ioc.runtime.runner import CycleRecord
@@ -158,6 +161,15 @@ class _Stream:
             return False
 
 
+def recorded_scores(model: ModelConfig) -> list[tuple[str, str]]:
+    """(column name, PV name) of the monitoring scores recorded with every cycle: ``score.drift`` and
+    ``score_sev.drift`` (and ``anomaly``); what ``training/episodes.py`` finds the alarmed stretches in."""
+    if model.drift is None:
+        return []
+    n = ModelNames(model.prefix)
+    return [("drift", n.drift)] + ([("anomaly", n.anomaly)] if mirrors_inputs(model) else [])
+
+
 def column_names(model: ModelConfig) -> list[str]:
     """The recorded columns, in order (``training/dataset.py`` reads them by these names). An array
     signal's ``in.``/``out.``/``target.`` column is a fixed-size list of its elements."""
@@ -170,6 +182,10 @@ def column_names(model: ModelConfig) -> list[str]:
     for name in targets:
         cols += [f"target.{name}", f"target_time.{name}", f"target_sev.{name}"]
     cols += ["status", "version", "latency_s", "message"]
+    for name, _pv in recorded_scores(model):
+        cols += [f"score.{name}", f"score_sev.{name}"]
+    if model.drift is not None:
+        cols.append("drift_worst")
     return cols
 
 
@@ -177,7 +193,8 @@ class Recorder:
     """Records one model's cycles; one writer thread per recorder."""
 
     def __init__(self, model: ModelConfig, config: RecordConfig,
-                 input_states: Callable[[], Sequence[tuple[int, float]]] | None = None):
+                 input_states: Callable[[], Sequence[tuple[int, float]]] | None = None,
+                 scores: Sequence[PV] = (), worst: PV | None = None):
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -215,6 +232,13 @@ class Recorder:
         # value is an array of its output's shape, or None).
         self._targets: list[tuple[Any, float, int]] = [
             (None if shape else math.nan, 0.0, int(Severity.INVALID)) for shape in self.target_shapes]
+        # The DRIFT / ANOMALY PVs (recorded_scores order) and DRIFT:WORST: their reading at each cycle.
+        self.score_names = [name for name, _ in recorded_scores(model)]
+        self._scores = list(scores)
+        if self._scores and len(self._scores) != len(self.score_names):
+            raise ValueError(f"{model.name}: {len(self._scores)} score PVs for columns {self.score_names}")
+        self._worst = worst
+        self._record_worst = model.drift is not None
         self._rows: list[tuple] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -257,6 +281,9 @@ class Recorder:
             record.version,
             record.latency_s,
             record.message,
+            tuple((r.value, int(r.severity)) for r in (pv.reading for pv in self._scores))
+            if self._scores else ((math.nan, int(Severity.INVALID)),) * len(self.score_names),
+            self._worst.reading.value if self._worst is not None else "",
         )
         with self._lock:
             self._rows.append(row)
@@ -365,7 +392,7 @@ class Recorder:
         if not waiters:
             return
         try:
-            self._close_file()
+            self._roll()
         except Exception:
             log.exception("%s: closing the recording file for a roll failed", self.model.name)
         for done in waiters:
@@ -572,6 +599,10 @@ class Recorder:
                        pa.field(f"target_time.{name}", f64), pa.field(f"target_sev.{name}", i8)]
         fields += [pa.field("status", s), pa.field("version", s), pa.field("latency_s", f64),
                    pa.field("message", s)]
+        for name in self.score_names:
+            fields += [pa.field(f"score.{name}", f64), pa.field(f"score_sev.{name}", i8)]
+        if self._record_worst:
+            fields.append(pa.field("drift_worst", s))
         meta = {
             "mlioc.format": str(FORMAT),
             "mlioc.model": self.model.name,
@@ -648,6 +679,11 @@ class Recorder:
         s = pa.string()
         cols += [pa.array([r[6] for r in rows], type=s), pa.array([r[7] for r in rows], type=s),
                  pa.array([r[8] for r in rows], type=pa.float64()), pa.array([r[9] for r in rows], type=s)]
+        for k in range(len(self.score_names)):
+            cols += [pa.array([r[10][k][0] for r in rows], type=pa.float64()),
+                     pa.array([r[10][k][1] for r in rows], type=pa.int8())]
+        if self._record_worst:
+            cols.append(pa.array([r[11] for r in rows], type=s))
         return pa.Table.from_arrays(cols, schema=schema)
 
 

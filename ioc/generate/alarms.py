@@ -5,8 +5,11 @@ One ``<component>`` per model, with a ``<pv>`` for each PV whose severity an ope
 * ``$(P)DRIFT`` (and ``$(P)DRIFT:OUT``) — the inputs (predictions) left the training distribution;
 * ``$(P)ANOMALY`` — an autoencoder's reconstruction error (when the model is one);
 * ``$(P)STATUS`` — the model is disabled, has no model, invalid inputs or faults;
-* the outputs' health: every ``$(P)OUT:<name>`` with alarm limits, and ``$(P)RMSE:<name>`` where the
-  config names a ground truth.
+* the outputs' health: every ``$(P)OUT:<name>`` with alarm limits, and ``$(P)RMSE:<name>`` (and, for a
+  model with uncertainty, ``$(P)COVERAGE:<name>``) where the config names a ground truth.
+
+The DRIFT and ANOMALY guidance ends with how to label the episode once it is understood (``mlioc episodes
+label``: accept a new normal, reject a fault), for a model whose cycles are recorded.
 
 Every PV name comes from :func:`ioc.core.layout.model_pv_specs`, so the file can only name PVs the IOC
 serves; a control PV the guidance recommends (``ROLLBACK``) is mentioned only once the layout serves
@@ -24,7 +27,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ioc.core.config import Config, ModelConfig
+from ioc.core.config import Config, DriftConfig, ModelConfig
 from ioc.core.layout import ModelNames, mirrors_inputs, model_pv_specs
 
 ROOT_NAME = "mlioc"
@@ -85,6 +88,20 @@ def _actions(model: ModelConfig, served: set[str]) -> str:
     return "\n".join(lines)
 
 
+def _labelling(model: ModelConfig, config_name: str) -> str:
+    """The last step of a DRIFT / ANOMALY alarm: tell training what the episode was (recorded models only)."""
+    if model.record is None:
+        return ""
+    cmd = f"mlioc episodes {{}} {config_name} --model {model.name}"
+    # A drift run of the retraining loop learns its own window unless a person rejected it (training/pipeline.py).
+    loop = " (but a drift-triggered retrain learns its own drift window unless you reject it)" if model.retrain else ""
+    return (f"\n4. Once you know what it was, label the episode so the nightly retraining learns the right lesson: "
+            f"{cmd.format('list')} shows it (id = {model.name}-<UTC start>); "
+            f"{cmd.format('label')} ID reject --why TEXT if it was a fault (never train on it), "
+            f"or ... ID accept --why TEXT if it is the machine's new normal (train on it). Unlabelled episodes are "
+            f"left out of training{loop}. {cmd.format('show')} ID plots it.")
+
+
 def _loop_guidance(model: ModelConfig) -> str:
     """What the continual-learning loop will do about a drift alarm, and when a person must act."""
     r = model.retrain
@@ -110,8 +127,9 @@ def _loop_guidance(model: ModelConfig) -> str:
             "when the machine must not wait (disable or roll back as below).")
 
 
-def _model_component(root: ET.Element, model: ModelConfig, display_base: str) -> None:
+def _model_component(root: ET.Element, model: ModelConfig, display_base: str, config_name: str = "CONFIG") -> None:
     n = ModelNames(model.prefix)
+    label_it = _labelling(model, config_name)
     served = {s.name for s in model_pv_specs(model)}
     what = model.description or f"model {model.name}"
     outputs = ", ".join(n.output(o.name) for o in model.outputs)
@@ -140,7 +158,7 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
                       "point or a faulty/stuck readback all show here.\n"
                       f"3. If the machine really is somewhere the model was not trained for:\n{actions}\n"
                       "If the input's source is faulty, fix the source: the alarm clears by itself once the data "
-                      "are back in range." + _loop_guidance(model)),
+                      "are back in range." + label_it + _loop_guidance(model)),
             display=screen)
         _pv(comp, n.drift_out, f"{model.name}: predictions drifted from training", delay=0, latching=True,
             guidance=("Prediction drift: what to do",
@@ -154,7 +172,7 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
                           f"{n.anomaly} is the autoencoder's reconstruction error relative to training (1 = as in "
                           f"training). The inputs ({inputs_in}) form a combination it has not seen. Check "
                           f"the inputs and their sources; {n.drift_worst} names the input furthest from training."
-                          f"\n{actions}"),
+                          f"\n{actions}" + label_it),
                 display=screen)
     if model.retrain is not None and n.retrain_status in served:
         _pv(comp, n.retrain_status, f"{model.name}: retraining failed", delay=0, latching=False,
@@ -199,12 +217,27 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
                           f"{out.truth.name}; limits are multiples of the served version's test error. The model "
                           f"no longer tracks the machine.\n{actions}"),
                 display=screen)
+            coverage = n.coverage(out.name)
+            settings = model.drift or DriftConfig()
+            cov_p = (settings.coverage_p_minor, settings.coverage_p_major)
+            if coverage in served:
+                band = ("within 2 STD of" if model.uncertainty == "ensemble"
+                        else f"inside [{n.output_lo(out.name)}, {n.output_hi(out.name)}] around")
+                _pv(comp, coverage, f"{model.name}: {out.name} uncertainty no longer holds", delay=0, latching=True,
+                    guidance=(f"Coverage of {out.name}: what to do",
+                              f"{coverage} is the fraction of measured {out.truth.name} values {band} the prediction "
+                              f"over the last window; the version promised more. MINOR/MAJOR (.LOW/.LOLO) mean a "
+                              f"shortfall that chance explains with probability below {cov_p[0]:g} / {cov_p[1]:g} per "
+                              f"window. The model is over-confident here: trust its band less than it says. "
+                              f"Usually comes with "
+                              f"{n.drift} or {n.rmse(out.name)}.\n{actions}"),
+                    display=screen)
 
 
 def build(config: Config, display_base: str = DEFAULT_DISPLAY_BASE) -> ET.ElementTree:
     root = ET.Element("config", name=ROOT_NAME)
     for model in config.models:
-        _model_component(root, model, display_base)
+        _model_component(root, model, display_base, config.path.name)
     tree = ET.ElementTree(root)
     ET.indent(tree, space="  ")
     return tree

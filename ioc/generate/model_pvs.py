@@ -132,6 +132,14 @@ class ModelPVs:
         signals: list[tuple[InputConfig | OutputConfig, PVSpec]] = [*self.inputs, *self.outputs]
         return [(c, s) for c, s in signals if c.shape]
 
+    def band(self, output_name: str, challenger: bool = False) -> list[PVSpec]:
+        """The uncertainty PVs of an output: [STD] or [LO, HI]; empty for a model without uncertainty."""
+        names = self.names.bands(output_name, self.model.uncertainty, challenger)
+        return [s for n in names if (s := self.get(n)) is not None]
+
+    def coverage(self, output_name: str) -> PVSpec | None:
+        return self.get(self.names.coverage(output_name))
+
     # The continual-learning loop (docs/how-to/retraining-loop.md): None where the layout does not serve them.
     def mae(self, output_name: str) -> PVSpec | None:
         return self.get(self.names.mae(output_name))
@@ -192,6 +200,8 @@ class ModelPVs:
         claimed += [s for o in self.model.outputs if (s := self.challenger_output(o.name)) is not None]
         signals: list[InputConfig | OutputConfig] = [*self.model.inputs, *self.model.outputs]
         claimed += [s for c in signals if (s := self.shape_of(c)) is not None]
+        for o in self.model.outputs:  # the expert screen shows the champion's band and coverage beside each output
+            claimed += [*self.band(o.name), *(s for s in (self.coverage(o.name),) if s is not None)]
         claimed += [s for o in self.model.outputs for s in (self.mae(o.name), self.challenger_mae(o.name))
                     if s is not None]
         claimed += self.loop

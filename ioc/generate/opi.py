@@ -333,6 +333,54 @@ def _limits_text(spec: PVSpec) -> str:
     return ", ".join(parts) + (f" {spec.egu}" if spec.egu else "")
 
 
+def _expert_outputs(d: Display, pvs: ModelPVs, s: Screen, y: int, inner: int) -> int:
+    """The Outputs group of the expert screen; returns the y below it.
+
+    With uncertainty (docs/how-to/uncertainty-and-episodes.md) each prediction has its band beside it
+    (LO and HI, or +- STD) and the live coverage of its truth, so an operator judging a prediction sees
+    how sure the model is, and whether that claim holds right now. With a truth, the live error of the
+    champion and of the challenger sit side by side (the retraining loop's promotion data,
+    docs/how-to/retraining-loop.md). Columns only appear when some output has them; the alarm limits
+    take the width left over.
+    """
+    outputs = pvs.outputs
+    shadow = {o.name: spec for o, _ in outputs if (spec := pvs.challenger_output(o.name)) is not None}
+    errors = {o.name: (m, pvs.challenger_mae(o.name)) for o, _ in outputs if (m := pvs.mae(o.name)) is not None}
+    method = pvs.model.uncertainty
+    band = {"conformal": ("Lower bound", "Upper bound"), "ensemble": ("+- Std dev",)}.get(method or "", ())
+    widths = {"Output": 80, "Champion": 100, **dict.fromkeys(band, 95), **({"Coverage": 70} if method else {}),
+              "Alarm limits": 0, **({"Challenger": 95} if shadow else {}),
+              **({"MAE champion": 110, "MAE challenger": 115} if errors else {})}
+    gap = 5
+    widths["Alarm limits"] = inner - 2 * gap - sum(widths.values()) - gap * len(widths)
+    columns: dict[str, tuple[int, int]] = {}
+    x = gap
+    for text, w in widths.items():
+        columns[text] = (x, w)
+        x += w + gap
+    g = d.group("Outputs", MARGIN, y, inner, _group_height(len(outputs) + 1))
+    gy = GROUP_TOP
+    for text, (x, w) in columns.items():
+        _label(g, text, x, gy, w, bold=True)
+    for out, spec in outputs:
+        gy += ROW
+        _label(g, out.name, columns["Output"][0], gy, columns["Output"][1], tooltip=spec.desc)
+        champion_mae, challenger_mae = errors.get(out.name, (None, None))
+        # (the challenger's band is under Other PVs)
+        cells = [("Champion", spec), *zip(band, pvs.band(out.name), strict=False), ("Coverage", pvs.coverage(out.name)),
+                 ("Challenger", shadow.get(out.name)), ("MAE champion", champion_mae),
+                 ("MAE challenger", challenger_mae)]
+        if out.shape:  # a waveform or image: its value (and its band, its challenger's) are plotted below
+            cells = [(text, cell) for text, cell in cells if text in ("MAE champion", "MAE challenger")]
+            _array_value(g, s, out, spec, columns["Champion"][0], gy, columns["Champion"][1])
+        for text, cell in cells:
+            if cell is not None and text in columns:
+                _value(g, s, cell, columns[text][0], gy, columns[text][1])
+        x, w = columns["Alarm limits"]
+        _label(g, _limits_text(spec) if not out.shape else f"{shape_text(out.shape)} {out.dtype}, no limits", x, gy, w)
+    return y + _group_height(len(outputs) + 1) + MARGIN
+
+
 def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> Display:
     model = pvs.model
     s = Screen(pvs, protocol)
@@ -362,34 +410,8 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
             _bar(g, s, drifts[inp.name], 770, y + 2, 150)
     y = y0 + _group_height(len(inputs) + 1) + MARGIN
 
-    # --- outputs: value, limits, challenger
-    outputs = pvs.outputs
-    shadow = {o.name: spec for o, _ in outputs if (spec := pvs.challenger_output(o.name)) is not None}
-    g = d.group("Outputs", MARGIN, y, inner, _group_height(len(outputs) + 1))
-    gy = GROUP_TOP
-    for text, x, w in (("Output", 5, 110), ("Champion", 120, 130), ("Alarm limits", 260, 250)):
-        _label(g, text, x, gy, w, bold=True)
-    if shadow:
-        _label(g, "Challenger", 520, gy, 130, bold=True)
-    # live error against the measured truth, champion and challenger side by side (the promotion policy's data)
-    errors = {o.name: (m, pvs.challenger_mae(o.name)) for o, _ in outputs if (m := pvs.mae(o.name)) is not None}
-    if errors:
-        _label(g, "MAE champion", 660, gy, 130, bold=True)
-        _label(g, "MAE challenger", 795, gy, 130, bold=True)
-    for out, spec in outputs:
-        gy += ROW
-        _label(g, out.name, 5, gy, 110, tooltip=spec.desc)
-        _array_value(g, s, out, spec, 120, gy, 130)
-        _label(g, _limits_text(spec) if not out.shape else f"{shape_text(out.shape)} {out.dtype}, no limits", 260,
-               gy, 250)
-        if out.name in shadow and not out.shape:
-            _value(g, s, shadow[out.name], 520, gy, 130)
-        champion_mae, challenger_mae = errors.get(out.name, (None, None))
-        if champion_mae is not None:
-            _value(g, s, champion_mae, 660, gy, 125)
-        if challenger_mae is not None:
-            _value(g, s, challenger_mae, 795, gy, 125)
-    y += _group_height(len(outputs) + 1) + MARGIN
+    # --- outputs: value, uncertainty band and its live coverage, limits, challenger, live errors
+    y = _expert_outputs(d, pvs, s, y, inner)
     y = _array_views(d, s, y, challenger_images=True)
 
     # --- inference statistics and state | versions and provenance

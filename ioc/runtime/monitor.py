@@ -44,6 +44,9 @@ log = logging.getLogger("mlioc.monitor")
 
 # (model, input name or None for the overall score, value): e.g. Metrics.set_drift.
 ScoreListener = Callable[[str, "str | None", float], None]
+# (now, prediction times (m,), prediction - truth (m, outputs with truth; NaN: none paired)) after each pairing
+# pass: e.g. COVERAGE (ioc.runtime.coverage) judges the same pairs as MAE / RMSE.
+PairListener = Callable[[float, np.ndarray, np.ndarray], None]
 MIN_ANOMALY_SAMPLES = 10
 
 
@@ -132,6 +135,7 @@ class ModelMonitor:
         self._out_offsets = out_layout.offsets
         self._out_sizes = out_layout.sizes()
         self.score_listeners: list[ScoreListener] = []
+        self.pair_listeners: list[PairListener] = []
 
         self.drift_pv: PV | None = None
         self.input_pvs: list[PV] = []
@@ -459,6 +463,7 @@ class ModelMonitor:
         m = int(np.searchsorted(t_all, t_all[-1] - self._hold, side="right"))
         self._pred_t, self._pred_y = [t_all[m:]], [y_all[m:]]  # too recent: their truth may be on its way
         stale_after = max(self.settings.error_window_s, 3 * self.error_update_s)
+        paired_t, paired = t_all[:0], np.empty((0, len(self.truth_index)))
         if m:
             tp, yp = t_all[:m], y_all[:m]
             errors = np.full((m, len(self.truth_index)), np.nan)
@@ -471,6 +476,12 @@ class ModelMonitor:
                     errors[p_idx, k] = yp[p_idx, self._out_offsets[j]] - truth[t_idx, 1]
                     self._last_pair[k] = now
             self._errors.push(errors)
+            paired_t, paired = tp, errors
+        for listener in self.pair_listeners:
+            try:
+                listener(now, paired_t, paired)
+            except Exception:  # a broken listener must not stop MAE / RMSE
+                log.exception("%s: pair listener %r failed", self.config.name, listener)
         mae, rmse = self._errors.mae(), self._errors.rmse()
         for k in range(len(self.truth_index)):
             truth = self.config.outputs[self.truth_index[k]].truth

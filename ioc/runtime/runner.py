@@ -35,6 +35,7 @@ from ioc.core.engine import LoadedModel
 from ioc.core.inputs import GatheredInputState, InputState, Problem, Snapshot, input_state
 from ioc.core.layout import ModelNames, ModelStatus, model_pv_specs
 from ioc.core.pvmodel import MESSAGE_LEN, PV, ClientInfo, PVDatabase, Severity, Status, clip_message
+from ioc.runtime.bands import Bands
 from ioc.runtime.feed import Feed
 from ioc.runtime.offload import Offloader
 
@@ -159,6 +160,7 @@ class ModelRunner:
         self.champion_pv = db[n.champion]
         self.challenger_pv, self.version_pv = db[n.challenger], db[n.version]
         self.challenger_out_pvs: list[PV] = [db[n.challenger_output(o.name)] for o in config.outputs]
+        self.bands = Bands.of(config, db)  # OUT:<name>:STD or :LO/:HI; None when the config asks for none
         self.challenger_mad_pvs: list[PV] = [db[n.challenger_mad(o.name)] for o in config.outputs]
         self.latency_pv, self.rate_pv, self.count_pv = db[n.latency], db[n.rate], db[n.count]
         # The model's health alarms a MESSAGE written while STATUS is OK must not hide (see _message).
@@ -234,6 +236,8 @@ class ModelRunner:
         self.version_pv.post("", now)
         self._invalidate(self.challenger_out_pvs, Status.UDF, "no challenger", now)
         self._invalidate(self.challenger_mad_pvs, Status.UDF, "no challenger", now)
+        if self.bands is not None:
+            self.bands.invalidate(Status.UDF, "no challenger", now, champion=False, challenger=True)
         self.latency_pv.post(0.0, now)
         self.rate_pv.post(0.0, now)
         self.count_pv.post(0, now)
@@ -276,6 +280,8 @@ class ModelRunner:
         if model is None:
             self._invalidate(self.challenger_out_pvs, Status.UDF, "no challenger", now)
             self._invalidate(self.challenger_mad_pvs, Status.UDF, "no challenger", now)
+            if self.bands is not None:
+                self.bands.invalidate(Status.UDF, "no challenger", now, champion=False, challenger=True)
         else:
             log.info("%s: shadowing challenger v%s", self.config.name, model.version)
             self.run_cycle(triggered=False)  # its first predictions now, not at the next trigger
@@ -548,6 +554,8 @@ class ModelRunner:
             version = model.version
             for pv, value in zip(self.out_pvs, values, strict=True):
                 pv.post(value, ts, tag=version)
+            if self.bands is not None:
+                self.bands.post(model, result, ts)
             if self.version_pv.reading.value != version:
                 self.version_pv.post(version, ts)
             self.outcomes[ModelStatus.OK] += 1
@@ -615,6 +623,8 @@ class ModelRunner:
         self._invalidate(self.out_pvs, status, message, now)
         if self.challenger is not None:
             self._invalidate(self.challenger_out_pvs, status, message, now)
+        if self.bands is not None:
+            self.bands.invalidate(status, message, now, challenger=self.challenger is not None)
 
     @staticmethod
     def _invalidate(pvs: list[PV], status: Status, message: str, now: float) -> None:
@@ -655,10 +665,14 @@ class ModelRunner:
         if values is None or bad is not None:
             text = f"challenger failed: {error}" if error is not None else f"challenger: {bad}"
             self._invalidate(self.challenger_out_pvs, Status.CALC, text, self.clock())
+            if self.bands is not None:
+                self.bands.invalidate(Status.CALC, text, self.clock(), champion=False, challenger=True)
             return
         version = challenger.version
         for pv, value in zip(self.challenger_out_pvs, values, strict=True):
             pv.post(value, ts, tag=version)
+        if self.bands is not None:
+            self.bands.post(challenger, result, ts, challenger=True)
         if self.out_layout is None:
             self._mad.add([abs(a - b) for a, b in zip(values, champion_values, strict=True)])
         else:  # an array output's MAD: over its elements too

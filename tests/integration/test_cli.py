@@ -26,7 +26,9 @@ def test_check_demo_passes():
     r = mlioc("check", str(DEMO))
     assert r.returncode == 0, r.stderr
     assert "configuration OK (1 model(s))" in r.stdout
-    assert "beam: v1 OK on CPUExecutionProvider" in r.stdout
+    from tests.support.demo import shipped_champion
+
+    assert f"beam: v{shipped_champion()} OK on CPUExecutionProvider" in r.stdout
 
 
 def test_check_reports_every_config_problem_with_location(tmp_path):
@@ -126,7 +128,7 @@ def test_running_ioc_process_has_no_torch_loaded(tmp_path, launch, prefix):
 
 
 def test_check_warns_when_an_input_range_excludes_most_of_the_training_data(tmp_path):
-    from tests.support.demo import demo_store_copy
+    from tests.support.demo import demo_store_copy, shipped_champion
 
     text = DEMO.read_text().replace("range: [0, 10], max_age_s: 2}", "range: [0, 4], max_age_s: 2}", 1)
     text = text.replace("store: ../data/store/beam", f"store: {demo_store_copy(tmp_path)}")
@@ -134,7 +136,7 @@ def test_check_warns_when_an_input_range_excludes_most_of_the_training_data(tmp_
     cfg.write_text(text.replace("../", f"{ROOT}/"))
     r = mlioc("check", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr  # a warning, not a failure
-    assert "beam: warning: input q1 range [0, 4] keeps 10% of the training data of v1" in r.stdout
+    assert f"beam: warning: input q1 range [0, 4] keeps 10% of the training data of v{shipped_champion()}" in r.stdout
     assert "warning" not in mlioc("check", str(DEMO)).stdout  # the shipped demo's ranges fit its model
 
 

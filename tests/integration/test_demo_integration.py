@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_yaml
-from tests.support.demo import demo_inputs, demo_store_copy
+from tests.support.demo import demo_inputs, demo_store_copy, shipped_champion
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def test_simulator_knob_moves_the_prediction_on_ca_and_pva(demo, ca, pva):
     pva_out = client.monitor(f"{p}OUT:sigma_x")
     ca_out.wait_for(lambda u: u.severity == 0, timeout=15)
     assert ca.get(f"{p}STATUS", as_string=True) == "OK"
-    assert ca.get(f"{p}CHAMPION") == "1"
+    assert ca.get(f"{p}CHAMPION") == str(shipped_champion())
     before = ca_out.last.value
     mark_ca, mark_pva = ca_out.mark(), pva_out.mark()
     # Q1 focuses in x: raising it from 5 A to 8 A over-focuses and blows sigma_x up (~3.9 mm).

@@ -21,11 +21,15 @@ from pathlib import Path
 import pytest
 
 from ioc.core.retrain_requests import RequestBox, RetrainRequest
+from tests.support.demo import shipped_champion, shipped_next_version
 from tests.support.loop import events, offline_loop, start_watcher, status
 from tests.support.procs import ROOT
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+
+# The shipped demo store's champion, and the version a retrain pushes next (models/beam).
+OLD, NEW = shipped_champion(), shipped_next_version()
 
 AIRFLOW = ROOT / ".venv-airflow" / "bin" / "airflow"
 
@@ -61,10 +65,10 @@ def test_dags_test_produces_a_challenger(tmp_path, airflow_env):
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     assert "state=success" in output or "success" in output.lower(), output[-2000:]
-    assert (store / "challenger").read_text().strip() == "2"
-    assert (store / "champion").read_text().strip() == "1"
+    assert (store / "challenger").read_text().strip() == str(NEW)
+    assert (store / "champion").read_text().strip() == str(OLD)
     doc = json.loads(result.read_text())
-    assert doc["store_version"] == 2 and doc["pointer"] == "challenger"
+    assert doc["store_version"] == NEW and doc["pointer"] == "challenger"
     import mlflow
 
     run_tags = mlflow.MlflowClient(airflow_env["MLFLOW_TRACKING_URI"]).get_run(doc["run_id"]).data.tags
@@ -114,10 +118,10 @@ def test_the_watcher_hands_a_run_to_airflow_over_rest(tmp_path, airflow_env, pro
         st = wait_until(lambda: dag_parsed_or_done() and status(store), timeout=300, interval=0.5,
                         what="the Airflow run to end", describe=lambda: status(store))
         assert st["state"] == "DONE", (st, watcher.output()[-3000:])
-        assert st["run_id"].startswith("mlioc-beam-operator-") and st["version"] == 2
+        assert st["run_id"].startswith("mlioc-beam-operator-") and st["version"] == NEW
         start = events(store, "retrain-start")[-1]
         assert start["runner"] == "airflow" and "Airflow DAG run" in start["run"]
-        assert (store / "challenger").read_text().strip() == "2"
+        assert (store / "challenger").read_text().strip() == str(NEW)
         print(f"airflow standalone up in {startup:.0f} s; hand-off to DONE in {time.monotonic() - t0 - startup:.0f} s")
     finally:
         os.killpg(server.pid, signal.SIGTERM)

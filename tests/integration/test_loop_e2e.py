@@ -13,6 +13,7 @@ import math
 import pytest
 
 from tests.support.configs import write_config
+from tests.support.demo import shipped_next_version
 from tests.support.loop import (
     events,
     loop_model,
@@ -25,6 +26,7 @@ from tests.support.wait import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("show_logs"),
               pytest.mark.timeout(420)]
 
+NEW = shipped_next_version()  # the version a retrain pushes into a copy of the shipped store (models/beam)
 
 
 def _loop(tmp_path, launch, prefix, retrain):
@@ -56,10 +58,10 @@ def test_drift_retrains_on_the_recorded_window_and_auto_promotes_then_drift_clea
     drift.wait_for(lambda u: u.severity == 2, timeout=40)
     # MAJOR held for on_drift_s: the watcher retrains (RUNNING), on the recorded window
     retrain_status.wait_for(lambda u: u.value == 2, timeout=60)
-    challenger.wait_for(lambda u: str(u.value) == "2", timeout=240)
+    challenger.wait_for(lambda u: str(u.value) == str(NEW), timeout=240)
     retrain_status.wait_for(lambda u: u.value == 4, timeout=60)  # DONE (the run ends after its push)
     st = status(store)
-    assert st["state"] == "DONE" and st["trigger"] == "drift" and st["version"] == 2, st
+    assert st["state"] == "DONE" and st["trigger"] == "drift" and st["version"] == NEW, st
     start = next(e for e in events(store, "retrain-start"))
     assert start["trigger"] == "drift" and start["reference_since"] > start["start"]
 
@@ -68,9 +70,9 @@ def test_drift_retrains_on_the_recorded_window_and_auto_promotes_then_drift_clea
     before = [u for u in champ_mae.updates if u.severity < 3 and u.timestamp <= mae.timestamp]
     assert 0 < mae.value < before[-1].value
     # auto: promoted through the PROMOTE code path, audited as the policy
-    champion.wait_for(lambda u: str(u.value) == "2", timeout=60)
+    champion.wait_for(lambda u: str(u.value) == str(NEW), timeout=60)
     promote = events(store, "promote")[-1]
-    assert (promote["to_version"], promote["user"], promote["host"]) == (2, "mlioc", "auto-promote")
+    assert (promote["to_version"], promote["user"], promote["host"]) == (NEW, "mlioc", "auto-promote")
     assert promote["reason"].startswith("auto: ready: +")
     assert any(e["action"] == "challenger-ready" for e in events(store))
     # DRIFT clears on the new champion: its reference is the new regime
@@ -84,7 +86,7 @@ def test_drift_retrains_on_the_recorded_window_and_auto_promotes_then_drift_clea
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    manifest_run = __import__("json").loads((store / "versions" / "2" / "manifest.json").read_text())
+    manifest_run = __import__("json").loads((store / "versions" / str(NEW) / "manifest.json").read_text())
     run_id = manifest_run["provenance"]["mlflow"]["run_id"]
     run = client.get_run(run_id)
     assert run.data.tags["mlioc.trigger"] == "drift"
@@ -95,4 +97,4 @@ def test_drift_retrains_on_the_recorded_window_and_auto_promotes_then_drift_clea
     assert any(t.key == "mlioc.parent_digest" and t.value != "None" for t in lineage.tags)
     wait_until(lambda: "mlioc.ioc.promote" in client.get_run(run_id).data.tags, timeout=20,
                what="the promotion mirrored into MLflow")
-    assert client.get_model_version_by_alias("beam", "champion").tags["store_version"] == "2"
+    assert client.get_model_version_by_alias("beam", "champion").tags["store_version"] == str(NEW)

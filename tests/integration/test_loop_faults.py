@@ -12,6 +12,7 @@ import pytest
 
 from ioc.core.configfile import load_config
 from ioc.core.retrain_requests import RequestBox, RetrainRequest
+from tests.support.demo import shipped_champion, shipped_next_version
 from tests.support.loop import (
     events,
     offline_loop,
@@ -25,6 +26,8 @@ from tests.support.wait import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("show_logs"),
               pytest.mark.timeout(300)]
 
+# The shipped demo store's champion, and the version a retrain pushes next (models/beam).
+OLD, NEW = shipped_champion(), shipped_next_version()
 
 
 def _setup(tmp_path, *, epochs: int, timeout_s: float = 240, record: bool = True):
@@ -69,9 +72,9 @@ def test_a_failing_run_is_reported_and_the_next_trigger_still_works(tmp_path, pr
     _request(box, "bob")
     st = wait_until(lambda: status(store).get("state") == "DONE" and status(store), timeout=180,
                     what="DONE", describe=lambda: status(store))
-    assert st["version"] == 2 and st["requested_by"] == "bob@console" and st["run_id"]
-    assert (store / "challenger").read_text().strip() == "2"  # entered as the challenger, never champion
-    assert (store / "champion").read_text().strip() == "1"
+    assert st["version"] == NEW and st["requested_by"] == "bob@console" and st["run_id"]
+    assert (store / "challenger").read_text().strip() == str(NEW)  # entered as the challenger, never champion
+    assert (store / "champion").read_text().strip() == str(OLD)
     assert events(store, "push")[-1]["pointer"] == "challenger"
 
 

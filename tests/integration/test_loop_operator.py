@@ -14,6 +14,7 @@ import math
 import pytest
 
 from tests.support.configs import write_config
+from tests.support.demo import shipped_champion, shipped_next_version
 from tests.support.loop import (
     events,
     loop_model,
@@ -25,6 +26,8 @@ from tests.support.loop import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("show_logs"),
               pytest.mark.timeout(400)]
 
+# The shipped demo store's champion, and the version a retrain pushes next (models/beam).
+OLD, NEW = shipped_champion(), shipped_next_version()
 
 
 def test_operator_retrain_then_manual_promotion(tmp_path, launch, ca, pva, prefix):
@@ -57,7 +60,7 @@ def test_operator_retrain_then_manual_promotion(tmp_path, launch, ca, pva, prefi
     watcher = start_watcher(config, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     launch.started.append(watcher)
     state.wait_for(lambda u: u.value == 2, timeout=30)  # RUNNING
-    challenger.wait_for(lambda u: str(u.value) == "2", timeout=240)
+    challenger.wait_for(lambda u: str(u.value) == str(NEW), timeout=240)
     state.wait_for(lambda u: u.value == 4, timeout=60)  # DONE
     assert status(store)["trigger"] == "operator" and status(store)["requested_by"] == f"{me}@127.0.0.1"
 
@@ -69,10 +72,10 @@ def test_operator_retrain_then_manual_promotion(tmp_path, launch, ca, pva, prefi
     assert any(e["action"] == "challenger-ready" and e["mode"] == "manual" for e in events(store))
     # manual: READY is advice; the champion stays until an operator promotes
     ca.monitor(f"{p}CHALLENGER:MAE:loss").wait_count(5, timeout=20)
-    assert champion.updates[mark:] == [] and ca.get(f"{p}CHAMPION") == "1"
+    assert champion.updates[mark:] == [] and ca.get(f"{p}CHAMPION") == str(OLD)
     assert not events(store, "promote")
     ca.put(f"{p}PROMOTE", 1)
-    champion.wait_for(lambda u: str(u.value) == "2", timeout=20)
+    champion.wait_for(lambda u: str(u.value) == str(NEW), timeout=20)
     promote = events(store, "promote")[-1]
     assert (promote["user"], promote["reason"]) == (me, "PROMOTE written")
     ready.wait_for(lambda u: u.value == 0, timeout=20)  # no challenger any more

@@ -85,8 +85,15 @@ def test_push_validates_an_array_model_against_its_own_signature(tmp_path):
 
 
 def test_list_shows_the_mlflow_run_id_that_reproduce_takes():
-    """The shipped demo model was made by `mlioc train`: its run id is what `mlioc reproduce` needs."""
-    manifest = json.loads((ROOT / "models" / "beam" / "versions" / "1" / "manifest.json").read_text())
-    run_id = manifest["provenance"]["mlflow"]["run_id"]
-    line = mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()[1]  # version 1
-    assert line.startswith("C ") and line.split()[4] == run_id and len(run_id) == 32
+    """The shipped demo models were made by `mlioc train`: each run id is what `mlioc reproduce` needs."""
+    from tests.support.demo import shipped_champion
+
+    lines = [line for line in mlioc("models", "list", str(ROOT / "models" / "beam")).stdout.splitlines()[1:]
+             if line[2:].split()[:1] and line[2:].split()[0].isdigit()]  # one line per version
+    versions = sorted(int(p.name) for p in (ROOT / "models" / "beam" / "versions").iterdir())
+    assert len(lines) == len(versions)
+    for n, line in zip(versions, lines, strict=True):
+        manifest = json.loads((ROOT / "models" / "beam" / "versions" / str(n) / "manifest.json").read_text())
+        run_id = manifest["provenance"]["mlflow"]["run_id"]
+        assert run_id in line.split() and len(run_id) == 32
+        assert line.startswith("C ") == (n == shipped_champion())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.demo import shipped_champion
 from tests.support.procs import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -111,8 +112,9 @@ def test_the_readme_quick_start_as_written(user):
                          new_session=True)
     demo.start()
     try:
-        demo.wait_for_line("-> OK: serving v1", timeout=120)
-        startup = demo.output().split("-> OK: serving v1")[0]  # a normal start: nothing to worry an operator
+        serving = f"-> OK: serving v{shipped_champion()}"
+        demo.wait_for_line(serving, timeout=120)
+        startup = demo.output().split(serving)[0]  # a normal start: nothing to worry an operator
         assert " WARNING " not in startup and " ERROR " not in startup, startup
 
         def run(command: str) -> subprocess.CompletedProcess:
@@ -151,7 +153,7 @@ def test_the_readme_quick_start_as_written(user):
             elif command.startswith("mlioc get DEMO:BEAM:OUT:sigma_x DEMO:BEAM:STATUS"):
                 out, status, champion = r.stdout.splitlines()
                 assert re.match(rf"{sigma}\s+\d+\.\d{{3}} mm  (NO_ALARM|MINOR HIGH|MAJOR HIHI)  20\d\d-", out), out
-                assert status.split()[1] == "OK" and champion.split()[1] == "1"
+                assert status.split()[1] == "OK" and champion.split()[1] == str(shipped_champion())
             elif command == "mlioc put SIM:Q1:I_SP 8":  # sigma_x rises past HIGH
                 watch(sigma, lambda line: " MINOR " in line or " MAJOR " in line)
             elif command.startswith("mlioc get --pva"):

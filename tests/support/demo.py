@@ -12,6 +12,21 @@ def demo_inputs(sim_prefix: str, max_age_s: float = 2.0) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def shipped_champion() -> int:
+    """The champion of the shipped demo store ``models/beam`` (what a fresh demo serves)."""
+    from pathlib import Path
+
+    return int((Path(__file__).resolve().parents[2] / "models" / "beam" / "champion").read_text().strip())
+
+
+def shipped_next_version() -> int:
+    """The version number a run pushing into a copy of the shipped demo store gets."""
+    from pathlib import Path
+
+    versions = Path(__file__).resolve().parents[2] / "models" / "beam" / "versions"
+    return 1 + max(int(p.name) for p in versions.iterdir() if p.name.isdigit())
+
+
 def demo_store_copy(dest) -> str:
     """A private copy of the shipped demo store: the IOC appends to a store's events.jsonl, and tests
     must not leave the checkout dirty."""

@@ -244,3 +244,70 @@ def publish_array_linear(root: Path, inputs: Signals, outputs: Signals, w, b, *,
     if pointer:
         store.write_pointer(pointer, number)
     return store, number
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def ensemble_linear_model(ws: Sequence[np.ndarray], bs: Sequence[np.ndarray]) -> bytes:
+    """An ensemble of linear members as one graph, exactly as the training sidecar exports one: output
+    ``[batch, 2 * n_out]``, the members' mean then their (population) standard deviation."""
+    nodes, inits, stacked = [], [], []
+    for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        w = np.asarray(w, dtype=np.float32)
+        inits += [numpy_helper.from_array(w.T.copy(), f"w{i}"), numpy_helper.from_array(np.asarray(b, np.float32),
+                                                                                        f"b{i}")]
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"xw{i}"]),
+                  helper.make_node("Add", [f"xw{i}", f"b{i}"], [f"y{i}"]),
+                  helper.make_node("Unsqueeze", [f"y{i}", "axis0"], [f"u{i}"])]
+        stacked.append(f"u{i}")
+    n_out, n_in = np.asarray(ws[0]).shape
+    inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"))
+    nodes += [helper.make_node("Concat", stacked, ["all"], axis=0),
+              helper.make_node("ReduceMean", ["all"], ["mean"], axes=[0], keepdims=0),
+              helper.make_node("Sub", ["all", "mean"], ["dev"]),
+              helper.make_node("Mul", ["dev", "dev"], ["sq"]),
+              helper.make_node("ReduceMean", ["sq"], ["var"], axes=[0], keepdims=0),
+              helper.make_node("Sqrt", ["var"], ["std"]),
+              helper.make_node("Concat", ["mean", "std"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "ensemble",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2 * n_out])],
+                              initializer=inits)
+    return _save(graph)
+
+
+def ensemble_predict(ws, bs, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`ensemble_linear_model` computes, in numpy: (mean, std) of the members."""
+    ys = np.stack([np.asarray(xs) @ np.asarray(w).T + b for w, b in zip(ws, bs, strict=True)])
+    return ys.mean(axis=0), ys.std(axis=0)
+
+
+def publish_ensemble(root: Path, inputs: Sequence[str], outputs: Sequence[str], ws, bs, *,
+                     pointer: str | None = "champion", spread_offset: float = 0.0) -> tuple[ModelStore, int]:
+    """Publish an ensemble version (manifest ``uncertainty: {method: ensemble}``, test vectors with the
+    spread; ``spread_offset`` corrupts the expected spread)."""
+    xs = np.random.default_rng(1).uniform(0, 5, size=(4, len(inputs)))
+    mean, std = ensemble_predict(ws, bs, xs)
+    doc = manifest_for(inputs, outputs, test_inputs=xs, test_outputs=mean)
+    doc["test_vectors"]["spread"] = (std + spread_offset).tolist()
+    doc["uncertainty"] = {"method": "ensemble", "members": len(ws)}
+    store = ModelStore(root)
+    number = store.add_version(ensemble_linear_model(ws, bs), doc)
+    if pointer:
+        store.write_pointer(pointer, number)
+    return store, number
+
+
+def publish_conformal(root: Path, inputs: Sequence[str], outputs: Sequence[str], w, b, halfwidth: Sequence[float],
+                      *, coverage: float = 0.9, pointer: str | None = "champion") -> tuple[ModelStore, int]:
+    """Publish a linear version with a conformal interval of these half-widths (one per output)."""
+    w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    xs = np.random.default_rng(2).uniform(0, 5, size=(4, len(inputs)))
+    doc = manifest_for(inputs, outputs, test_inputs=xs, test_outputs=xs @ w.T + b)
+    doc["uncertainty"] = {"method": "conformal", "coverage": coverage, "halfwidth": list(halfwidth)}
+    store = ModelStore(root)
+    number = store.add_version(linear_model(w, b), doc)
+    if pointer:
+        store.write_pointer(pointer, number)
+    return store, number

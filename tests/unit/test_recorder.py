@@ -155,3 +155,22 @@ def test_a_file_left_in_progress_is_converted_by_the_next_recorder(tmp_path):
     assert not list((tmp_path / "rec").glob(".*inprogress"))
     assert sorted(x for t in tables for x in t["in.a"]) == [*map(float, range(40)), *map(float, range(100, 110))]
     assert pq.read_schema(files[0]).metadata[b"mlioc.model"] == b"m"
+
+
+def test_roll_on_request_closes_the_file_in_progress_and_recording_goes_on(tmp_path, caplog):
+    """What a retrain asks before it reads the recordings (ioc/edges/retrain.py): every row so far in a
+    finished Parquet file, and the next rows in a new one."""
+    cfg = _config(tmp_path, "      {dir: rec, flush_s: 60}").model("m")
+    rec = Recorder(cfg, cfg.record)
+    rec.start()
+    t0 = 1_800_000_000.0
+    for i in range(50):
+        rec.listener(_record(t0 + i * 0.1, float(i), 0.5 * i))
+    assert rec.roll().wait(timeout=10)
+    files, tables = _read(tmp_path / "rec")
+    assert "roll failed" not in caplog.text
+    assert len(files) == 1 and len(tables[0]["time"]) == 50
+    rec.listener(_record(t0 + 50 * 0.1, 50.0, 25.0))
+    rec.close()
+    files, tables = _read(tmp_path / "rec")
+    assert sorted(len(t["time"]) for t in tables) == [1, 50]

@@ -112,3 +112,32 @@ def test_an_array_model_warm_starts_from_its_champion_and_reproduces(tmp_path):
     assert second.result.history[0].train_loss < first.result.history[0].train_loss
     report = reproduce(first.run_id, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert report.passed and report.pred_max_abs <= report.pred_atol
+
+
+@pytest.mark.parametrize(("case", "uncertainty"), [("cnn1d", {"method": "ensemble", "members": 2}),
+                                                   ("conv-decoder", {"method": "conformal", "coverage": 0.8})])
+def test_an_array_model_trains_with_uncertainty_and_the_ioc_serves_its_band(tmp_path, case, uncertainty):
+    """Ensembles and conformal intervals on the array layout: an image/waveform input through every member,
+    an array output's half-widths per element; the IOC's engine loads the version and its test vectors."""
+    make, inputs, outputs, training = CASES[case]
+    CASES["_u"] = (make, inputs, outputs, {**training, "uncertainty": uncertainty})
+    try:
+        config = _setup(tmp_path, "_u", epochs=5)
+    finally:
+        del CASES["_u"]
+    out = _train(tmp_path, config)
+    assert out.parity.ok and out.store_version == 1, out.decision.reason
+    layout = Layout.from_model(config.model("m"), load_spec(config, "m").kind)
+    doc = json.loads(ModelStore(tmp_path / "store").manifest_path(1).read_text())
+    assert doc["uncertainty"]["method"] == uncertainty["method"]
+    assert set(doc["uncertainty"]["test"]) == {f"test_{k}_{s.name}" for k in ("coverage", "band_width")
+                                               for s in layout.outputs}
+    version = load_version(ModelStore(tmp_path / "store"), 1, config.model("m"), config.ioc.inference)
+    if uncertainty["method"] == "ensemble":
+        assert doc["onnx"]["output_shape"] == [2 * layout.n_out]
+        mean, std = version.run_batch_spread(out.split.test.x)
+        assert mean.shape == std.shape == (len(out.split.test), layout.n_out) and (std > 0).all()
+    else:
+        (profile,) = doc["uncertainty"]["halfwidth"]  # one entry per output: the array output's per element
+        assert len(profile) == layout.n_out and min(profile) > 0
+        assert version.uncertainty.halfwidth.shape == (layout.n_out,)
