@@ -30,11 +30,14 @@ from ioc.edges.duplicates import DuplicatePVs, find_servers
 from ioc.edges.host import local_addresses
 from ioc.edges.metrics import Metrics
 from ioc.edges.model_manager import ModelManager
+from ioc.edges.promotion import PromotionEdge
 from ioc.edges.recorder import Recorder, RecorderError
 from ioc.edges.registry_mirror import RegistryMirror
+from ioc.edges.retrain import RetrainEdge
 from ioc.edges.sources import BUDGET, make_source
 from ioc.protocols.ca_server import CaServer
 from ioc.protocols.pva_server import PvaServer
+from ioc.runtime.challenger import ChallengerMonitor
 from ioc.runtime.monitor import ModelMonitor
 from ioc.runtime.runner import ModelRunner
 from ioc.runtime.triggers import Trigger, make_trigger
@@ -72,6 +75,8 @@ class Ioc:
     monitors: list[ModelMonitor] = field(default_factory=list)
     actions: list[ActionController] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
+    challengers: list[ChallengerMonitor] = field(default_factory=list)
+    retrain_edges: list[RetrainEdge] = field(default_factory=list)
     locks: list[DirLock] = field(default_factory=list)
     audit_healths: list[audit_trail.AuditHealth] = field(default_factory=list)
     _audit_file: audit_trail.AuditFile | None = None
@@ -112,6 +117,8 @@ class Ioc:
         for runner, manager, health in zip(self.runners, self.managers, self.audit_healths, strict=True):
             runner.on_fault_streak = manager.fault_streak  # automatic rollback (rollback_after_faults)
             manager.audit_health = functools.partial(health.report, "events.jsonl")
+        for runner, manager in zip(self.runners, self.managers, strict=True):
+            self._start_loop(runner, manager)
         loads = [loop.create_task(m.start(), name=f"load-{m.name}") for m in self.managers]
         self._make_actions()
         if search is not None and (answers := await search):
@@ -245,6 +252,31 @@ class Ioc:
             self._sources.append(source)
         self.monitors.append(monitor)
 
+    def _start_loop(self, runner: ModelRunner, manager: ModelManager) -> None:
+        """The continual-learning loop's IOC side (docs/how-to/retraining-loop.md): the challenger's live
+        error (outputs with a truth), the RETRAIN request/status PVs and the promotion policy (retrain:)."""
+        model = runner.config
+        if any(o.truth is not None for o in model.outputs):
+            challenger = ChallengerMonitor(runner, self.db)
+            runner.cycle_listeners.append(challenger.on_cycle)
+            runner.challenger_listeners.append(challenger.on_challenger)
+            runner.model_listeners.append(challenger.on_model)
+            for index, j in enumerate(challenger.truth_index):
+                source = make_source(model.outputs[j].truth, challenger.truth_sink(index))
+                source.start()
+                self._sources.append(source)
+            challenger.start()
+            self.challengers.append(challenger)
+            if model.retrain is not None:
+                promotion = PromotionEdge(runner, manager, model.retrain)
+                challenger.listeners.append(promotion.on_comparison)
+                promotion.start()
+        if model.retrain is not None:
+            recorder = next((r for r in self.recorders if r.model is model), None)
+            edge = RetrainEdge(runner, manager.store, model.retrain, recorder)
+            edge.start()
+            self.retrain_edges.append(edge)
+
     def _start_feeds(self, runner: ModelRunner) -> None:
         model: ModelConfig = runner.config
         for index, inp in enumerate(model.inputs):
@@ -277,6 +309,10 @@ class Ioc:
     async def stop(self) -> None:
         for manager in self.managers:
             await manager.stop()
+        for edge in self.retrain_edges:
+            await edge.stop()
+        for challenger in self.challengers:
+            await challenger.stop()
         for trigger in self.triggers:
             await trigger.stop()
         for task in self._tasks:

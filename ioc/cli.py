@@ -100,6 +100,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             sim.prefix,
             args.rate_hz or sim.rate_hz,
             sim.seed if args.seed is None else args.seed,
+            image_hz=args.image_hz or sim.image_hz,
             ca_port=args.ca_port or sim.ca_port,
             pva_port=args.pva_port or sim.pva_port,
             interfaces=args.interfaces.split() if args.interfaces else None,
@@ -161,6 +162,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.cli import train_command  # lazily: only `mlioc train` loads torch and MLflow
 
     return train_command(args)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from training.watch import watch_command  # lazily: the daemon lives with the training sidecar
+
+    return watch_command(args)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p)
     p.add_argument("--rate-hz", type=float, help="update rate [simulator.rate_hz]")
     p.add_argument("--seed", type=int, help="random seed [simulator.seed]")
+    p.add_argument("--image-hz", type=float, help="screen image rate [simulator.image_hz, else the update rate]")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("check", help="validate a config and its models without serving")
@@ -279,12 +287,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="only data before this time")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, sqlite:///mlflow.db]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and cron jobs)")
+    # The continual-learning loop (mlioc watch, the Airflow DAG) runs `mlioc train` with these.
+    p.add_argument("--as", dest="promote_to", choices=("champion", "challenger"),
+                   help="a winner becomes this (override training.gate.promote_to); the loop uses challenger")
+    p.add_argument("--reference-since", help="drift reference from this time on (the new regime; ISO or unix s)")
+    p.add_argument("--trigger", help="why this run happened (schedule, drift, operator): an MLflow tag")
+    p.add_argument("--requested-by", help="who asked for it (user@host): an MLflow tag")
+    p.add_argument("--result", metavar="FILE", help="write the outcome (run id, decision, store version) as JSON")
     p.add_argument("--params", choices=("best",), help="best: train with the best trial of the model's "
                    "`mlioc tune` study (recorded in the run and the manifest's provenance)")
     p.add_argument("--study", help="with --params best: the study [training.search.study, mlioc-<model>]")
     p.add_argument("--storage", help="with --params best: the study's storage URL [sqlite optuna.db beside "
                    "MLflow's database]")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("watch", help="retrain on schedule, drift and RETRAIN requests (the loop's daemon)")
+    p.add_argument("config", help="YAML config; models with a retrain: section are watched")
+    p.add_argument("--model", action="append", help="watch only this model (repeatable)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI passed to every run [MLFLOW_TRACKING_URI]")
+    p.add_argument("--log-dir", help="where each run's log goes [STATE_DIR/retrain-logs]")
+    p.add_argument("--once", action="store_true", help="handle what is due now, wait for its run, then exit")
+    p.add_argument("--flush-wait-s", type=float, default=15.0,
+                   help="how long a run waits for the IOC to close its recording file (0: do not ask) [15]")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("tune", help="hyperparameter search (Optuna) as nested MLflow runs (docs/how-to/training.md)")
     p.add_argument("config", help="YAML config")

@@ -61,6 +61,11 @@ def fetch_signal(client, pv: str, start: dt.datetime, end: dt.datetime) -> tuple
 def load_archiver(url: str, arch: ArchiverSpec, model: ModelConfig, spec: TrainSpec,
                   session=None) -> tuple[Dataset, np.ndarray, Counter]:
     ins, outs = _names(model, spec.kind)
+    arrays = [(i.name, i.shape) for i in model.inputs if i.shape] + [(o.name, o.shape) for o in model.outputs
+                                                                     if o.shape]
+    if arrays:
+        raise DatasetError(f"archiver data holds scalars only here; {arrays[0][0]} has shape {list(arrays[0][1])} "
+                           "(use recorded data or a file)")
     start = parse_time(arch.start) if arch.start is not None else spec.filters.start
     end = parse_time(arch.end) if arch.end is not None else spec.filters.end
     if start is None or end is None or end <= start:
@@ -70,7 +75,7 @@ def load_archiver(url: str, arch: ArchiverSpec, model: ModelConfig, spec: TrainS
     t0, t1 = dt.datetime.fromtimestamp(start, dt.UTC), dt.datetime.fromtimestamp(end, dt.UTC)
     signals = list(dict.fromkeys((*ins, *outs)))
     series = {name: fetch_signal(client, arch.pvs[name], t0, t1) for name in signals}
-    align = arch.align_to or (outs[0] if spec.kind == "regression" else ins[0])
+    align = arch.align_to or (outs[0] if spec.kind != "autoencoder" else ins[0])
     if align not in series:
         raise DatasetError(f"archiver.align_to {align!r} is not one of {signals}")
     grid_t, _, _ = series[align]

@@ -46,14 +46,14 @@ class RichReporter:
         self.progress = Progress(TextColumn("  epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.fields[loss]}"), console=self.console,
                                  transient=False)
-        task = self.progress.add_task("train", total=epochs, loss="")
-        self.progress.start()
+        progress = self.progress
+        task = progress.add_task("train", total=epochs, loss="")
+        progress.start()
 
         def on_epoch(stats) -> None:
-            self.progress.update(task, advance=1,
-                                 loss=f"train {stats.train_loss:.4g}  val {stats.val_loss:.4g}")
+            progress.update(task, advance=1, loss=f"train {stats.train_loss:.4g}  val {stats.val_loss:.4g}")
             if stats.epoch == epochs:
-                self.progress.stop()
+                progress.stop()
                 self.progress = None
 
         return on_epoch
@@ -100,9 +100,12 @@ def train_command(args: argparse.Namespace) -> int:
             tuning = best.provenance()
             err.print(f"[bold]•[/bold] parameters of trial {best.number} of study {best.study!r} "
                       f"(val loss {best.value:.5g}): {best.overrides}")
+        tags = {k: v for k, v in (("mlioc.trigger", getattr(args, "trigger", None)),
+                                  ("mlioc.requested_by", getattr(args, "requested_by", None))) if v}
         options = Options(data=args.data, push=args.push, tracking_uri=args.tracking_uri, epochs=args.epochs,
                           seed=args.seed, start=_time_arg(args.start, "--start"), end=_time_arg(args.end, "--end"),
-                          tuning=tuning)
+                          tuning=tuning, promote_to=getattr(args, "promote_to", None), tags=tags,
+                          reference_since=_time_arg(getattr(args, "reference_since", None), "--reference-since"))
         reporter = RichReporter(err, enabled=not args.no_progress)
         outcome = run(config, args.model, spec, options, reporter)
     except ConfigError as exc:
@@ -114,8 +117,26 @@ def train_command(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_FAIL
     print_summary(outcome)
+    if getattr(args, "result", None):
+        write_result(args.result, outcome)
     failed_checks = [k for k in ("parity", "ioc_validation") if outcome.decision.checks.get(k) is False]
     return EXIT_FAIL if failed_checks else EXIT_OK
+
+
+def write_result(path: str, outcome) -> None:
+    """The outcome for a caller that is a program (``mlioc watch``, the Airflow DAG): one JSON object."""
+    import json
+    from pathlib import Path
+
+    from ioc.core.store import atomic_write_text
+
+    d = outcome.decision
+    doc = {"run_id": outcome.run_id, "tracking_uri": outcome.tracking_uri, "promote": d.promote,
+           "pointer": d.pointer, "reason": d.reason, "store_version": outcome.store_version,
+           "dataset_digest": outcome.dataset.digest, "rows": len(outcome.dataset), "warm_start": outcome.warm_start}
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, json.dumps(doc, sort_keys=True) + "\n")
 
 
 def print_summary(outcome) -> None:

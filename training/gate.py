@@ -5,7 +5,8 @@ test vectors, finite outputs, the normalisation around the graph), so the compar
 IOC would actually serve, and a challenger the IOC would reject is rejected here first.
 
 Score: per-output RMSE in raw units on the test split, normalised by that output's standard deviation
-in the test split (NRMSE), and their mean. Policy (``gate:`` in the config):
+in the test split (NRMSE), and their mean. An array output is one output: RMSE and spread over all its
+elements. Policy (``gate:`` in the config):
 
 * ``min_improvement`` — the challenger's mean NRMSE must be at least this much (relative) lower
   than the champion's (0 = not worse; 0.01 = 1 % better);
@@ -27,6 +28,7 @@ from ioc.core.config import InferenceConfig, ModelConfig
 from ioc.core.engine import EngineError, LoadedModel, load_version
 from ioc.core.store import ModelStore
 from training.dataset import Dataset
+from training.layout import slices
 from training.spec import GateSpec
 
 
@@ -53,13 +55,13 @@ class Decision:
 
 def score(model: LoadedModel, test: Dataset) -> Scores:
     pred = model.run_batch(test.x)
-    err = pred - test.y
-    rmse = np.sqrt((err**2).mean(axis=0))
-    spread = test.y.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
-    names = test.output_names
-    return Scores({n: float(r) for n, r in zip(names, rmse, strict=True)},
-                  {n: float(r / s) for n, r, s in zip(names, rmse, spread, strict=True)})
+    rmse, nrmse = {}, {}
+    for name, cols in slices(test.output_signals).items():
+        err = pred[:, cols] - test.y[:, cols]
+        rmse[name] = float(np.sqrt((err**2).mean()))
+        spread = float(test.y[:, cols].std())
+        nrmse[name] = rmse[name] / (spread if spread > 0 else 1.0)
+    return Scores(rmse, nrmse)
 
 
 def load_champion(store: ModelStore, config: ModelConfig, inference: InferenceConfig) -> tuple[int | None, str,
@@ -87,7 +89,7 @@ def decide(challenger: LoadedModel, test: Dataset, gate: GateSpec, champion: Loa
     checks = {"beats_champion": improvement >= gate.min_improvement}
     worse = {n: (mine.rmse[n] - theirs.rmse[n]) / theirs.rmse[n] if theirs.rmse[n] > 0 else 0.0
              for n in mine.rmse}
-    worst_name = max(worse, key=worse.get)
+    worst_name = max(worse, key=worse.__getitem__)
     checks["no_output_worse"] = worse[worst_name] <= gate.max_output_regression
     versus = (f"mean NRMSE {mine.mean_nrmse:.4g} vs champion v{champion_version} {theirs.mean_nrmse:.4g} "
               f"({improvement:+.2%})")

@@ -24,19 +24,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ioc.core.config import Config, ModelConfig
 from ioc.core.engine import EngineError, build_model
-from ioc.core.manifest import ManifestError, parse_manifest
+from ioc.core.manifest import ManifestError, parse_manifest, read_manifest
 from ioc.core.store import ModelStore, StoreError, model_store, sha256_file
 from training import registry
 from training.dataset import Dataset, Normalisation, Split, build_dataset, time_split
-from training.export import Parity, build_manifest, check_parity, export_onnx, onnx_session
+from training.export import Parity, build_manifest, check_parity, export_onnx, manifest_kind, onnx_session
 from training.gate import Decision, decide, load_champion
+from training.layout import Layout
 from training.models import WarmStartError, architecture, load_onnx_weights
 from training.models import build_model as build_net
 from training.spec import TrainSpec
@@ -44,6 +45,7 @@ from training.trainer import EpochStats, TrainResult, predict, seed_everything, 
 
 log = logging.getLogger("mlioc.training")
 
+MIN_REFERENCE_ROWS = 50  # a drift reference from fewer rows would alarm on its own sampling noise
 METRIC_FLUSH_EVERY = 10  # epochs per MLflow log_batch (one DB round trip instead of one per metric)
 
 
@@ -61,6 +63,11 @@ class Options:
     start: float | None = None
     end: float | None = None
     tuning: dict[str, Any] | None = None  # `--params best`: the study and trial the spec's values come from
+    # The continual-learning loop (training/watch.py): where a winner goes, why the run happened, and
+    # for a drift run the time the new regime began (the drift reference is taken from there on).
+    promote_to: str | None = None  # None: training.gate.promote_to
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. mlioc.trigger, mlioc.requested_by
+    reference_since: float | None = None
 
 
 @dataclass
@@ -80,6 +87,14 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class Progress(Protocol):
+    """What :func:`run` tells about its progress (the CLI's progress bar implements it)."""
+
+    def stage(self, text: str) -> None: ...
+
+    def training(self, epochs: int) -> Callable[[EpochStats], None]: ...
+
+
 class Reporter:
     """Progress hooks (the CLI draws a progress bar; tests use this silent default)."""
 
@@ -90,8 +105,8 @@ class Reporter:
         return lambda stats: None
 
 
-def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, model: ModelConfig, n_in: int,
-                n_out: int, x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
+def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, layout: Layout,
+                x_check: np.ndarray) -> tuple[str, Normalisation | None, int | None, str | None]:
     """(description, champion normalisation, parent version, parent sha) — or scratch with the reason."""
     if spec.warm_start == "scratch":
         return "scratch (warm_start: scratch)", None, None, None
@@ -101,24 +116,23 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
         why = "no champion"
     else:
         try:
-            from ioc.core.manifest import read_manifest
-
-            man = read_manifest(store.manifest_path(number))
+            man = read_manifest(store.manifest_path(number)).raw
         except ManifestError as exc:
             why = f"champion v{number} manifest unreadable: {exc}"
         else:
-            arch = man.provenance.get("architecture")
-            if arch != architecture(spec, n_in, n_out):
-                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, n_in, n_out)}"
-            elif man.kind != spec.kind:
-                why = f"champion v{number} is a {man.kind} model"
+            arch = man.get("provenance", {}).get("architecture")
+            if arch != architecture(spec, layout):
+                why = f"champion v{number} has architecture {arch}, this run {architecture(spec, layout)}"
+            elif man.get("kind", "regression") != manifest_kind(spec.kind):
+                why = f"champion v{number} is a {man.get('kind')} model"
     if why is None:
         try:
             load_onnx_weights(net, store.onnx_path(number))
-            norm = Normalisation(np.array([s.mean for s in man.inputs]), np.array([s.std for s in man.inputs]),
-                                 np.array([s.mean for s in man.outputs]), np.array([s.std for s in man.outputs]))
-            xn = ((x_check - norm.x_mean) / norm.x_std).astype(np.float32)
-            ref = onnx_session(str(store.onnx_path(number))).run([man.onnx_output], {man.onnx_input: xn})[0]
+            norm = Normalisation.from_manifest(layout, man)
+            xn = layout.to_input_tensor((x_check - norm.x_mean) / norm.x_std)
+            onnx = man.get("onnx", {})
+            ref = onnx_session(str(store.onnx_path(number))).run([onnx.get("output", "y")],
+                                                                  {onnx.get("input", "x"): xn})[0]
             diff = float(np.abs(predict(net, xn) - ref).max())
             if not diff <= spec.gate.parity_atol:
                 raise WarmStartError(f"loaded weights differ from the champion's ONNX by {diff:.2e}")
@@ -131,17 +145,19 @@ def _warm_start(spec: TrainSpec, net: torch.nn.Sequential, store: ModelStore, mo
     return f"scratch ({why})", None, None, None
 
 
-def normalise_split(split: Split, norm: Normalisation) -> dict[str, np.ndarray]:
-    """x/y of each part of the split in normalised units, float32 (what training and the gate use)."""
+def normalise_split(split: Split, norm: Normalisation, layout: Layout | None = None) -> dict[str, np.ndarray]:
+    """x/y of each part of the split in normalised units, float32 (what training and the gate use); the
+    inputs in the graph's input tensor shape (``layout``; default: flat rows)."""
     out = {}
     for name in ("train", "val", "test"):
         part = getattr(split, name)
-        out[f"x_{name}"] = ((part.x - norm.x_mean) / norm.x_std).astype(np.float32)
+        x = (part.x - norm.x_mean) / norm.x_std
+        out[f"x_{name}"] = layout.to_input_tensor(x) if layout is not None else x.astype(np.float32)
         out[f"y_{name}"] = ((part.y - norm.y_mean) / norm.y_std).astype(np.float32)
     return out
 
 
-def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Reporter | None = None,
+def run(config: Config, model_name: str, spec: TrainSpec, options: Options, reporter: Progress | None = None,
         *, archiver_session=None) -> Outcome:
     """One training run; raises :class:`TrainError` (or DatasetError/TrackingError) on unusable input."""
     import dataclasses
@@ -156,6 +172,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         spec = dataclasses.replace(spec, seed=options.seed)
     if options.epochs is not None:
         spec = dataclasses.replace(spec, epochs=options.epochs)
+    if options.promote_to is not None:
+        spec = dataclasses.replace(spec, gate=dataclasses.replace(spec.gate, promote_to=options.promote_to))
     if options.start is not None or options.end is not None:
         spec = dataclasses.replace(spec, filters=dataclasses.replace(
             spec.filters, start=options.start if options.start is not None else spec.filters.start,
@@ -173,11 +191,11 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
 
     client = registry.setup(uri, spec.experiment_name)
     seed_everything(spec.seed)
-    n_in, n_out = len(dataset.input_names), len(dataset.output_names)
-    net = build_net(spec, n_in, n_out)
-    warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, model, n_in, n_out, split.test.x[:256])
-    norm = champ_norm or Normalisation.fit(split.train)
-    arrays = normalise_split(split, norm)
+    layout = Layout.from_model(model, spec.kind)
+    net = build_net(spec, layout)
+    warm, champ_norm, parent, parent_sha = _warm_start(spec, net, store, layout, split.test.x[:256])
+    norm = champ_norm or Normalisation.fit(split.train, per_element=spec.normalise == "element")
+    arrays = normalise_split(split, norm, layout)
     code = registry.code_version()
     env = registry.environment()
 
@@ -187,7 +205,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         mlflow.set_tags({"mlioc.model": model.name, "mlioc.kind": spec.kind, "mlioc.config": str(config.path),
                          "mlioc.user": registry.user(), "mlioc.warm_start": warm,
                          "mlflow.source.git.commit": code["git_commit"], "mlioc.git.dirty": str(code["dirty"]),
-                         "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest})
+                         "mlioc.git.branch": code["branch"], "mlioc.dataset.digest": dataset.digest}
+                        | options.tags)
         if options.tuning is not None:
             t = options.tuning
             mlflow.set_tags({"mlioc.tune.study": t["study"], "mlioc.tune.storage": t["storage"],
@@ -202,7 +221,9 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
                                     "warm_start_from": parent, "versions": registry.key_versions(env)})
         mlflow.log_params({k: v[:6000] for k, v in params.items()})
         _log_dataset(mlflow, spec, dataset, split)
+        log_lineage(mlflow, spec, dataset, store, options)
         mlflow.log_dict(spec.to_dict(), "spec.json")
+        mlflow.log_dict(layout.to_dict(), "layout.json")
         mlflow.log_dict(norm.to_dict(), "normalisation.json")
         mlflow.log_dict(env, "environment.json")
         mlflow.log_dict(code, "code_version.json")
@@ -238,7 +259,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
 
         reporter.stage("exporting ONNX and checking parity")
         t = time.perf_counter()
-        onnx_bytes = export_onnx(result.net, n_in)
+        onnx_bytes = export_onnx(result.net, layout.input_tensor)
         torch_test = predict(result.net, arrays["x_test"])
         parity = check_parity(onnx_bytes, torch_test, arrays["x_test"], spec.gate.parity_atol)
         timings["export_s"] = time.perf_counter() - t
@@ -255,7 +276,7 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
             "code_version": code,
             "environment": registry.key_versions(env),
             "hardware": {k: hw[k] for k in ("cpu", "device") if k in hw},
-            "architecture": architecture(spec, n_in, n_out),
+            "architecture": architecture(spec, layout),
             "seed": spec.seed,
             "warm_start": warm,
             "parent_version": parent,
@@ -264,7 +285,8 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
         }
         if options.tuning is not None:
             provenance["tuning"] = options.tuning
-        manifest = build_manifest(model, spec, norm, split, onnx_bytes, provenance)
+        reference = _reference_rows(dataset, options.reference_since)
+        manifest = build_manifest(model, spec, layout, norm, split, onnx_bytes, provenance, reference=reference)
 
         reporter.stage("validating with the IOC engine and comparing with the champion")
         decision, loaded = _gate(config, model, spec, store, onnx_bytes, manifest, parity, split)
@@ -307,26 +329,102 @@ def run(config: Config, model_name: str, spec: TrainSpec, options: Options, repo
     return outcome
 
 
+def _reference_rows(dataset: Dataset, since: float | None) -> Dataset | None:
+    """A drift run's reference: the rows of the new regime (from ``since`` on), if there are enough."""
+    if since is None:
+        return None
+    rows = dataset.subset(dataset.time >= since)
+    if len(rows) < MIN_REFERENCE_ROWS:
+        log.warning("only %d rows since %s: the drift reference stays the training split", len(rows), since)
+        return None
+    return rows
+
+
+def lineage(spec: TrainSpec, dataset: Dataset, store: ModelStore, options: Options) -> dict[str, Any]:
+    """Which data this version came from: recording files, time window, filters, and the digest of the
+    dataset its parent (the champion it warm-starts from) was trained on."""
+    parent: dict[str, Any] = {}
+    number = store.champion() if store.exists() else None
+    if number is not None:
+        try:
+            prov = json.loads(store.manifest_path(number).read_text()).get("provenance", {})
+            parent = {"version": number, "digest": prov.get("dataset", {}).get("digest"),
+                      "run_id": prov.get("mlflow", {}).get("run_id")}
+        except (OSError, ValueError, AttributeError):
+            parent = {"version": number, "digest": None}
+    f = spec.filters
+    return {
+        "source": dataset.source.get("kind"),
+        "location": dataset.source.get("directory") or dataset.source.get("path") or dataset.source.get("url"),
+        "files": [x["name"] for x in dataset.source.get("files", [])],
+        "window": {"start": f.start, "end": f.end, "reference_since": options.reference_since},
+        "filters": {"max_severity": f.max_severity, "status": list(f.status), "max_skew_s": f.max_skew_s,
+                    "exclude": [[e.start, e.end, e.reason] for e in f.exclude], "dropped": dataset.filtered},
+        "rows": len(dataset),
+        "digest": dataset.digest,
+        "parent": parent,
+    }
+
+
+def log_lineage(mlflow, spec: TrainSpec, dataset: Dataset, store: ModelStore, options: Options) -> None:
+    """Dataset lineage with MLflow's dataset tracking: the run's input dataset (source = the recording
+    location, digest = the dataset digest) tagged with its files, window, filters and parent digest,
+    and the parent dataset as a second input (context ``parent``); the whole record as an artifact."""
+    doc = lineage(spec, dataset, store, options)
+    mlflow.log_dict(doc, "dataset/lineage.json")
+    try:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        window = doc["window"]
+        tags = {"mlioc.files": ",".join(doc["files"])[:490] or "-",
+                "mlioc.window": f"{window['start']}..{window['end']}",
+                "mlioc.reference_since": str(window["reference_since"]),
+                "mlioc.filters": json.dumps(doc["filters"], sort_keys=True, default=str)[:490],
+                "mlioc.parent_digest": str(doc["parent"].get("digest"))}
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a path is
+            source = resolve_dataset_source(str(doc["location"] or doc["source"]))
+            data = MetaDataset(source, name=f"{spec.model}-{doc['source']}-{dataset.digest[:12]}",
+                               digest=dataset.digest[:36])
+            mlflow.log_input(data, context="lineage", tags=tags)
+            if doc["parent"].get("digest"):
+                parent = MetaDataset(resolve_dataset_source(str(store.version_dir(doc["parent"]["version"]))),
+                                     name=f"{spec.model}-v{doc['parent']['version']}-data",
+                                     digest=str(doc["parent"]["digest"])[:36])
+                mlflow.log_input(parent, context="parent", tags={"mlioc.parent_version": str(doc["parent"]["version"])})
+    except Exception as exc:  # the entity is a convenience; lineage.json is the record
+        log.warning("mlflow.log_input (lineage) failed: %s", exc)
+
+
 def _log_dataset(mlflow, spec: TrainSpec, dataset: Dataset, split: Split) -> None:
-    frame = dataset.to_frame()
     source = json.dumps(dataset.source, sort_keys=True, default=str)
     import warnings
 
+    # MLflow's dataset entity infers a schema cell by cell: minutes for list columns (arrays), so array
+    # data are identified by the digest tag and dataset/metadata.json alone.
+    frame = dataset.to_frame() if spec.log_dataset or not dataset.shapes else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a plain string is
-            ds = mlflow.data.from_pandas(frame, source=dataset.source.get("directory") or dataset.source.get("path")
-                                         or dataset.source.get("url") or dataset.source["kind"],
-                                         name=f"{spec.model}-{dataset.digest[:12]}")
-            mlflow.log_input(ds, context="training")
+        if dataset.shapes:
+            log.info("array data: no MLflow dataset entity (its schema inference is too slow for list columns)")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MLflow guesses what kind of "source" a plain string is
+                ds = mlflow.data.from_pandas(frame, source=dataset.source.get("directory")
+                                             or dataset.source.get("path") or dataset.source.get("url")
+                                             or dataset.source["kind"], name=f"{spec.model}-{dataset.digest[:12]}")
+                mlflow.log_input(ds, context="training")
     except Exception as exc:  # the dataset entity is a convenience; the digest and artifact are what count
         log.warning("mlflow.log_input failed: %s", exc)
     mlflow.log_dict({"digest": dataset.digest, "rows": len(dataset), "source": dataset.source,
                      "source_json": source, "filtered": dataset.filtered,
+                     "shapes": {k: list(v) for k, v in dataset.shapes.items()},
                      "split": {"train": [float(split.train.time[0]), float(split.train.time[-1])],
                                "test": [float(split.test.time[0]), float(split.test.time[-1])]}},
                     "dataset/metadata.json")
-    if spec.log_dataset:
+    if frame is not None and spec.log_dataset:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "data.parquet"
             frame.to_parquet(path, index=False)

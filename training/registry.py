@@ -87,7 +87,7 @@ def environment() -> dict[str, Any]:
     """Python, platform and every installed distribution's version (the full environment)."""
     packages = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if name:
             packages[name.lower()] = dist.version
     return {"python": platform.python_version(), "implementation": platform.python_implementation(),

@@ -29,8 +29,17 @@ import numpy as np
 import torch
 
 from training import registry
-from training.dataset import Normalisation, dataset_from_frame, time_split
+from training.dataset import (
+    ARRAY_GENERATOR,
+    Dataset,
+    Normalisation,
+    dataset_from_frame,
+    simulator_arrays,
+    time_split,
+)
+from training.layout import Layout
 from training.models import build_model
+from training.pipeline import normalise_split
 from training.spec import TrainSpec
 from training.trainer import predict, seed_everything, train
 
@@ -93,44 +102,47 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
         raise ReproduceError(f"run {run_id} is not an `mlioc train` run (no mlioc.dataset.digest tag)")
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: _download(client, run_id, name, tmp) for name in (
-            "spec.json", "normalisation.json", "dataset/metadata.json", "dataset/data.parquet",
+            "spec.json", "layout.json", "normalisation.json", "dataset/metadata.json", "dataset/data.parquet",
             "torch/init_state_dict.pt", "torch/state_dict.pt")}
         missing = [k for k in ("spec.json", "normalisation.json", "dataset/metadata.json", "torch/init_state_dict.pt",
                                "torch/state_dict.pt") if files[k] is None]
         if missing:
             raise ReproduceError(f"run {run_id} lacks artifact(s) {missing}")
-        spec = TrainSpec.from_dict(json.loads(files["spec.json"].read_text()))
-        meta = json.loads(files["dataset/metadata.json"].read_text())
-        norm_d = json.loads(files["normalisation.json"].read_text())
-        init_state = torch.load(files["torch/init_state_dict.pt"], weights_only=True)
-        original = torch.load(files["torch/state_dict.pt"], weights_only=True)
+        got = {k: v for k, v in files.items() if v is not None}
+        spec = TrainSpec.from_dict(json.loads(got["spec.json"].read_text()))
+        meta = json.loads(got["dataset/metadata.json"].read_text())
+        norm_d = json.loads(got["normalisation.json"].read_text())
+        init_state = torch.load(got["torch/init_state_dict.pt"], weights_only=True)
+        original = torch.load(got["torch/state_dict.pt"], weights_only=True)
+        # Runs from before arrays logged no layout: every signal a scalar, the inputs one [batch, N] tensor.
+        layout = (Layout.from_dict(json.loads(files["layout.json"].read_text())) if files["layout.json"] is not None
+                  else None)
         if files["dataset/data.parquet"] is not None:
-            dataset = dataset_from_frame(pd.read_parquet(files["dataset/data.parquet"]), meta["source"])
+            dataset = dataset_from_frame(pd.read_parquet(files["dataset/data.parquet"]), meta["source"],
+                                         meta.get("shapes"))
         elif meta["source"].get("kind") == "simulator":
-            dataset = _regenerate(meta["source"], run)
+            dataset = _regenerate(meta["source"], run, layout)
         else:
             raise ReproduceError(f"run {run_id} did not log its dataset (log_dataset: false) and its source "
                                  f"({meta['source'].get('kind')}) cannot be regenerated")
     if dataset.digest != digest:
         raise ReproduceError(f"dataset digest {dataset.digest[:16]} != the run's {digest[:16]}: the data changed")
     split = time_split(dataset, spec.split)
+    if layout is None:
+        layout = Layout.build(dataset.input_signals, dataset.output_signals, spec.kind)
     norm = Normalisation(*(np.asarray(norm_d[k]) for k in ("x_mean", "x_std", "y_mean", "y_std")))
-    arrays = {}
-    for name in ("train", "val", "test"):
-        part = getattr(split, name)
-        arrays[f"x_{name}"] = ((part.x - norm.x_mean) / norm.x_std).astype(np.float32)
-        arrays[f"y_{name}"] = ((part.y - norm.y_mean) / norm.y_std).astype(np.float32)
+    arrays = normalise_split(split, norm, layout)
 
     if reporter is not None:
         reporter.stage(f"retraining run {run_id} ({len(dataset)} rows, {spec.epochs} epochs, seed {spec.seed})")
     seed_everything(spec.seed)
-    net = build_model(spec, len(dataset.input_names), len(dataset.output_names))
+    net = build_model(spec, layout)
     net.load_state_dict(init_state)
     on_epoch = reporter.training(spec.epochs) if reporter is not None else None
     result = train(spec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
                    on_epoch=on_epoch)
 
-    orig_net = build_model(spec, len(dataset.input_names), len(dataset.output_names))
+    orig_net = build_model(spec, layout)
     orig_net.load_state_dict(original)
     orig_net.eval()
     pred_diff = float(np.abs(predict(result.net, arrays["x_test"]) - predict(orig_net, arrays["x_test"])).max())
@@ -155,10 +167,14 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None, reporter=None) ->
     return report
 
 
-def _regenerate(source: dict, run) -> object:
+def _regenerate(source: dict, run, layout: Layout | None) -> Dataset:
     from ioc.sim.physics import KNOBS, OBSERVABLES, generate_dataset
     from training.dataset import Dataset
 
+    if source.get("generator") == ARRAY_GENERATOR:
+        if layout is None:
+            raise ReproduceError("an array-generator run without its layout.json cannot be regenerated")
+        return simulator_arrays(source, layout)
     ins = tuple(json.loads(run.data.params["inputs"]))
     outs = tuple(json.loads(run.data.params["outputs"]))
     x_all, y_all = generate_dataset(int(source["samples"]), seed=int(source["seed"]), shift=float(source["shift"]))

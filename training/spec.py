@@ -20,7 +20,10 @@ import yaml
 from ioc.core.config import Config, ConfigError, ModelConfig
 from ioc.core.yamlcheck import Checker, line_index
 
-KINDS = ("regression", "autoencoder")
+KINDS = ("regression", "autoencoder", "cnn1d", "cnn2d")
+CONV_KINDS = ("cnn1d", "cnn2d")
+DECODERS = ("dense", "conv")
+NORMALISE = ("channel", "element")
 ACTIVATIONS = ("silu", "relu", "tanh", "gelu")
 WARM_STARTS = ("auto", "champion", "scratch")
 SOURCES = ("recorded", "simulator", "file", "archiver")
@@ -30,7 +33,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 _TRAINING = ("kind", "hidden", "bottleneck", "activation", "epochs", "batch_size", "lr", "weight_decay", "seed",
              "warm_start", "device", "experiment", "data", "filters", "split", "gate", "reproduce", "log_dataset",
-             "search")
+             "channels", "kernel", "stride", "decoder", "decoder_channels", "normalise", "search")
 _DATA = ("source", "path", "samples", "seed", "shift", "archiver")
 _ARCHIVER = ("url", "pvs", "start", "end", "max_age_s", "align_to")
 _FILTERS = ("start", "end", "max_severity", "status", "exclude", "max_skew_s")
@@ -112,6 +115,12 @@ class TrainSpec:
     hidden: tuple[int, ...] = (64, 64)
     bottleneck: int = 2  # autoencoder only
     activation: str = "silu"
+    channels: tuple[int, ...] = (8, 16)  # cnn1d / cnn2d: output channels of each convolution
+    kernel: int = 3  # cnn1d / cnn2d (and a conv decoder): odd kernel size
+    stride: int = 2  # each convolution downsamples (a conv decoder upsamples) by this factor
+    decoder: str = "dense"  # an array output from a dense layer, or from transposed convolutions ("conv")
+    decoder_channels: tuple[int, ...] = (16, 8)  # conv decoder: channels before each upsampling step
+    normalise: str = "channel"  # an array signal: one mean/std for all its elements, or one per element
     epochs: int = 200
     batch_size: int = 512
     lr: float = 3e-3
@@ -143,6 +152,9 @@ class TrainSpec:
         filters = dict(d.pop("filters"))
         filters["exclude"] = tuple(Exclusion(**e) for e in filters.get("exclude", ()))
         filters["status"] = tuple(filters.get("status", ()))
+        for key in ("channels", "decoder_channels"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(
             **{**d, "hidden": tuple(d["hidden"]),
                "split": SplitSpec(**d.get("split", {})),
@@ -192,6 +204,16 @@ class _SpecChecker:
             return default
         return s
 
+    def widths(self, value: Any, path, default: list[int], what: str) -> tuple[int, ...]:
+        """A non-empty list of positive integers (layer widths, channel counts)."""
+        if value is None:
+            return tuple(default)
+        if (not isinstance(value, list) or not value
+                or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in value)):
+            self.c.error(path, f"expected a non-empty list of positive {what}, got {value!r}")
+            return tuple(default)
+        return tuple(value)
+
     def fraction(self, value: Any, path, default: float) -> float:
         v = self.c.number(value, path, nonneg=True, default=default)
         if v is not None and v >= 1:
@@ -220,11 +242,9 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
     s = _SpecChecker(c)
     d = c.mapping(raw, path, _TRAINING)
     kind = s.choice(d.get("kind"), (*path, "kind"), KINDS, "regression")
-    hidden = d.get("hidden", [64, 64] if kind == "regression" else [32])
-    if (not isinstance(hidden, list) or not hidden
-            or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden)):
-        c.error((*path, "hidden"), f"expected a non-empty list of positive layer widths, got {hidden!r}")
-        hidden = [64, 64]
+    hidden = s.widths(d.get("hidden"), (*path, "hidden"), {"regression": [64, 64], "autoencoder": [32]}.get(kind, [64]),
+                      "layer widths")
+    network = _parse_architecture(model, d, kind, s, path)
 
     dd = c.mapping(d.get("data"), (*path, "data"), _DATA)
     default_source = "recorded" if model.record is not None else "file"
@@ -234,17 +254,17 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
         ap = (*path, "data", "archiver")
         ad = c.mapping(dd.get("archiver"), ap, _ARCHIVER, required=("url", "pvs"))
         pvs = ad.get("pvs") or {}
-        names = [i.name for i in model.inputs] + ([o.name for o in model.outputs] if kind == "regression" else [])
+        names = [i.name for i in model.inputs] + ([o.name for o in model.outputs] if kind != "autoencoder" else [])
         if not isinstance(pvs, dict):
             c.error((*ap, "pvs"), "expected a mapping signal name -> archived PV name")
             pvs = {}
         for n in names:
             if n not in pvs:
                 c.error((*ap, "pvs"), f"no archived PV for {n!r} (need one per input" +
-                        (" and output)" if kind == "regression" else ")"))
+                        (" and output)" if kind != "autoencoder" else ")"))
         for n in pvs:
             if n not in names:
-                c.error((*ap, "pvs", n), f"not an input{' or output' if kind == 'regression' else ''} of the model")
+                c.error((*ap, "pvs", n), f"not an input{' or output' if kind != 'autoencoder' else ''} of the model")
         arch = ArchiverSpec(
             url=c.string(ad.get("url"), (*ap, "url")),
             pvs={str(k): str(v) for k, v in pvs.items()},
@@ -322,7 +342,8 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
     return TrainSpec(
         model=model.name,
         kind=kind,
-        hidden=tuple(hidden),
+        hidden=hidden,
+        **network,
         bottleneck=c.number(d.get("bottleneck"), (*path, "bottleneck"), integer=True, positive=True, default=2),
         activation=s.choice(d.get("activation"), (*path, "activation"), ACTIVATIONS, "silu"),
         epochs=c.number(d.get("epochs"), (*path, "epochs"), integer=True, positive=True, default=200),
@@ -342,6 +363,49 @@ def parse_spec(model: ModelConfig, raw: Any, c: Checker, base: Path, path: tuple
     )
 
 
+def _shape(item) -> tuple[int, ...]:
+    return tuple(getattr(item, "shape", None) or ())
+
+
+def _parse_architecture(model: ModelConfig, d: dict, kind: str, s: _SpecChecker, path: tuple) -> dict[str, Any]:
+    """The array-model keys (``channels``, ``kernel``, ``stride``, ``decoder``, ``decoder_channels``,
+    ``normalise``), and whether the model's inputs/outputs suit the kind."""
+    c = s.c
+    conv = kind in CONV_KINDS
+    for key in ("channels", "kernel"):
+        if key in d and not conv and not (key == "kernel" and d.get("decoder") == "conv"):
+            c.error((*path, key), f"only for kind {' or '.join(CONV_KINDS)} (this model is {kind})")
+    channels = s.widths(d.get("channels"), (*path, "channels"), [8, 16], "channel counts")
+    kernel = c.number(d.get("kernel"), (*path, "kernel"), integer=True, positive=True, default=3)
+    if kernel is not None and kernel % 2 == 0:
+        c.error((*path, "kernel"), f"must be odd (the convolution keeps its input centred), got {kernel}")
+        kernel = 3
+    stride = c.number(d.get("stride"), (*path, "stride"), integer=True, positive=True, default=2)
+    decoder = s.choice(d.get("decoder"), (*path, "decoder"), DECODERS, "dense")
+    decoder_channels = s.widths(d.get("decoder_channels"), (*path, "decoder_channels"), [16, 8], "channel counts")
+    normalise = s.choice(d.get("normalise"), (*path, "normalise"), NORMALISE, "channel")
+    shapes = [(i.name, _shape(i)) for i in model.inputs]
+    have = ", ".join(f"{n} {list(sh) or 'scalar'}" for n, sh in shapes)
+    if kind in CONV_KINDS:
+        rank = 1 if kind == "cnn1d" else 2
+        what = "waveform input (shape: [n])" if rank == 1 else "image input (shape: [h, w])"
+        if len(shapes) != 1 or len(shapes[0][1]) != rank:
+            c.error((*path, "kind"), f"{kind} needs exactly one {what}; this model has {have}")
+    if kind == "autoencoder" and any(sh for _, sh in shapes):
+        c.error((*path, "kind"), f"autoencoder takes scalar inputs only; this model has {have}")
+    if decoder == "conv":
+        outs = [(o.name, _shape(o)) for o in model.outputs]
+        factor = stride ** len(decoder_channels)
+        if kind == "autoencoder" or len(outs) != 1 or not outs[0][1]:
+            c.error((*path, "decoder"), "conv needs exactly one array output (shape: [n] or [h, w]); this model has "
+                    + ", ".join(f"{n} {list(sh) or 'scalar'}" for n, sh in outs))
+        elif any(dim % factor for dim in outs[0][1]):
+            c.error((*path, "decoder"), f"output {outs[0][0]} {list(outs[0][1])}: each dimension must be divisible "
+                    f"by stride ** len(decoder_channels) = {factor} (change stride or decoder_channels)")
+    return {"channels": channels, "kernel": kernel or 3, "stride": stride or 2, "decoder": decoder,
+            "decoder_channels": decoder_channels, "normalise": normalise}
+
+
 # ----------------------------------------------------------------------------- hyperparameter search
 
 SAMPLERS = ("tpe", "random")
@@ -350,7 +414,7 @@ _SEARCH = ("trials", "study", "epochs", "sampler", "pruner", "space")
 _SAMPLER = ("type", "seed", "startup_trials")
 _PRUNER = ("type", "startup_trials", "warmup_epochs", "min_epochs", "reduction_factor")
 _RANGE = ("low", "high", "log", "step")
-# key -> (value type, what a value must be); conv_channels is for array models (convolutional layers).
+# key -> (value type, what a value must be); conv_channels: the ``channels`` of a cnn1d / cnn2d model.
 _SPACE: dict[str, tuple[str, str]] = {
     "lr": ("float", "positive"),
     "weight_decay": ("float", "nonneg"),
@@ -405,12 +469,6 @@ class SearchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _is_array_model(model: ModelConfig) -> bool:
-    """A model with an input of more than one element (a waveform): only those have convolutional layers."""
-    return any((getattr(i, "shape", None) or ()) not in ((), (1,)) or (getattr(i, "nelm", 1) or 1) > 1
-               for i in model.inputs)
 
 
 def _space_value(c: Checker, key: str, value: Any, path) -> Any:
@@ -557,9 +615,9 @@ def parse_search(raw: Any, spec: TrainSpec, model: ModelConfig, c: Checker, path
             param = _space_param(c, key, value, (*spp, key))
             if param is None:
                 continue
-            if key == "conv_channels" and not _is_array_model(model):
-                c.error((*spp, key), f"only for array models (convolution over a waveform input); model "
-                        f"{model.name}'s inputs are scalars")
+            if key == "conv_channels" and spec.kind not in CONV_KINDS:
+                c.error((*spp, key), f"only for array models with convolutions (kind {' or '.join(CONV_KINDS)}); "
+                        f"model {model.name} is a {spec.kind}")
                 continue
             space[key] = param
         if len(c.problems) == before and not any(p.searched for p in space.values()):

@@ -48,10 +48,16 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+def _chunk(x, elements: int = 1 << 22) -> int:
+    """Rows per forward pass: 65536 scalar rows, fewer images (about 16 MB of float32 input at a time)."""
+    return max(1, min(65536, elements // max(1, int(np.prod(x.shape[1:])))))
+
+
 @torch.no_grad()
-def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 65536) -> float:
+def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     if len(x) == 0:
         return float("nan")
+    chunk = _chunk(x)
     total = 0.0
     for i in range(0, len(x), chunk):
         total += torch.nn.functional.mse_loss(net(x[i:i + chunk]), y[i:i + chunk], reduction="sum").item()
@@ -100,5 +106,9 @@ def train(spec: TrainSpec, net: torch.nn.Sequential, x_train: np.ndarray, y_trai
 
 @torch.no_grad()
 def predict(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Normalised in -> normalised out, float32, on the CPU (what the ONNX graph computes)."""
-    return net(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    """Normalised in (the input tensor's shape) -> normalised out, float32, on the CPU (what the ONNX graph
+    computes)."""
+    t = torch.as_tensor(x, dtype=torch.float32)
+    chunk = _chunk(t)
+    return torch.cat([net(t[i:i + chunk]) for i in range(0, len(t), chunk)]).numpy() if len(t) else \
+        net(t).numpy()

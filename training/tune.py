@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -56,6 +56,7 @@ from optuna.trial import TrialState
 from ioc.core.config import Config
 from training import registry
 from training.dataset import Normalisation, build_dataset, time_split
+from training.layout import Layout
 from training.models import build_model as build_net
 from training.pipeline import normalise_split
 from training.spec import Param, SearchSpec, TrainSpec
@@ -226,6 +227,8 @@ def overrides(values: dict[str, Any], spec: TrainSpec, search: SearchSpec) -> di
     for key in ("lr", "weight_decay", "activation", "batch_size", "bottleneck"):
         if key in values:
             out[key] = values[key]
+    if "conv_channels" in values:
+        out["channels"] = list(values["conv_channels"])
     if "width" in values or "depth" in values:
         width = int(values.get("width", spec.hidden[0]))
         depth = int(values.get("depth", len(spec.hidden)))
@@ -238,7 +241,7 @@ def apply_overrides(spec: TrainSpec, ov: dict[str, Any]) -> TrainSpec:
     unknown = sorted(set(ov) - known)
     if unknown:
         raise TuneError(f"the trial sets {unknown}, which this version of the trainer does not know")
-    changes: dict[str, Any] = {k: (tuple(v) if k == "hidden" else v) for k, v in ov.items()}
+    changes: dict[str, Any] = {k: (tuple(v) if k in ("hidden", "channels") else v) for k, v in ov.items()}
     return dataclasses.replace(spec, **changes)
 
 
@@ -433,6 +436,17 @@ class TuneOutcome:
         return sum(1 for t in self.trials if t.state == state)
 
 
+class TuneProgress(Protocol):
+    """What :func:`tune` tells about its progress (the CLI's terminal lines implement it)."""
+
+    def stage(self, text: str) -> None: ...
+
+    def trial_started(self, number: int, params: dict[str, Any], worker: str) -> None: ...
+
+    def trial_finished(self, record: TrialRecord, done: int, target: int, pruned: int,
+                       best: TrialRecord | None) -> None: ...
+
+
 class TuneReporter:
     """Progress hooks; the CLI prints them, the default logs them."""
 
@@ -491,7 +505,7 @@ def _wait_for_attrs(study: optuna.Study, deadline_s: float = 30.0) -> None:
 
 
 def tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, options: TuneOptions,
-         reporter: TuneReporter | None = None, *, handle_signals: bool = True) -> TuneOutcome:
+         reporter: TuneProgress | None = None, *, handle_signals: bool = True) -> TuneOutcome:
     """Run (or join, or resume) the study; raises :class:`TuneError`, ``DatasetError`` or ``TrackingError``.
 
     With ``handle_signals`` (the CLI), SIGINT / SIGTERM stop the search cleanly: the outcome's
@@ -507,7 +521,7 @@ def tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, o
 
 
 def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, options: TuneOptions,
-          reporter: TuneReporter, interrupts: _Interrupts) -> TuneOutcome:
+          reporter: TuneProgress, interrupts: _Interrupts) -> TuneOutcome:
     from mlflow.entities import Metric
     from mlflow.entities import Param as MlflowParam
 
@@ -561,9 +575,9 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
         raise TuneError(f"study {name!r} was searched on dataset {existing.user_attrs[ATTR_DATASET][:16]}, this "
                         f"worker loaded {dataset.digest[:16]}: every worker (and a resumed search) must train on "
                         "the same data; pass --study NEW for new data")
-    norm = Normalisation.fit(split.train)
-    arrays = normalise_split(split, norm)
-    n_in, n_out = len(dataset.input_names), len(dataset.output_names)
+    norm = Normalisation.fit(split.train, per_element=spec.normalise == "element")
+    layout = Layout.from_model(model, spec.kind)
+    arrays = normalise_split(split, norm, layout)
 
     # 3. MLflow and the study with its parent run, found or created under the storage lock.
     with storage_lock(url):
@@ -632,7 +646,7 @@ def _tune(config: Config, model_name: str, spec: TrainSpec, search: SearchSpec, 
 
         try:
             seed_everything(tspec.seed)
-            net = build_net(tspec, n_in, n_out)
+            net = build_net(tspec, layout)
             with interrupts.allowed():
                 result = train(tspec, net, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
                                on_epoch=hook)

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from ioc.core.arrays import DTYPES, MAX_ELEMENTS, size_of
+from ioc.core.cron import CronError, parse_cron
+from ioc.core.promotion import MODES
 from ioc.core.yamlcheck import (
     NAME_PATTERN,
     PROTOCOLS,
@@ -194,6 +196,44 @@ class DriftConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AirflowConfig:
+    """Where ``mlioc watch`` hands runs to (``retrain.runner: airflow``): Airflow's REST API."""
+
+    url: str  # e.g. http://airflow:8080 (the API server)
+    dag_id: str = "mlioc_retrain"
+    user: str = ""
+    password_env: str = ""  # the name of the environment variable holding the password (never the password)
+    config_path: str = ""  # the config path as the Airflow workers see it ("" = this file's path)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainConfig:
+    """The continual-learning loop of a model (``retrain:``, docs/how-to/retraining-loop.md).
+
+    ``mlioc watch`` retrains on ``schedule`` (cron), when ``$(P)DRIFT`` has been MAJOR for
+    ``on_drift_s`` (None: never), or on an operator's ``$(P)RETRAIN``; one run at a time, ``cooldown_s``
+    between runs, a run killed after ``timeout_s``. Scheduled and operator runs train on the last
+    ``window_s`` of recordings; drift runs on the drift window plus ``history_s`` before it. Every
+    retrained version enters as the challenger; the promotion policy (:mod:`ioc.core.promotion`)
+    judges it on live data.
+    """
+
+    schedule: str | None = None  # cron expression (ioc.core.cron), local time; None: no scheduled runs
+    on_drift_s: float | None = None
+    cooldown_s: float = 3600.0
+    timeout_s: float = 3600.0
+    window_s: float = 86400.0
+    history_s: float = 600.0
+    promote: str = "manual"  # manual | auto
+    margin: float = 0.05
+    min_samples: int = 600
+    max_hours: float = 24.0
+    runner: str = "local"  # local | airflow
+    airflow: AirflowConfig | None = None
+    poll_s: float = 1.0  # how often the IOC and the watcher read requests/
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     prefix: str
@@ -213,6 +253,7 @@ class ModelConfig:
     # never needs it, and must not import training to check it).
     training: Any = field(default=None, hash=False, compare=False)
     drift: DriftConfig | None = None
+    retrain: RetrainConfig | None = None
 
     @property
     def has_arrays(self) -> bool:
@@ -270,6 +311,7 @@ class SimulatorConfig:
     seed: int = 0
     ca_port: int | None = None
     pva_port: int | None = None
+    image_hz: float | None = None  # the screen image's rate (None: rate_hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +345,9 @@ _ACCESS = ("acf", "control", "users", "hosts", "groups")
 _IOC = ("protocols", "ca_port", "pva_port", "pva_broadcast_port", "interfaces", "metrics_port",
         "stats_hz", "inference", "store_poll_s", "registry_poll_s", "state_dir")
 _INFERENCE = ("provider", "threads", "offload", "inline_budget_ms")
-_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port")
+_SIM = ("prefix", "rate_hz", "seed", "ca_port", "pva_port", "image_hz")
 _MODEL = ("name", "prefix", "description", "store", "store_template", "trigger", "inputs", "outputs", "record",
-          "training", "rollback_after_faults", "drift")
+          "training", "rollback_after_faults", "drift", "retrain")
 _RECORD = ("dir", "roll", "max_mb", "flush_s", "targets")
 ROLLS = ("daily", "hourly", "size")
 _INPUT = ("name", "source", "units", "description", "range", "max_age_s", "prec", "initial", "mdel", "adel", "shape",
@@ -402,6 +444,7 @@ def _parse_sim(c: Checker, raw: Any) -> SimulatorConfig | None:
         seed=c.number(d.get("seed"), (*path, "seed"), integer=True, nonneg=True, default=0),
         ca_port=_port(c, d.get("ca_port"), (*path, "ca_port")),
         pva_port=_port(c, d.get("pva_port"), (*path, "pva_port")),
+        image_hz=c.number(d.get("image_hz"), (*path, "image_hz"), positive=True),
     )
 
 
@@ -708,6 +751,7 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
             if out.truth is not None and not out.shape:
                 c.error((*path, "outputs", j, "truth"), "ground-truth errors of a model with array inputs/outputs "
                         "are not supported yet; remove 'truth'")
+    retrain = _parse_retrain(c, d.get("retrain"), (*path, "retrain"), d, drift, outputs)
     if not name or prefix is None:
         return None
     return ModelConfig(
@@ -724,6 +768,7 @@ def _parse_model(c: Checker, raw: Any, path: KeyPath, base: Path) -> ModelConfig
                                        integer=True, positive=True),
         drift=drift,
         store_template=template,
+        retrain=retrain,
     )
 
 
@@ -852,6 +897,70 @@ def _parse_drift(c: Checker, raw: Any, path: KeyPath, trigger: TriggerConfig, in
         error_window_s=windowed["error"][0],
         error_factors=windowed["error"][1],
         truth_tolerance_s=tolerance,
+    )
+
+
+_RETRAIN = ("schedule", "on_drift_s", "cooldown_s", "timeout_s", "window_s", "history_s", "promote", "margin",
+            "min_samples", "max_hours", "runner", "airflow", "poll_s")
+_AIRFLOW = ("url", "dag_id", "user", "password_env", "config_path")
+RETRAIN_RUNNERS = ("local", "airflow")
+
+
+def _parse_retrain(c: Checker, raw: Any, path: KeyPath, model: dict, drift: DriftConfig | None,
+                   outputs: list[OutputConfig]) -> RetrainConfig | None:
+    """The ``retrain:`` section (docs/reference/config.md): absent means no loop for this model."""
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, _RETRAIN)
+    schedule = c.string(d.get("schedule"), (*path, "schedule"), default="") or None
+    if schedule is not None:
+        try:
+            parse_cron(schedule)
+        except CronError as exc:
+            c.error((*path, "schedule"), f"not a cron expression: {exc}")
+    num = lambda key, default, **kw: c.number(d.get(key), (*path, key), default=default, **kw)  # noqa: E731
+    if "on_drift_s" in d and d["on_drift_s"] is not None and drift is None:
+        c.error((*path, "on_drift_s"), "needs a drift: section (it watches $(P)DRIFT)")
+    on_drift = num("on_drift_s", 600.0 if drift is not None and "on_drift_s" not in d else None, nonneg=True)
+    promote = c.string(d.get("promote"), (*path, "promote"), default="manual")
+    if promote not in MODES:
+        c.error((*path, "promote"), f"expected manual or auto, got {promote!r}")
+    if promote == "auto" and not any(o.truth is not None for o in outputs):
+        c.error((*path, "promote"), "auto needs a truth: PV on at least one output (live error decides)")
+    if not model.get("record"):
+        c.error(path, "needs a record: section (retraining learns from what the IOC recorded)")
+    runner = c.string(d.get("runner"), (*path, "runner"), default="local")
+    if runner not in RETRAIN_RUNNERS:
+        c.error((*path, "runner"), f"expected local or airflow, got {runner!r}")
+    airflow = None
+    if "airflow" in d or runner == "airflow":
+        ap = (*path, "airflow")
+        ad = c.mapping(d.get("airflow"), ap, _AIRFLOW, required=("url",))
+        url = c.string(ad.get("url"), (*ap, "url"))
+        if url and not url.startswith(("http://", "https://")):
+            c.error((*ap, "url"), f"expected an http(s) URL, got {url!r}")
+        airflow = AirflowConfig(url=url.rstrip("/"), dag_id=c.string(ad.get("dag_id"), (*ap, "dag_id"),
+                                                                     default="mlioc_retrain"),
+                                user=c.string(ad.get("user"), (*ap, "user")),
+                                password_env=c.string(ad.get("password_env"), (*ap, "password_env")),
+                                config_path=c.string(ad.get("config_path"), (*ap, "config_path")))
+    margin = num("margin", 0.05)
+    if margin is not None and not -1 < margin < 1:
+        c.error((*path, "margin"), f"a relative error reduction between -1 and 1, got {margin}")
+    return RetrainConfig(
+        schedule=schedule,
+        on_drift_s=on_drift,
+        cooldown_s=num("cooldown_s", 3600.0, nonneg=True),
+        timeout_s=num("timeout_s", 3600.0, positive=True),
+        window_s=num("window_s", 86400.0, positive=True),
+        history_s=num("history_s", 600.0, nonneg=True),
+        promote=promote if promote in MODES else "manual",
+        margin=margin if margin is not None else 0.05,
+        min_samples=num("min_samples", 600, integer=True, positive=True),
+        max_hours=num("max_hours", 24.0, positive=True),
+        runner=runner if runner in RETRAIN_RUNNERS else "local",
+        airflow=airflow,
+        poll_s=num("poll_s", 1.0, positive=True),
     )
 
 

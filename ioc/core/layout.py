@@ -15,6 +15,8 @@ from ioc.core.config import Config, InputConfig, LimitsConfig, ModelConfig, Outp
 from ioc.core.guards import STATE_CHOICES as ACTION_STATE_CHOICES
 from ioc.core.guards import STATE_SEVERITIES as ACTION_STATE_SEVERITIES
 from ioc.core.pvmodel import AlarmLimits, Kind, PVSpec, Severity
+from ioc.core.retrain_requests import STATE_CHOICES as RETRAIN_STATE_CHOICES
+from ioc.core.retrain_requests import STATE_SEVERITIES as RETRAIN_STATE_SEVERITIES
 from ioc.core.yamlcheck import MAX_PV_NAME, KeyPath
 
 CONTROL_ASG = "CONTROL"  # access security group of ENABLE / ROLLBACK / PROMOTE / RELOAD
@@ -142,6 +144,30 @@ class ModelNames:
 
     def rmse(self, output: str) -> str:
         return f"{self.prefix}RMSE:{output}"
+
+    # The continual-learning loop (docs/how-to/retraining-loop.md).
+    def challenger_mae(self, output: str) -> str:
+        return f"{self.prefix}CHALLENGER:MAE:{output}"
+
+    @property
+    def challenger_drift(self) -> str:
+        return f"{self.prefix}CHALLENGER:DRIFT"
+
+    @property
+    def promote_ready(self) -> str:
+        return f"{self.prefix}PROMOTE:READY"
+
+    @property
+    def retrain(self) -> str:
+        return f"{self.prefix}RETRAIN"
+
+    @property
+    def retrain_status(self) -> str:
+        return f"{self.prefix}RETRAIN:STATUS"
+
+    @property
+    def retrain_message(self) -> str:
+        return f"{self.prefix}RETRAIN:MESSAGE"
 
 
 def _alarm_limits(output: OutputConfig) -> AlarmLimits | None:
@@ -310,10 +336,41 @@ def model_pv_specs(model: ModelConfig) -> list[PVSpec]:
                      desc=f"mean |challenger - champion| {o.name}"[:40], egu=o.units, prec=o.prec + 1,
                      initial=math.nan) for o in model.outputs]
     specs += monitor_pv_specs(model)
+    specs += loop_pv_specs(model)
     if model.record is not None:
         specs.append(PVSpec(name=n.recorder, kind=Kind.MBBI, desc="recording of cycles to disk",
                             choices=("OK", "FAULT"), choice_severities=(Severity.NO_ALARM, Severity.MAJOR), initial=0))
     specs += action_pv_specs(model)
+    return specs
+
+
+# ----------------------------------------------------------------------------- the continual-learning loop
+
+READY_CHOICES = ("Not ready", "Ready")
+
+
+def loop_pv_specs(model: ModelConfig) -> list[PVSpec]:
+    """The challenger's live error beside the champion's (outputs with a truth), and, for a model
+    with a ``retrain:`` section, the retrain request / status PVs and the promotion verdict."""
+    n = ModelNames(model.prefix)
+    specs = [PVSpec(name=n.challenger_mae(o.name), kind=Kind.AI, desc=f"challenger MAE of {o.name} vs truth"[:40],
+                    egu=o.units, prec=o.prec, display=o.display, initial=math.nan)
+             for o in model.outputs if o.truth is not None]
+    if model.retrain is None:
+        return specs
+    if model.drift is not None:
+        drift = model.drift
+        specs.append(PVSpec(name=n.challenger_drift, kind=Kind.AI, desc="challenger's own input drift"[:40],
+                            egu=DRIFT_UNITS[drift.method], prec=3, display=DRIFT_DISPLAY[drift.method],
+                            alarm=limits_of(drift.limits), initial=math.nan))
+    specs += [
+        PVSpec(name=n.promote_ready, kind=Kind.MBBI, desc="challenger has earned PROMOTE", choices=READY_CHOICES,
+               choice_severities=(Severity.NO_ALARM, Severity.NO_ALARM), initial=0),
+        _action(n.retrain, "Retrain", "write 1: retrain now (mlioc watch)"),
+        PVSpec(name=n.retrain_status, kind=Kind.MBBI, desc="retraining: state", choices=RETRAIN_STATE_CHOICES,
+               choice_severities=RETRAIN_STATE_SEVERITIES, initial=0),
+        PVSpec(name=n.retrain_message, kind=Kind.STRINGIN, desc="retraining: last event", initial=""),
+    ]
     return specs
 
 

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger("mlioc.store")
 
@@ -141,7 +141,7 @@ class ModelStore:
         self.root = Path(root)
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.root)!r})"
@@ -285,14 +285,15 @@ class ModelStore:
         with self._thread_lock:
             if self._depth == 0:
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._lock_file = open(self.root / ".lock", "a+")  # noqa: SIM115 - held across the block
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+                lock_file = open(self.root / ".lock", "a+")  # noqa: SIM115 - held across the block
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+                self._lock_file = lock_file
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0:
+                if self._depth == 0 and self._lock_file is not None:
                     fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
                     self._lock_file.close()
                     self._lock_file = None

@@ -275,7 +275,29 @@ class ModelManager:
         self._event("reload-request", client=client, reason="RELOAD written")
         await self.sync(force=True, client=client)
 
-    async def _promote(self, client: ClientInfo) -> None:
+    async def promote(self, client: ClientInfo, reason: str) -> None:
+        """PROMOTE on behalf of a policy (``retrain.promote: auto``): the operator's code path, audited
+        the same way (the log, ``events.jsonl`` with ``client`` and ``reason``); PutRejected if refused."""
+        await self._promote(client, reason)
+
+    async def retire(self, client: ClientInfo, reason: str) -> None:
+        """Stop shadowing the challenger and clear its pointer (the promotion policy gave up on it)."""
+        async with self._lock:
+            version = self.challenger.version if self.challenger else None
+            if version is None:
+                self._refuse("retire", "no challenger to retire", client)
+            try:
+                await self.loop.run_in_executor(
+                    None, lambda: self.store.write_pointer("challenger", None, expect=version))
+            except (StoreError, OSError) as exc:
+                self._refuse("retire", str(exc), client)
+            self.runner.set_challenger(None)
+            self.challenger = None
+            log.warning("%s: challenger v%s retired by %s: %s", self.name, version, client, reason)
+            self.runner.note(f"challenger v{version} retired")
+            self._event("retire", from_version=version, client=client, reason=reason)
+
+    async def _promote(self, client: ClientInfo, reason: str = "PROMOTE written") -> None:
         async with self._lock:
             challenger = self.runner.challenger
             if challenger is None or self.challenger is None:
@@ -292,7 +314,7 @@ class ModelManager:
             self._serve(challenger, promoted, f"promoted v{challenger.version} by {client.user}@{client.host}")
             log.warning("%s: PROMOTE v%s -> champion (was v%s) by %s", self.name, challenger.version, old, client)
             self._event("promote", from_version=old, to_version=int(challenger.version), client=client,
-                        reason="PROMOTE written")
+                        reason=reason)
 
     async def _rollback(self, client: ClientInfo, reason: str = "ROLLBACK written") -> None:
         """Back from what is *served* (not what the pointer names: after a rejected push the pointer

@@ -202,6 +202,7 @@ class Recorder:
         # Told (from the writer thread) when recording starts failing (the error) and recovers (None).
         self.on_health: Callable[[str | None], None] | None = None
         self.files_closed: list[Path] = []
+        self._roll_waiters: list[threading.Event] = []  # roll(): set once the file in progress is closed
         self.schema = self._schema()
         self._stream_head = self._encode(None)  # the schema message every stream starts with
 
@@ -275,6 +276,15 @@ class Recorder:
         """Ask the writer thread to write what is buffered now (does not wait)."""
         self._wake.set()
 
+    def roll(self) -> threading.Event:
+        """Write what is buffered and close the file in progress now, so a reader (a retrain about to
+        learn from the newest cycles) sees every row so far; the returned event is set when done."""
+        done = threading.Event()
+        with self._lock:
+            self._roll_waiters.append(done)
+        self._wake.set()
+        return done
+
     def write_pending(self) -> None:
         """Write the buffered rows on the calling thread (a recorder that was never started)."""
         if self._thread is not None:
@@ -295,12 +305,25 @@ class Recorder:
                 self._failed(exc)
             else:
                 self._healthy()
+            self._roll_if_asked()
             if closing:
                 try:
                     self._roll()
                 except Exception as exc:  # the rows stay in the stream; the next start converts it
                     log.error("%s: converting the file in progress failed (%s)", self.model.name, exc)
                 return
+
+    def _roll_if_asked(self) -> None:
+        with self._lock:
+            waiters, self._roll_waiters = self._roll_waiters, []
+        if not waiters:
+            return
+        try:
+            self._close_file()
+        except Exception:
+            log.exception("%s: closing the recording file for a roll failed", self.model.name)
+        for done in waiters:
+            done.set()
 
     def _failed(self, exc: Exception) -> None:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"

@@ -57,7 +57,7 @@ class RegistryMirror:
         self.aliases = {"champion": m["alias"], "challenger": "challenger"}
         self.store = store
         self.tracking_uri = tracking_uri
-        self._client = None
+        self._client: Any = None  # an MlflowClient, created on first use (mlflow is imported lazily)
         self._unreachable = False
         self._mirrored: dict[str, int] = {}  # registry version -> local store version
         self._bad: dict[str, str] = {}  # registry version -> why it cannot be mirrored

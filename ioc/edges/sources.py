@@ -101,14 +101,13 @@ class _CaChannel:
     @classmethod
     def attach(cls, source: CaSource) -> _CaChannel:
         with CA_LOCK:
-            channel = cls.channels.get(source.ref.name)
-            new = channel is None
-            if new:
-                channel = cls.channels[source.ref.name] = cls(source.ref.name)
+            existing = cls.channels.get(source.ref.name)
+            new = existing is None
+            channel = cls.channels[source.ref.name] = cls(source.ref.name) if existing is None else existing
             channel.users.append(source)
             connected = channel.connected
         if new:
-            channel._create()
+            channel.create()
         elif connected:
             source.on_connected(channel.chid)
         return channel
@@ -127,7 +126,7 @@ class _CaChannel:
             self.generation += 1  # late callbacks of this channel are ignored
             self._clear()
 
-    def _create(self) -> None:
+    def create(self) -> None:
         ca = ca_client()
         self.generation += 1
         generation = self.generation
@@ -177,7 +176,7 @@ class _CaChannel:
         for source in users:
             source.drop_subscription()
         self._clear()
-        self._create()
+        self.create()
         self._schedule_renew()  # until it connects (the connection callback cancels it)
 
 
@@ -307,6 +306,7 @@ class PvaSource:
         self.connected = True
         BUDGET.take()
         try:
+            raw: Any
             if is_ntndarray(value):  # a camera frame: pixels, dimension, codec, ColorMode
                 raw = frame_from_ntndarray(value)
             else:

@@ -76,9 +76,38 @@ def _actions(model: ModelConfig, served: set[str]) -> str:
     else:
         lines.append(f"- If this started after a new version was loaded ({n.champion} changed), roll back to "
                      "the previous champion (model store: champion pointer).")
-    lines.append(f"- Then call the model's owner: it needs retraining on current data (mlioc train ... --model "
-                 f"{model.name}).")
+    if model.retrain is not None and n.retrain in served:
+        lines.append(f"- Retraining: caput {n.retrain} 1 asks mlioc watch to retrain {model.name} now on the recorded "
+                     f"data; {n.retrain_status} / {n.retrain_message} follow the run.")
+    else:
+        lines.append(f"- Then call the model's owner: it needs retraining on current data (mlioc train ... --model "
+                     f"{model.name}).")
     return "\n".join(lines)
+
+
+def _loop_guidance(model: ModelConfig) -> str:
+    """What the continual-learning loop will do about a drift alarm, and when a person must act."""
+    r = model.retrain
+    if r is None:
+        return ""
+    n = ModelNames(model.prefix)
+    auto = (f"after {n.drift} has been MAJOR for {r.on_drift_s:g} s mlioc watch retrains on the recorded drift "
+            f"window (plus {r.history_s:g} s before it)" if r.on_drift_s is not None
+            else "drift does not start a retrain by itself (retrain.on_drift_s is off)")
+    if r.promote == "auto":
+        promote = (f"The new version runs as the challenger ({n.challenger}); it is promoted automatically once it "
+                   f"beats the champion's live error by {r.margin:.0%} over {r.min_samples} cycles with truth "
+                   f"({n.challenger_mae('<out>')} vs {n.mae('<out>')}) and has no drift alarm of its own.")
+    else:
+        promote = (f"The new version runs as the challenger ({n.challenger}); when {n.promote_ready} says Ready "
+                   f"(it beats the champion's live error by {r.margin:.0%} over {r.min_samples} cycles), compare "
+                   f"{n.challenger_mae('<out>')} with {n.mae('<out>')} and promote it: caput {n.promote} 1. "
+                   "An operator must decide: nothing is promoted automatically.")
+    return (f"\nThe retraining loop: {auto}, at most one run at a time, {r.cooldown_s:g} s apart "
+            f"({n.retrain_status} shows REQUESTED/RUNNING/DONE/FAILED, {n.retrain_message} why). {promote} "
+            f"A challenger that has not earned promotion within {r.max_hours:g} h is retired. Act yourself when "
+            f"{n.retrain_status} is FAILED, when no challenger appears within {r.timeout_s:g} s of RUNNING, or "
+            "when the machine must not wait (disable or roll back as below).")
 
 
 def _model_component(root: ET.Element, model: ModelConfig, display_base: str) -> None:
@@ -111,7 +140,7 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
                       "point or a faulty/stuck readback all show here.\n"
                       f"3. If the machine really is somewhere the model was not trained for:\n{actions}\n"
                       "If the input's source is faulty, fix the source: the alarm clears by itself once the data "
-                      "are back in range."),
+                      "are back in range." + _loop_guidance(model)),
             display=screen)
         _pv(comp, n.drift_out, f"{model.name}: predictions drifted from training", delay=0, latching=True,
             guidance=("Prediction drift: what to do",
@@ -127,6 +156,15 @@ def _model_component(root: ET.Element, model: ModelConfig, display_base: str) ->
                           f"the inputs and their sources; {n.drift_worst} names the input furthest from training."
                           f"\n{actions}"),
                 display=screen)
+    if model.retrain is not None and n.retrain_status in served:
+        _pv(comp, n.retrain_status, f"{model.name}: retraining failed", delay=0, latching=False,
+            guidance=("Retraining failed: what to do",
+                      f"The last retraining run of {model.name} (mlioc watch) failed: {n.retrain_message} says why "
+                      "(the run's log is named in the model store's requests/status.json; the decision is in "
+                      "events.jsonl). The champion keeps serving. Fix the cause (no recorded data, the tracking "
+                      f"server down, the run timed out after {model.retrain.timeout_s:g} s), then caput "
+                      f"{n.retrain} 1 to try again."),
+            display=screen)
     _pv(comp, n.status, f"{model.name}: model not serving", delay=STATUS_DELAY_S, latching=False,
         guidance=("Model status: what to do",
                   f"{n.status}: DISABLED (someone wrote {n.enable} 0: see {n.message}), NO_MODEL (no valid version "

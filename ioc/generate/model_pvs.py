@@ -121,6 +121,39 @@ class ModelPVs:
     def challenger_output(self, output_name: str) -> PVSpec | None:
         return self.get(self.names.challenger_output(output_name))
 
+    # The continual-learning loop (docs/how-to/retraining-loop.md): None where the layout does not serve them.
+    def mae(self, output_name: str) -> PVSpec | None:
+        return self.get(self.names.mae(output_name))
+
+    def challenger_mae(self, output_name: str) -> PVSpec | None:
+        return self.get(self.names.challenger_mae(output_name))
+
+    @property
+    def retrain(self) -> PVSpec | None:
+        return self.get(self.names.retrain)
+
+    @property
+    def retrain_status(self) -> PVSpec | None:
+        return self.get(self.names.retrain_status)
+
+    @property
+    def retrain_message(self) -> PVSpec | None:
+        return self.get(self.names.retrain_message)
+
+    @property
+    def promote_ready(self) -> PVSpec | None:
+        return self.get(self.names.promote_ready)
+
+    @property
+    def challenger_drift(self) -> PVSpec | None:
+        return self.get(self.names.challenger_drift)
+
+    @property
+    def loop(self) -> list[PVSpec]:
+        """The retraining state PVs that exist (a model with a retrain: section)."""
+        return [s for s in (self.retrain_status, self.retrain_message, self.promote_ready, self.challenger_drift)
+                if s is not None]
+
     @property
     def input_drifts(self) -> list[tuple[InputConfig, PVSpec]]:
         return [(i, s) for i in self.model.inputs if (s := self.drift_of(i.name)) is not None]
@@ -132,8 +165,8 @@ class ModelPVs:
 
     @property
     def commands(self) -> list[PVSpec]:
-        """Write-1 command PVs that exist (ROLLBACK, PROMOTE, RELOAD)."""
-        return [s for s in (self.rollback, self.promote, self.reload) if s is not None]
+        """Write-1 command PVs that exist (ROLLBACK, PROMOTE, RELOAD, RETRAIN)."""
+        return [s for s in (self.rollback, self.promote, self.reload, self.retrain) if s is not None]
 
     @property
     def others(self) -> list[PVSpec]:
@@ -146,5 +179,8 @@ class ModelPVs:
         claimed += [s for s in (self.challenger, self.drift) if s is not None]
         claimed += [s for _, s in self.input_drifts]
         claimed += [s for o in self.model.outputs if (s := self.challenger_output(o.name)) is not None]
+        claimed += [s for o in self.model.outputs for s in (self.mae(o.name), self.challenger_mae(o.name))
+                    if s is not None]
+        claimed += self.loop
         self._claimed = {s.name for s in claimed}
 

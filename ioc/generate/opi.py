@@ -283,6 +283,11 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
         _label(g, text, x, gy, w, bold=True)
     if shadow:
         _label(g, "Challenger", 520, gy, 130, bold=True)
+    # live error against the measured truth, champion and challenger side by side (the promotion policy's data)
+    errors = {o.name: (m, pvs.challenger_mae(o.name)) for o, _ in outputs if (m := pvs.mae(o.name)) is not None}
+    if errors:
+        _label(g, "MAE champion", 660, gy, 130, bold=True)
+        _label(g, "MAE challenger", 795, gy, 130, bold=True)
     for out, spec in outputs:
         gy += ROW
         _label(g, out.name, 5, gy, 110, tooltip=spec.desc)
@@ -290,6 +295,11 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
         _label(g, _limits_text(spec), 260, gy, 250)
         if out.name in shadow:
             _value(g, s, shadow[out.name], 520, gy, 130)
+        champion_mae, challenger_mae = errors.get(out.name, (None, None))
+        if champion_mae is not None:
+            _value(g, s, champion_mae, 660, gy, 125)
+        if challenger_mae is not None:
+            _value(g, s, challenger_mae, 795, gy, 125)
     y += _group_height(len(outputs) + 1) + MARGIN
 
     # --- inference statistics and state | versions and provenance
@@ -335,6 +345,7 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
         _command(g, s, spec, text, x, gy - 2, 100, confirm)
         x += 108
     y += _group_height(5) + MARGIN
+    y = _retraining(d, s, pvs, y, inner)
 
     # --- every further PV of the layout (e.g. ANOMALY): shown until a screen gives it a place
     others = pvs.others
@@ -354,6 +365,39 @@ def expert(pvs: ModelPVs, protocol: str, store_text: str, trigger_text: str) -> 
           actions=actions(open_display(TOP, "All models")), text="All models...")
     d.resize(WIDTH, y + 30 + MARGIN)
     return d
+
+
+def _retraining(d: Display, s: Screen, pvs: ModelPVs, y: int, inner: int) -> int:
+    """The continual-learning loop (a model with ``retrain:``): what the watcher is doing, whether the
+    challenger has earned promotion, and the RETRAIN / PROMOTE buttons. Returns the next free y."""
+    if pvs.retrain_status is None or pvs.retrain_message is None:
+        return y
+    model = pvs.model
+    g = d.group("Retraining", MARGIN, y, inner, _group_height(3))
+    gy = GROUP_TOP
+    _label(g, "Retrain", 5, gy, 110, bold=True, tooltip=pvs.retrain_status.desc)
+    _value(g, s, pvs.retrain_status, 120, gy, 130, name="RETRAIN_STATUS")
+    _value(g, s, pvs.retrain_message, 260, gy, 390, name="RETRAIN_MESSAGE")
+    if pvs.retrain is not None:
+        _command(g, s, pvs.retrain, "Retrain", 660, gy - 2, 120, f"Retrain {model.name} now (mlioc watch)?")
+    gy += ROW
+    if pvs.promote_ready is not None:
+        _label(g, "Challenger", 5, gy, 110, bold=True, tooltip=pvs.promote_ready.desc)
+        _value(g, s, pvs.promote_ready, 120, gy, 130, name="PROMOTE_READY")
+    if pvs.challenger_drift is not None:
+        _label(g, "its own drift", 260, gy, 100, fine=True)
+        _bar(g, s, pvs.challenger_drift, 360, gy + 2, 150)
+    if pvs.promote is not None:
+        _command(g, s, pvs.promote, "Promote", 660, gy - 2, 120, f"Make the challenger of {model.name} the champion?")
+    gy += ROW
+    policy = model.retrain
+    if policy is not None:
+        schedule = f"nightly retrain (cron '{policy.schedule}')" if policy.schedule else "no scheduled retrain"
+        drift = f", after DRIFT MAJOR {policy.on_drift_s:g} s" if policy.on_drift_s is not None else ""
+        text = (f"promote: {policy.promote} (margin {policy.margin:+.0%} over {policy.min_samples} samples); "
+                f"{schedule}{drift}")
+        _label(g, text, 5, gy, inner - 20, fine=True)
+    return y + _group_height(3) + MARGIN
 
 
 # ---------------------------------------------------------------------------- top level

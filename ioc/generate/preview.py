@@ -36,7 +36,7 @@ def _color(el: ET.Element, tag: str, default: tuple[int, int, int]) -> tuple[int
     return int(c.get("red", 0)), int(c.get("green", 0)), int(c.get("blue", 0))
 
 
-def _font(el: ET.Element, default: float = 14.0) -> ImageFont.FreeTypeFont:
+def _font(el: ET.Element, default: float = 14.0) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     f = el.find("font/font")
     size = float(f.get("size", default)) if f is not None else default
     return ImageFont.load_default(size=size)

@@ -80,6 +80,25 @@ class TruthBuffer:
         self.read = start + len(rows)
         return rows
 
+    def sink(self):
+        """A source sink (``sink(value, severity, timestamp, connected)``) filling this buffer.
+
+        Runs on the CA/PVA client thread: it filters and converts there, off the loop.
+        """
+
+        def sink(value: Any, severity: Severity, timestamp: float, connected: bool) -> None:
+            self.connected = bool(connected)
+            if not connected or value is None or severity >= Severity.INVALID:
+                return
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                return
+            if math.isfinite(v):
+                self.append(float(timestamp), v)
+
+        return sink
+
 
 
 def _limits(config: LimitsConfig | None, cal: Calibration) -> AlarmLimits:
@@ -167,24 +186,8 @@ class ModelMonitor:
         self._invalidate(self.mae_pvs + self.rmse_pvs, "no truth yet", now)
 
     def truth_sink(self, index: int):
-        """A source sink for the truth PV of the ``index``-th monitored output.
-
-        Runs on the CA/PVA client thread: it filters and converts there, off the loop.
-        """
-        buffer = self.truth[index]
-
-        def sink(value: Any, severity: Severity, timestamp: float, connected: bool) -> None:
-            buffer.connected = bool(connected)
-            if not connected or value is None or severity >= Severity.INVALID:
-                return
-            try:
-                v = float(value)
-            except (TypeError, ValueError):
-                return
-            if math.isfinite(v):
-                buffer.append(float(timestamp), v)
-
-        return sink
+        """A source sink for the truth PV of the ``index``-th monitored output (client thread)."""
+        return self.truth[index].sink()
 
     def _drift_pvs(self) -> list[PV]:
         return [pv for pv in (self.drift_pv, *self.input_pvs, self.out_pv) if pv is not None]

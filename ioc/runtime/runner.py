@@ -78,6 +78,8 @@ class CycleStats:
 
 CycleListener = Callable[[CycleRecord], None]
 ModelListener = Callable[["LoadedModel | None"], None]  # the model served from the next cycle on
+# (snapshot timestamp, challenger outputs, challenger version): each successful shadow prediction.
+ChallengerListener = Callable[[float, np.ndarray, str], None]
 
 
 def input_key(update: tuple) -> tuple:
@@ -190,6 +192,7 @@ class ModelRunner:
         self.run_on_input_change = False  # set by the model's trigger (ioc.runtime.triggers): on_change
         self.cycle_listeners: list[CycleListener] = []
         self.model_listeners: list[ModelListener] = []  # drift monitors, metrics, ... follow the model
+        self.challenger_listeners: list[ChallengerListener] = []  # the challenger's live error
         self.consecutive_faults = 0
         self._crash_text = ""  # the last cycle crash logged with its traceback
         self.on_fault_streak: Callable[[int, str], None] | None = None  # (faults in a row, last error)
@@ -661,6 +664,11 @@ class ModelRunner:
         else:  # an array output's MAD: over its elements too
             self._mad.add([float(np.mean(np.abs(np.asarray(a, dtype=np.float64) - b)))
                            for a, b in zip(values, champion_values, strict=True)])
+        for listener in self.challenger_listeners:
+            try:
+                listener(ts, result, version)
+            except Exception:  # a broken listener must not stop the shadow run
+                log.exception("%s: challenger listener %r failed", self.config.name, listener)
 
     def _set_status(self, status: ModelStatus, message: str, now: float) -> None:
         if status is not self.status:

@@ -126,10 +126,12 @@ class Machine:
     knob_drift: dict[str, float] = field(default_factory=lambda: {k.name: 0.0 for k in KNOBS})  # one knob's
     rng: np.random.Generator = field(init=False)
     state: np.ndarray = field(init=False)
+    actual: np.ndarray = field(init=False)  # the knobs' true values (the screen image is made from them)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
         self.state = np.array([k.nominal for k in KNOBS])
+        self.actual = self.state.copy()
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """Advance one update period; return (knob readbacks, measured observables)."""
@@ -141,7 +143,7 @@ class Machine:
         self.state = centres + (self.state - centres) * a + stds * noise_scale * self.rng.standard_normal(len(KNOBS))
         lo = np.array([k.range[0] for k in KNOBS])
         hi = np.array([k.range[1] for k in KNOBS])
-        actual = np.clip(self.state, lo, hi)
+        actual = self.actual = np.clip(self.state, lo, hi)
         readback = actual + READBACK_NOISE * stds * self.rng.standard_normal(len(KNOBS))
         observed = beam(*actual) * (1.0 + MEASUREMENT_NOISE * self.rng.standard_normal(len(OBSERVABLES)))
         return readback, observed

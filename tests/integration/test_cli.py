@@ -67,6 +67,7 @@ def test_pvs_lists_every_served_pv():
         assert expected in names
     sim = mlioc("pvs", "--sim", str(DEMO)).stdout.split()
     assert {"SIM:Q1:I", "SIM:Q1:I_SP", "SIM:SIGMA:X", "SIM:DRIFT", "SIM:FAULT"} <= set(sim)
+    assert {"SIM:ORBIT:X", "SIM:BPM32:X", "SIM:COR4:I_SP", "SIM:CAM:IMAGE", "SIM:PROFILE:X"} <= set(sim)  # arrays
 
 
 def test_serve_refuses_a_bad_config(tmp_path):

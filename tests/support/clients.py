@@ -152,6 +152,18 @@ class PvaClient:
         self._subs.append(self.ctx.monitor(name, cb))
         return mon
 
+    def monitor_raw(self, name: str) -> Monitor:
+        """Updates whose ``value`` is the whole structure (an NTNDArray's dimension, uniqueId, attributes ...)."""
+        mon = Monitor(name)
+
+        def cb(v):
+            if not isinstance(v, Exception):
+                mon.add(Update(v, v["alarm.severity"], v["alarm.status"],
+                               v["timeStamp.secondsPastEpoch"] + v["timeStamp.nanoseconds"] * 1e-9))
+
+        self._subs.append(self.ctx.monitor(name, cb))
+        return mon
+
     def close(self) -> None:
         for s in self._subs:
             s.close()

@@ -74,8 +74,8 @@ def linear_config(tmp_path: Path, prefix: str, name: str = "lin") -> Path:
 
 
 def demo_like_config(tmp_path: Path, prefix: str) -> Path:
-    """config/demo.yaml with its own PV prefix, a copy of the shipped store, no recorder (nothing is
-    written into the checkout)."""
+    """config/demo.yaml with its own PV prefix, a copy of the shipped store, recording into ``tmp_path``
+    (nothing is written into the checkout)."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -86,7 +86,8 @@ def demo_like_config(tmp_path: Path, prefix: str) -> Path:
         model["prefix"] = f"{prefix}{model['name'].upper()}:"
         model["store"] = demo_store_copy(tmp_path)
         model.pop("store_template", None)
-        model.pop("record", None)
+        if "record" in model:
+            model["record"]["dir"] = str(tmp_path / f"rec-{model['name']}")
         model.pop("training", None)
         for inp in model["inputs"]:
             if "source" in inp:

@@ -119,7 +119,7 @@ def test_no_search_section_is_named(tmp_path):
     ("search:\n  space:\n    lr: {high: 0.1}\n", f"{SPACE_PATH}.lr: missing required key 'low'"),
     ("search:\n  space:\n    bottleneck: [1, 2]\n", f"{SPACE_PATH}.bottleneck: only for autoencoder models"),
     ("search:\n  space:\n    conv_channels: [[8, 16], [16, 32]]\n",
-     f"{SPACE_PATH}.conv_channels: only for array models"),
+     f"{SPACE_PATH}.conv_channels: only for array models with convolutions (kind cnn1d or cnn2d)"),
     ("search:\n  space:\n    conv_channels: [8, 16]\n", f"{SPACE_PATH}.conv_channels: expected a list of choices"),
     ("search:\n  space:\n    conv_channels: [[8, 0]]\n", f"{SPACE_PATH}.conv_channels[0]: expected a list of channel"),
     ("search:\n  trials: 0\n  space: {width: [8, 16]}\n", "models[0].training.search.trials: must be > 0"),
@@ -204,3 +204,14 @@ def test_trials_are_seeded_by_number_so_workers_do_not_repeat_each_other(tmp_pat
     first, again = draws(4), draws(4)
     assert first == again  # one worker: reproducible
     assert len({(d["lr"], d["width"]) for d in first}) == 4  # trial numbers draw differently
+
+
+def test_conv_channels_are_searched_for_a_cnn(tmp_path):
+    text = BASE.replace("KIND", "cnn1d").replace("      - {name: q1, units: A}\n      - {name: q2, units: A}\n",
+                                                 "      - {name: w, units: mm, shape: [16]}\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(text + textwrap.indent("search:\n  space:\n    conv_channels: [[4, 8], [8, 16]]\n", " " * 6))
+    spec, search = load_search(load_config(path), "beam")
+    assert search.space["conv_channels"].choices == ((4, 8), (8, 16))
+    ov = overrides({"conv_channels": (8, 16)}, spec, search)
+    assert ov["channels"] == [8, 16] and apply_overrides(spec, ov).channels == (8, 16)

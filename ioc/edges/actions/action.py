@@ -70,6 +70,7 @@ class Action:
         self.index = index  # where the output sits in the flat output vector (CycleRecord.outputs)
         self.output = output
         self.name = output.name
+        assert output.action is not None, f"{output.name} has no action"
         self.config: ActionConfig = output.action
         cfg = self.config
         self.limits = Limits(cfg.min, cfg.max, cfg.max_step, cfg.max_rate_hz, cfg.deadband,
@@ -125,7 +126,7 @@ class Action:
         source = make_source(cfg.target, target_feed.push)
         source.start()
         self._sources.append(source)
-        if self.separate_readback:
+        if self.separate_readback and cfg.readback is not None:
             readback_feed = Feed(loop, self._on_readback)
             source = make_source(cfg.readback, readback_feed.push)
             source.start()
@@ -228,14 +229,15 @@ class Action:
         if self._check_handle is not None:
             self._check_handle.cancel()
             self._check_handle = None
+        problem: str | None
         if isinstance(result, str):
             problem = result
         elif result.writable is False:
             problem = f"{self.config.target.name} is not writable (access rights)"
         else:
             problem = check_target_limits(self.config.min, self.config.max, result.low, result.high)
-        if problem is not None:
-            self._refuse(problem)
+        if problem is not None or isinstance(result, str):
+            self._refuse(problem or str(result))
             return
         # The answer proves the connection (a monitor may not have delivered its first update yet).
         self.target_connected = True
@@ -301,7 +303,7 @@ class Action:
         verdict = evaluate(g, self.limits)
         self.decisions[verdict.state] = self.decisions.get(verdict.state, 0) + 1
         self._audit_hold(verdict, value, record.version)
-        if verdict.passes:
+        if verdict.passes and value is not None:  # a passing verdict always has a finite value
             self._act(verdict, value, record)
         else:
             self._set_state(verdict.state, verdict.detail)
@@ -399,7 +401,7 @@ class Action:
             self._settle_handle = None
         if result is SettleResult.FAILED:
             cfg = self.config
-            where = cfg.readback.name if self.separate_readback else cfg.target.name
+            where = cfg.readback.name if self.separate_readback and cfg.readback is not None else cfg.target.name
             reason = (f"{self.name}: readback {where}={_fmt(readback)} not within {cfg.tolerance:g} of "
                       f"{settle.setpoint:.6g} after {cfg.settle_s:g} s")
             log.error("%s: %s", self.label, reason)

@@ -60,6 +60,8 @@ class AuditLog:
                 self._pool.submit(self._append, b"".join(lines))
 
     def _append(self, data: bytes) -> None:
+        if self.path is None:
+            return
         try:
             append_line(self.path, data)
         except OSError as exc:
