@@ -292,13 +292,21 @@ class Counters:
             pv.disconnect()
 
 
+_COUNT_PVS: dict = {}
+
+
 def read_count(name: str) -> tuple[float, float]:
     """(COUNT, its time stamp): COUNT is posted at stats_hz stamped with the moment it was counted."""
     import epics
 
-    got = epics.caget(name, timeout=5, use_monitor=False, form="time", as_numpy=False)
-    pv = epics.get_pv(name)
-    return float(got), float(pv.timestamp)
+    pv = _COUNT_PVS.get(name)
+    if pv is None:
+        pv = _COUNT_PVS[name] = epics.PV(name, auto_monitor=False)
+        pv.wait_for_connection(10)
+    got = pv.get_with_metadata(use_monitor=False, form="time", timeout=5)
+    if got is None:
+        raise RuntimeError(f"cannot read {name}")
+    return float(got["value"]), float(got["timestamp"])
 
 
 # --------------------------------------------------------------------------------------------- configs

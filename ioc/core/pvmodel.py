@@ -598,7 +598,7 @@ class PVDatabase:
         except PutRejected as exc:
             _audit(name, old, value, client, str(exc))
             raise
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             return _audited(result, name, old, coerced, client, spec.audit)
         if spec.audit:
             _audit(name, old, coerced, client)

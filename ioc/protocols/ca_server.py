@@ -60,6 +60,7 @@ FTYPE_CHOICES = ("STRING", "CHAR", "UCHAR", "SHORT", "USHORT", "LONG", "ULONG", 
                  "ENUM")
 _NATIVE_OF_FTVL = {"DOUBLE": wire.DOUBLE, "FLOAT": wire.FLOAT, "LONG": wire.LONG}
 _CHANGED = int(Event.VALUE | Event.LOG)  # what a field's change posts
+_ONE_NUMBER = frozenset((wire.SHORT, wire.FLOAT, wire.ENUM, wire.LONG, wire.DOUBLE))
 _MAX_INT = (1 << 31) - 1
 
 
@@ -308,11 +309,14 @@ class _Record:
         return rights
 
     def write(self, dbr_type: int, count: int, payload: bytes, peer: Peer) -> Awaitable[Any] | None:
-        values = wire.decode(dbr_type, count, payload)
-        if dbr_type in (wire.PUT_ACKT, wire.PUT_ACKS):
-            self._acknowledge(dbr_type, int(values[0]), peer)
-            return None
-        value = self._put_value(values, dbr_type)
+        if count == 1 and dbr_type in _ONE_NUMBER and not self.array:
+            value = wire.decode_number(dbr_type, payload)
+        else:
+            values = wire.decode(dbr_type, count, payload)
+            if dbr_type in (wire.PUT_ACKT, wire.PUT_ACKS):
+                self._acknowledge(dbr_type, int(values[0]), peer)
+                return None
+            value = self._put_value(values, dbr_type)
         client = ClientInfo(user=peer.user, host=peer.host, protocol="ca", address=f"{peer.host}:{peer.port}")
         name = self.pv.name
         try:

@@ -293,7 +293,7 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ inputs
 
-    def update_input(self, index: int, value: Any, severity: Severity, timestamp: float,
+    def update_input(self, index: int, value: Any, severity: int, timestamp: float,
                      connected: bool = True, element: int | None = None) -> None:
         """A new value (or a disconnect) for input ``index`` (``element`` of a gathered vector), then
         whatever the trigger says; on the loop."""
@@ -358,7 +358,7 @@ class ModelRunner:
 
     def _input_put_handler(self, index: int):
         def handler(pv: PV, value: float, client: ClientInfo) -> None:
-            self.update_input(index, value, Severity.NO_ALARM, self.clock())
+            self.update_input(index, value, 0, self.clock())  # NO_ALARM (a plain int on the hot path)
 
         return handler
 

@@ -428,6 +428,18 @@ class BadPut(Exception):
         self.status = status
 
 
+_ONE_NUMBER = {SHORT: struct.Struct(">h"), FLOAT: struct.Struct(">f"), ENUM: struct.Struct(">H"),
+               LONG: struct.Struct(">i"), DOUBLE: struct.Struct(">d")}
+
+
+def decode_number(dbr_type: int, payload: bytes) -> float | int:
+    """The one number of a scalar put of a numeric type (the hot path: no array in between)."""
+    unpack = _ONE_NUMBER[dbr_type]
+    if len(payload) < unpack.size:
+        raise BadPut(ECA_BADCOUNT, f"1 element of DBR type {dbr_type} in {len(payload)} bytes")
+    return unpack.unpack_from(payload)[0]
+
+
 def decode(dbr_type: int, count: int, payload: bytes) -> list[str] | np.ndarray:
     """The elements of a WRITE / WRITE_NOTIFY payload: a list of str for DBR_STRING, else a numpy array
     (big-endian, read-only view of the payload: copy it before keeping it)."""
