@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,21 @@ def read_raw(path: Path) -> collections.Counter:
     return shares
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (the main thread is "main"; pvxs, libca and worker threads by name)."""
+    out: collections.Counter = collections.Counter()
+    tck = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = "main" if task.name == str(pid) else stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name.rstrip("0123456789-")] += (int(fields[11]) + int(fields[12])) / tck
+    return dict(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", choices=("ca-put", "pva-put", "mirrored", "scan"), default="ca-put")
@@ -146,9 +162,9 @@ def main() -> int:
         time.sleep(1.0)  # warm: the first puts are not what a steady state looks like
         # CPU per cycle without the sampler attached, then the sampled window.
         # COUNT is posted at stats_hz, stamped when counted: cycles/s from its stamps, CPU/s from the wall clock.
-        c0, w0, (n0, s0) = cpu_seconds(pid), time.monotonic(), read_count("PRF:COUNT")
+        t0, c0, w0, (n0, s0) = thread_cpu(pid), cpu_seconds(pid), time.monotonic(), read_count("PRF:COUNT")
         time.sleep(args.seconds / 2)
-        c1, w1, (n1, s1) = cpu_seconds(pid), time.monotonic(), read_count("PRF:COUNT")
+        t1, c1, w1, (n1, s1) = thread_cpu(pid), cpu_seconds(pid), time.monotonic(), read_count("PRF:COUNT")
         raw = Path(args.out) if args.out else tmp / "profile.txt"
         cmd = [pyspy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate",
                str(args.sample_rate), "--format", "raw", "--gil", "--nonblocking", "--output", str(raw)]
@@ -174,10 +190,14 @@ def main() -> int:
         if shares.get(step):
             print(f"| {step} | {100 * shares[step] / total:.1f} % |")
     rate = (n1 - n0) / (s1 - s0) if s1 > s0 else float("nan")
-    cpu = (c1 - c0) / (w1 - w0)
+    wall = w1 - w0
+    cpu = (c1 - c0) / wall
     busy = 100 * total / (args.seconds * args.sample_rate)
     print(f"\nIOC process CPU {1e6 * cpu / rate:.0f} us per cycle, not sampled ({rate:.0f} cycles/s, "
           f"{100 * cpu:.0f} % of a core); the main thread held the GIL in {busy:.0f} % of the sampled window")
+    per_thread = sorted(((t1.get(k, 0.0) - t0.get(k, 0.0)) / wall / rate * 1e6, k) for k in t1)
+    print("CPU us per cycle by thread: " + ", ".join(f"{name} {us:.0f}" for us, name in reversed(per_thread)
+                                                    if us >= 1))
     return 0
 
 
