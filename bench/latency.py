@@ -313,7 +313,8 @@ def read_count(name: str) -> tuple[float, float]:
 
 def linear_config(tmp: Path, prefix: str, store: Path, trigger: str, sources: dict[str, str] | None = None,
                   n_models: int = 1, n_inputs: int = 2, mdel: float = 0.0) -> Path:
-    lines = ["ioc: {protocols: [ca, pva], metrics_port: 0, stats_hz: 2}", "models:"]
+    state = tmp / f"{prefix.strip(':')}-state"  # one IOC per state directory (several run side by side)
+    lines = [f"ioc: {{protocols: [ca, pva], metrics_port: 0, stats_hz: 2, state_dir: {state}}}", "models:"]
     for m in range(n_models):
         p = f"{prefix}M{m}:" if n_models > 1 else prefix
         lines += [f"  - name: m{m}", f'    prefix: "{p}"', f"    store: {store}", f"    trigger: {trigger}",
