@@ -353,6 +353,7 @@ def demo_config(tmp: Path, scan_hz: float | None, metrics: bool = True) -> Path:
     model["record"]["dir"] = str(tmp / "record")
     if scan_hz is not None:
         model["trigger"] = {"scan_hz": scan_hz}
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "demo.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -39,6 +39,9 @@ import numpy as np
 from ioc.core.drift import Binning, Reference, score_chunks
 
 CALIBRATION_CHUNKS = 400
+# Simulated samples per batch of chunks: bounds calibration's memory (~2 MB per array) whatever the window;
+# one batch of 400 chunks of a 60 s window at 200 Hz would be 150 MB per array, several at once.
+CALIBRATION_BATCH = 250_000
 CALIBRATION_SEED = 20261124
 HYST_IN_NULL_STD = 0.5
 
@@ -97,15 +100,21 @@ def reference_chunks(refs: Sequence[Reference], chunks: int, window: int, phi: f
 
 def calibrate(refs: Sequence[Reference], *, method: str, window: int, bins: int, phi: float,
               k_minor: float, k_major: float, chunks: int = CALIBRATION_CHUNKS,
-              seed: int = CALIBRATION_SEED) -> Calibration:
+              seed: int = CALIBRATION_SEED, batch: int = CALIBRATION_BATCH) -> Calibration:
     """HIGH/HIHI/HYST for the maximum score over ``refs`` from simulated no-drift windows.
 
     Deterministic for a given reference and seed, so a restarted IOC serves the same limits.
     """
     rng = np.random.default_rng(seed)
     binning = Binning.build(refs, bins)
-    x = reference_chunks(refs, chunks, window, phi, rng)
-    overall = score_chunks(binning, x, method).max(axis=1)
+    # In batches of chunks: the generator fills arrays in C order, so drawing (n1, w, d) then (n2, w, d) gives
+    # the same numbers as one (n1 + n2, w, d), and the limits do not depend on the batch size.
+    per_batch = max(1, batch // max(1, window * len(refs)))
+    scores = []
+    for start in range(0, chunks, per_batch):
+        x = reference_chunks(refs, min(per_batch, chunks - start), window, phi, rng)
+        scores.append(score_chunks(binning, x, method).max(axis=1))
+    overall = np.concatenate(scores)
     mean, std = float(overall.mean()), float(overall.std(ddof=1))
     return Calibration(mean=mean, std=std, high=mean + k_minor * std, hihi=mean + k_major * std,
                        hyst=HYST_IN_NULL_STD * std, chunks=chunks, n_eff=effective_samples(window, phi))
