@@ -67,7 +67,10 @@ async def _client(argv: list[str], port: int, *, interrupt_after: str | None = N
 
     env = dict(os.environ, EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=f"127.0.0.1:{port}")
     exe = argv[0] if argv[0] == sys.executable else str(Path(sys.executable).parent / argv[0])
-    proc = await asyncio.create_subprocess_exec(exe, *argv[1:], env=env, stdout=asyncio.subprocess.PIPE,
+    # caproto's tools spawn a repeater daemon when none runs on the host; it inherits our pipe and keeps it
+    # open, so communicate() would wait for it forever: the test is about the server, not the repeater.
+    args = argv[1:] if exe == sys.executable else ["--no-repeater", *argv[1:]]
+    proc = await asyncio.create_subprocess_exec(exe, *args, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     if interrupt_after is not None:
         seen = b""
