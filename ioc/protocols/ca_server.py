@@ -359,19 +359,23 @@ class _Record:
     # ---- the PV model's listeners
     def on_post(self, pv: PV, reading: Reading, events: int) -> None:
         self.gen += 1
+        # ACKS first, as recGblResetAlarms does before the record posts: the update that raises an alarm
+        # (DBR_STSACK_STRING, encoded once for this generation) must carry the severity to acknowledge.
+        severity = reading.severity
+        alarm = (severity, reading.status)
+        old_severity = self._alarm[0]
+        alarm_changed = alarm != self._alarm
+        if alarm_changed:
+            self._alarm = alarm
+            if severity != old_severity and (not self.ackt or severity >= self.acks):
+                self.acks = int(severity)
         server = self.server
         if server is None:
             return
         main = self.main
         if events and main.subs:
             server.post(main, events)
-        alarm = (reading.severity, reading.status)
-        if alarm != self._alarm:
-            old_severity = self._alarm[0]
-            self._alarm = alarm
-            severity = alarm[0]
-            if severity != old_severity and (not self.ackt or severity >= self.acks):
-                self.acks = int(severity)
+        if alarm_changed:
             fields = self.fields
             if fields["SEVR"].subs and severity != old_severity:
                 server.post(fields["SEVR"], _CHANGED)

@@ -428,3 +428,34 @@ async def test_beacons_go_to_the_configured_addresses(port_pool, prefix, monkeyp
     finally:
         listener.close()
         await server.stop()
+
+
+# ----------------------------------------------------------------------------- alarm acknowledgement
+
+async def test_the_update_that_raises_an_alarm_carries_the_severity_to_acknowledge(port_pool, prefix):
+    """DBR_STSACK_STRING: the monitor update of the post that raises MAJOR says ACKS = MAJOR, and so do reads
+    after it (recGblResetAlarms sets ACKS before the record posts), until an operator acknowledges it."""
+    from ioc.core.pvmodel import AlarmLimits
+
+    db = PVDatabase()
+    pv = db.add(PVSpec(f"{prefix}T", Kind.AI, mdel=-1, alarm=AlarmLimits(hihi=10.0)))
+    pv.post(1.0, time.time())
+    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
+    await server.start()
+    client = await _in_thread(RawClient, server.port)
+    try:
+        chan = await _in_thread(client.channel, f"{prefix}T")
+        sub = chan.subscribe(data_type=ca.ChannelType.STSACK_STRING)
+        await _in_thread(client.send, sub)
+        first = await _in_thread(client.until, lambda c: isinstance(c, ca.EventAddResponse))
+        assert first.metadata.acks == 0
+        client.commands.clear()
+        pv.post(20.0, time.time())  # HIHI: MAJOR
+        update = await _in_thread(client.until, lambda c: isinstance(c, ca.EventAddResponse))
+        assert update.metadata.severity == 2 and update.metadata.acks == 2
+        await _in_thread(client.send, chan.read(data_type=ca.ChannelType.STSACK_STRING, ioid=5))
+        read = await _in_thread(client.until, lambda c: isinstance(c, ca.ReadNotifyResponse) and c.ioid == 5)
+        assert read.metadata.acks == 2
+    finally:
+        client.close()
+        await server.stop()
