@@ -434,11 +434,13 @@ async def test_beacons_go_to_the_configured_addresses(port_pool, prefix, monkeyp
 
 async def test_the_update_that_raises_an_alarm_carries_the_severity_to_acknowledge(port_pool, prefix):
     """DBR_STSACK_STRING: the monitor update of the post that raises MAJOR says ACKS = MAJOR, and so do reads
-    after it (recGblResetAlarms sets ACKS before the record posts), until an operator acknowledges it."""
+    after it (recGblResetAlarms sets ACKS before the record posts), until an operator acknowledges it
+    (DBR_PUT_ACKS)."""
     from ioc.core.pvmodel import AlarmLimits
 
     db = PVDatabase()
-    pv = db.add(PVSpec(f"{prefix}T", Kind.AI, mdel=-1, alarm=AlarmLimits(hihi=10.0)))
+    pv = db.add(PVSpec(f"{prefix}T", Kind.AO, writable=True, mdel=-1, alarm=AlarmLimits(hihi=10.0)),
+                put_handler=lambda pv, v, c: pv.post(v, time.time()))  # acknowledging takes write access
     pv.post(1.0, time.time())
     server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
     await server.start()
@@ -456,6 +458,12 @@ async def test_the_update_that_raises_an_alarm_carries_the_severity_to_acknowled
         await _in_thread(client.send, chan.read(data_type=ca.ChannelType.STSACK_STRING, ioid=5))
         read = await _in_thread(client.until, lambda c: isinstance(c, ca.ReadNotifyResponse) and c.ioid == 5)
         assert read.metadata.acks == 2
+        await _in_thread(client.send, chan.write([2], data_type=ca.ChannelType.PUT_ACKS, ioid=6, notify=True))
+        done = await _in_thread(client.until, lambda c: isinstance(c, ca.WriteNotifyResponse) and c.ioid == 6)
+        assert done.status.success
+        await _in_thread(client.send, chan.read(data_type=ca.ChannelType.STSACK_STRING, ioid=7))
+        read = await _in_thread(client.until, lambda c: isinstance(c, ca.ReadNotifyResponse) and c.ioid == 7)
+        assert read.metadata.acks == 0 and read.metadata.severity == 2  # acknowledged, still in alarm
     finally:
         client.close()
         await server.stop()
