@@ -22,10 +22,11 @@ autocorrelation). Every chunk is scored with the very arithmetic the live monito
 with ``HYST`` = half a null standard deviation. ``k`` is chosen with ``bench/drift.py`` for the
 false-alarm budget of a day at 10 Hz (docs/how-to/drift.md).
 
-Debouncing. The alarm server trusts the severity the IOC serves, and caproto has no HYST, so both
-are done here, for both protocols: :class:`Debouncer` raises a severity only after the limit check
-has asked for it continuously for ``raise_s`` and lowers it only after ``clear_s`` below it; the
-limit check itself applies ``HYST`` (:class:`ioc.core.pvmodel.AlarmLimits`).
+Debouncing. The alarm server trusts the severity the IOC serves, and neither protocol server computes
+alarms (both serve the PV model's), so both are done here, for both protocols: :class:`Debouncer`
+raises a severity only after the limit check has asked for it continuously for ``raise_s`` and
+lowers it only after ``clear_s`` below it; the limit check itself applies ``HYST``
+(:class:`ioc.core.pvmodel.AlarmLimits`).
 """
 
 from __future__ import annotations

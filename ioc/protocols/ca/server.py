@@ -2,7 +2,8 @@
 
 Why our own: caproto's server spends most of a put->monitor round trip in its own Python layers
 (command objects, per-message queues and tasks, a stream reader per circuit): ~75 % of the IOC's
-Python time on the CA put path (docs/explanation/architecture.md, "The hot path"). This server does
+Python time on the CA put path as ``python -m bench.profile`` attributed it then (docs/explanation/
+architecture.md, "Our Channel Access server"). This server does
 the same protocol work directly on the bytes (:mod:`ioc.protocols.ca.wire`):
 
 * a circuit is a ``Protocol``: ``data_received`` cuts the bytes into messages and dispatches each
