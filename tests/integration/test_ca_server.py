@@ -11,6 +11,7 @@ access rights follow CLIENT_NAME; NOT_FOUND only when asked for; beacons.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -238,6 +239,21 @@ async def _in_thread(fn, *args):
     return await asyncio.to_thread(fn, *args)
 
 
+@contextlib.asynccontextmanager
+async def _serving(db: PVDatabase, port_pool, *client_args):
+    """``db`` served by the IOC's CA adapter on its own port, and a :class:`RawClient` connected to it."""
+    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
+    await server.start()
+    try:
+        client = await _in_thread(RawClient, server.port, *client_args)
+        try:
+            yield server, client
+        finally:
+            client.close()
+    finally:
+        await server.stop()
+
+
 async def test_a_client_that_does_not_read_costs_bounded_memory_and_its_drops_are_counted(port_pool, prefix):
     """A monitor of 1 MB frames posted 60 times to a client that stops reading: the server holds at most one
     frame for it beyond its transport's high-water mark, counts every update it dropped, stops reading the
@@ -247,10 +263,7 @@ async def test_a_client_that_does_not_read_costs_bounded_memory_and_its_drops_ar
     n = 1 << 17  # 1 MB of float64
     pv = db.add(PVSpec(name=f"{prefix}BIG", kind=Kind.WAVEFORM, shape=(n,), initial=0.0))
     pv.post(np.zeros(n), time.time())
-    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
-    await server.start()
-    client = await _in_thread(RawClient, server.port, "slow", 1 << 16)
-    try:
+    async with _serving(db, port_pool, "slow", 1 << 16) as (server, client):
         chan = await _in_thread(client.channel, f"{prefix}BIG")
         sub = chan.subscribe(data_type=ca.ChannelType.DOUBLE, data_count=n)
         await _in_thread(client.send, sub)
@@ -278,19 +291,13 @@ async def test_a_client_that_does_not_read_costs_bounded_memory_and_its_drops_ar
         seen = await _in_thread(read_all)
         assert seen[-1] == float(posts) and seen == sorted(seen)  # in order, the newest last
         assert len(seen) - 1 + server.dropped_updates == posts  # every post delivered or counted as dropped
-    finally:
-        client.close()
-        await server.stop()
 
 
 async def test_events_off_holds_the_newest_update_until_events_on(port_pool, prefix):
     db = PVDatabase()
     pv = db.add(PVSpec(f"{prefix}V", Kind.AI, mdel=-1))
     pv.post(0.0, time.time())
-    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
-    await server.start()
-    client = await _in_thread(RawClient, server.port)
-    try:
+    async with _serving(db, port_pool) as (server, client):
         chan = await _in_thread(client.channel, f"{prefix}V")
         sub = chan.subscribe(data_type=ca.ChannelType.TIME_DOUBLE)
         await _in_thread(client.send, sub)
@@ -307,9 +314,6 @@ async def test_events_off_holds_the_newest_update_until_events_on(port_pool, pre
         await _in_thread(client.send, ca.EventsOnRequest())
         update = await _in_thread(client.until, lambda c: isinstance(c, ca.EventAddResponse))
         assert update.data[0] == 10.0 and server.dropped_updates == 9
-    finally:
-        client.close()
-        await server.stop()
 
 
 class _OnlyAlice:
@@ -323,10 +327,7 @@ class _OnlyAlice:
 async def test_access_rights_follow_the_client_name(port_pool, prefix):
     db = PVDatabase(access=_OnlyAlice())
     db.add(PVSpec(f"{prefix}W", Kind.AO, writable=True), put_handler=lambda pv, v, c: pv.post(v, time.time()))
-    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
-    await server.start()
-    client = await _in_thread(RawClient, server.port, "mallory")
-    try:
+    async with _serving(db, port_pool, "mallory") as (server, client):
         chan = await _in_thread(client.channel, f"{prefix}W")
         assert chan.access_rights == ca.AccessRights.READ
         write = chan.write([1.0], ioid=1, notify=True)
@@ -339,9 +340,6 @@ async def test_access_rights_follow_the_client_name(port_pool, prefix):
         await _in_thread(client.send, chan.write([2.0], ioid=2, notify=True))
         done = await _in_thread(client.until, lambda c: isinstance(c, ca.WriteNotifyResponse) and c.ioid == 2)
         assert done.status.success and db[f"{prefix}W"].value == 2.0
-    finally:
-        client.close()
-        await server.stop()
 
 
 async def test_a_write_that_completes_later_is_answered_when_done(port_pool, prefix):
@@ -360,10 +358,7 @@ async def test_a_write_that_completes_later_is_answered_when_done(port_pool, pre
     db = PVDatabase()
     db.add(PVSpec(f"{prefix}SLOW", Kind.AO, writable=True), put_handler=lambda pv, v, c: slow(pv, v))
     db.add(PVSpec(f"{prefix}R", Kind.AI)).post(7.0, time.time())
-    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
-    await server.start()
-    client = await _in_thread(RawClient, server.port)
-    try:
+    async with _serving(db, port_pool) as (server, client):
         chan = await _in_thread(client.channel, f"{prefix}SLOW")
         other = await _in_thread(client.channel, f"{prefix}R")
         await _in_thread(client.send, chan.write([3.0], ioid=10, notify=True))
@@ -377,9 +372,6 @@ async def test_a_write_that_completes_later_is_answered_when_done(port_pool, pre
         bad = await _in_thread(client.until, lambda c: isinstance(c, ca.WriteNotifyResponse) and c.ioid == 11)
         assert ok.status.success and bad.status.name == "ECA_PUTFAIL"
         assert db[f"{prefix}SLOW"].value == 3.0
-    finally:
-        client.close()
-        await server.stop()
 
 
 # ----------------------------------------------------------------------------- UDP: search and beacons
@@ -442,10 +434,7 @@ async def test_the_update_that_raises_an_alarm_carries_the_severity_to_acknowled
     pv = db.add(PVSpec(f"{prefix}T", Kind.AO, writable=True, mdel=-1, alarm=AlarmLimits(hihi=10.0)),
                 put_handler=lambda pv, v, c: pv.post(v, time.time()))  # acknowledging takes write access
     pv.post(1.0, time.time())
-    server = CaServer(db, port=port_pool.take().ca, interfaces=["127.0.0.1"])
-    await server.start()
-    client = await _in_thread(RawClient, server.port)
-    try:
+    async with _serving(db, port_pool) as (server, client):
         chan = await _in_thread(client.channel, f"{prefix}T")
         sub = chan.subscribe(data_type=ca.ChannelType.STSACK_STRING)
         await _in_thread(client.send, sub)
@@ -464,6 +453,3 @@ async def test_the_update_that_raises_an_alarm_carries_the_severity_to_acknowled
         await _in_thread(client.send, chan.read(data_type=ca.ChannelType.STSACK_STRING, ioid=7))
         read = await _in_thread(client.until, lambda c: isinstance(c, ca.ReadNotifyResponse) and c.ioid == 7)
         assert read.metadata.acks == 0 and read.metadata.severity == 2  # acknowledged, still in alarm
-    finally:
-        client.close()
-        await server.stop()

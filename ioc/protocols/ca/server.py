@@ -611,13 +611,18 @@ class Circuit(asyncio.Protocol):
             self.send(wire.error_message(m, 0, wire.ECA_BADCHID, f"no channel with server id {sid}"))
         return ref
 
+    def _readable_ref(self, m: Message) -> _Ref | None:
+        """The channel a READ / EVENT_ADD names, if it exists and its DBR type can be read (else the error)."""
+        ref = self._ref(m, m.p1)
+        if ref is not None and not wire.readable(m.data_type):
+            self.send(wire.error_message(m, ref.cid, wire.ECA_BADTYPE, f"DBR type {m.data_type} cannot be read"))
+            return None
+        return ref
+
     def _read(self, m: Message) -> None:
         """READ_NOTIFY (and the old READ): one encoded value, or the reason it cannot be read."""
-        ref = self._ref(m, m.p1)
+        ref = self._readable_ref(m)
         if ref is None:
-            return
-        if not wire.readable(m.data_type):
-            self.send(wire.error_message(m, ref.cid, wire.ECA_BADTYPE, f"DBR type {m.data_type} cannot be read"))
             return
         count = min(m.data_count, ref.channel.nelm)
         command = m.command
@@ -636,11 +641,8 @@ class Circuit(asyncio.Protocol):
         return bytes(len(wire.encode(ref.channel.native, dbr_type, n, 0 if ref.channel.native else "", 0, 0, 0.0)))
 
     def _event_add(self, m: Message) -> None:
-        ref = self._ref(m, m.p1)
+        ref = self._readable_ref(m)
         if ref is None:
-            return
-        if not wire.readable(m.data_type):
-            self.send(wire.error_message(m, ref.cid, wire.ECA_BADTYPE, f"DBR type {m.data_type} cannot be read"))
             return
         mask = wire.event_mask(m.payload) or (wire.EVENT_VALUE | wire.EVENT_ALARM)
         old = ref.subs.pop(m.p2, None)
