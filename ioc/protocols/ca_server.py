@@ -463,7 +463,7 @@ class CaServer:
         for record in self.records:
             record.server = server
         log.info("CA server listening on %s, TCP port %d, UDP port %d", ",".join(config.interfaces), server.port,
-                 config.port)
+                 server.search_port)
 
     async def stop(self) -> None:
         server, self.server = self.server, None

@@ -57,6 +57,25 @@ async def test_a_second_server_on_the_same_port_takes_another_tcp_port(port_pool
         await first.stop()
 
 
+async def test_port_0_serves_search_and_circuits_on_one_port_the_system_chose():
+    """EPICS_CA_SERVER_PORT=0 (did not work with caproto): the OS picks a free port, and the UDP name search
+    listens on that same port, so a client given 127.0.0.1:PORT finds the server (libca, in a subprocess)."""
+    db = PVDatabase()
+    db.add(PVSpec("ZERO:X", Kind.AI)).post(4.5, time.time())
+    server = CaServer(db, port=0, interfaces=["127.0.0.1"])
+    await server.start()
+    try:
+        assert server.port
+        env = dict(os.environ, EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=f"127.0.0.1:{server.port}")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import epics; print(epics.caget('ZERO:X', timeout=5))", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert out.decode().split()[-1] == "4.5", out.decode()
+    finally:
+        await server.stop()
+
+
 # ----------------------------------------------------------------------------- clients that leave
 # A normal client disconnect must log nothing above DEBUG and leave nothing behind (issue 19.3).
 

@@ -238,6 +238,7 @@ class Server:
         self.channels = channels
         self.config = config
         self.port = 0  # the TCP port really listened on
+        self.search_port = config.port  # the UDP port name searches are answered on
         self.circuits: set[Circuit] = set()
         self.dropped = 0  # monitor updates replaced by a newer one before a slow client could take them
         biggest = max((c.nelm for c in channels.values()), default=1)
@@ -258,10 +259,13 @@ class Server:
         try:
             for sock in socks:
                 self._tcp.append(await loop.create_server(lambda: Circuit(self), sock=sock))
+            # Port 0 (EPICS_CA_SERVER_PORT=0): the search listens on the TCP port the system chose, so
+            # a client given HOST:PORT finds the server (a random UDP port of its own would hide it).
+            self.search_port = self.config.port or self.port
             for interface in self.config.interfaces:
                 udp = _udp_socket()
                 try:
-                    udp.bind((interface, self.config.port))
+                    udp.bind((interface, self.search_port))
                 except OSError:
                     udp.close()
                     raise
@@ -273,14 +277,15 @@ class Server:
         self._beacon_task = loop.create_task(self._beacons(), name="ca-beacons")
 
     def _bind_tcp(self) -> list[socket.socket]:
-        """The configured port on every interface, else the same random port on all of them."""
+        """The configured port on every interface, else the same random port on all of them (port 0: the
+        one the system chose for the first interface)."""
         last: OSError | None = None
         ports = [self.config.port] + [random.randint(49152, 65535) for _ in range(100)]
         for port in ports:
             socks: list[socket.socket] = []
             try:
                 for interface in self.config.interfaces:
-                    socks.append(bind_and_listen(interface, port))
+                    socks.append(bind_and_listen(interface, socks[0].getsockname()[1] if socks else port))
             except OSError as exc:
                 last = exc
                 for s in socks:
