@@ -304,8 +304,9 @@ def read_count(name: str) -> tuple[float, float]:
         pv = _COUNT_PVS[name] = epics.PV(name, auto_monitor=False)
         pv.wait_for_connection(10)
     got = pv.get_with_metadata(use_monitor=False, form="time", timeout=5)
-    if got is None:
-        raise RuntimeError(f"cannot read {name}")
+    if got is None:  # say which: never found (search) or found and not answered (the circuit)
+        state = f"connected to {pv.host}" if pv.connected else "not connected"
+        raise RuntimeError(f"cannot read {name} ({state}; search list {os.environ['EPICS_CA_ADDR_LIST']})")
     return float(got["value"]), float(got["timestamp"])
 
 
@@ -607,8 +608,9 @@ def main() -> int:
     table = Table()
     tmp = Path(tempfile.mkdtemp(prefix="mlioc-bench-"))
     with cpu_hog(args.hog):
-        soft = start(["softioc", "FLOOR:X"], POOL.take(), "softioc", module="bench._floors", ready="ready")
-        bare = start(["p4p", "FLOOR:P"], POOL.take(), "p4p", module="bench._floors", ready="ready")
+        # The floors run for the whole bench: their CA ports must never be handed to a later IOC.
+        soft = start(["softioc", "FLOOR:X"], POOL.hold(), "softioc", module="bench._floors", ready="ready")
+        bare = start(["p4p", "FLOOR:P"], POOL.hold(), "p4p", module="bench._floors", ready="ready")
         try:
             for run in range(args.runs):
                 print(f"run {run + 1}/{args.runs} ...", file=sys.stderr, flush=True)

@@ -464,6 +464,12 @@ class CaServer:
             record.server = server
         log.info("CA server listening on %s, TCP port %d, UDP port %d", ",".join(config.interfaces), server.port,
                  server.search_port)
+        if config.port and server.port != config.port:
+            # Expected with several IOCs on a host's standard port, but the UDP port is shared: a broadcast
+            # search reaches every server, a unicast one (EPICS_CA_ADDR_LIST=host:port) only one of them.
+            log.info("CA TCP port %d is taken (another CA server on this host); clients find this one on TCP port "
+                     "%d by broadcast search on UDP port %d; a unicast search to that port reaches only one of "
+                     "the servers sharing it", config.port, server.port, server.search_port)
 
     async def stop(self) -> None:
         server, self.server = self.server, None

@@ -43,7 +43,8 @@ async def test_a_taken_port_fails_at_bind_time_not_later_in_a_background_task():
     again.close()
 
 
-async def test_a_second_server_on_the_same_port_takes_another_tcp_port(port_pool):
+async def test_a_second_server_on_the_same_port_takes_another_tcp_port(port_pool, caplog):
+    caplog.set_level(logging.INFO, logger="mlioc.ca")
     db = PVDatabase()
     db.add(PVSpec("TWICE:X", Kind.AI))
     port = port_pool.take().ca
@@ -52,6 +53,7 @@ async def test_a_second_server_on_the_same_port_takes_another_tcp_port(port_pool
     try:
         await second.start()
         assert first.port == port and second.port != port
+        assert [r for r in caplog.records if f"CA TCP port {port} is taken" in r.getMessage()]  # said why
         await second.stop()
     finally:
         await first.stop()
