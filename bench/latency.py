@@ -310,6 +310,13 @@ def read_count(name: str) -> tuple[float, float]:
     return float(got["value"]), float(got["timestamp"])
 
 
+def forget_counts() -> None:
+    """Clear the COUNT channels once their IOC stops: a channel kept to a stopped IOC is searched for ever, and
+    the next IOC serving the same name is then found only when libca's backed-off search comes round."""
+    while _COUNT_PVS:
+        _COUNT_PVS.popitem()[1].disconnect()
+
+
 # --------------------------------------------------------------------------------------------- configs
 
 def linear_config(tmp: Path, prefix: str, store: Path, trigger: str, sources: dict[str, str] | None = None,
@@ -414,6 +421,7 @@ def throughput(tmp: Path, rate_hz: float, n_models: int, seconds: float, core: i
         r["rss"] = rss_mb(ioc.proc.pid)
     finally:
         counters.close()
+        forget_counts()
         ioc.stop()
     delivered = [min(ca, pva) / c if c else 0.0 for ca, pva, c in zip(r["ca"], r["pva"], r["cycles"], strict=True)]
     r.update(min_cycles=min(r["cycles"]), min_ca=min(r["ca"]), min_pva=min(r["pva"]), delivered=min(delivered))
@@ -511,6 +519,7 @@ def demo_cpu(tmp: Path, scan_hz: float, seconds: float) -> tuple[float, float, f
             n1, c1 = read_count("DEMO:BEAM:COUNT")[0], cpu_seconds(pid)
         finally:
             counters.close()
+            forget_counts()
         return (1e6 * (c1 - c0) / max(n1 - n0, 1), rss_start, proc_status(ioc.proc.pid, "VmHWM"),
                 rss_mb(ioc.proc.pid))
     finally:
