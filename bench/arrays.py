@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +42,34 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.latency import CaProbe, Row, print_rows, rss_mb, start, stats  # noqa: E402  (sets its own CA address list: replaced here)
+from bench.latency import CaProbe, rss_mb, start, stats  # noqa: E402  (sets its own CA address list: replaced here)
 from tests.support.ports import PortPool  # noqa: E402
+
+
+@dataclass
+class Row:
+    what: str
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    floor: str = ""
+    ratio: float | None = None
+    target: str = ""
+    note: str = ""
+
+
+def print_rows(rows: list[Row]) -> None:
+    """The benchmark's table (markdown), each row beside its floor (bench/latency, bench/arrays)."""
+
+    def f(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else ""
+
+    print()
+    print("| measurement | p50 ms | p99 ms | vs | ratio (p50) | target | note |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        print(f"| {r.what} | {f(r.p50_ms)} | {f(r.p99_ms)} | {r.floor} | {ratio} | {r.target} | {r.note} |")
+
 
 POOL = PortPool(n_ca=12)
 os.environ.update(EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_ADDR_LIST=POOL.ca_addr_list, EPICS_PVA_AUTO_ADDR_LIST="NO",

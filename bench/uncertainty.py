@@ -63,6 +63,7 @@ def write_config(tmp: Path, store: Path, method: str, *, members: int, epochs: i
     m["store"] = str(store)
     m.pop("store_template", None)
     m.pop("record", None)
+    m.pop("retrain", None)  # the loop needs a recorder; this bench drives the monitors itself
     t = m["training"]
     t.pop("search", None)
     t["epochs"], t["warm_start"] = epochs, "scratch"

@@ -30,9 +30,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # caproto and p4p are chatty at INFO; keep their warnings.
-    for name in ("caproto", "p4p"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # p4p is chatty at INFO; keep its warnings. (The IOC no longer imports caproto: CA is served by
+    # ioc/protocols/ca.)
+    logging.getLogger("p4p").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load(path: str | None) -> Config:

@@ -74,8 +74,19 @@ class AccessList:
     hag: dict[str, frozenset[str]] = field(default_factory=dict)  # resolved: addresses (and names, lower case)
     asg: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
     source: str = "built-in defaults"
+    # level() per (group, user, host): every client write asks; the rules do not change once built.
+    _levels: dict[tuple[str, str, str], int] = field(default_factory=dict, repr=False, compare=False)
 
     def level(self, asg: str, user: str, host: str) -> int:
+        key = (asg, user, host)
+        cached = self._levels.get(key)
+        if cached is None:
+            if len(self._levels) >= 4096:  # bounded: clients come and go
+                self._levels.clear()
+            cached = self._levels[key] = self._level(asg, user, host)
+        return cached
+
+    def _level(self, asg: str, user: str, host: str) -> int:
         rules = self.asg.get(asg, self.asg.get("DEFAULT", ()))
         host = canonical_host(host)
         best = NONE

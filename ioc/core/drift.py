@@ -165,7 +165,12 @@ class Binning:
 
         Index j counts the edges <= x, so bin j (1..bins) holds [edge[j-1], edge[j]).
         """
-        return (x[..., None] >= self.edges).sum(axis=-1)
+        out = np.empty(x.shape, dtype=np.intp)
+        for j in range(self.d):  # one signal at a time: no (..., d, bins + 1) comparison array in memory
+            xj = x[..., j]
+            out[..., j] = np.searchsorted(self.edges[j], xj, side="right")  # edges are sorted: count of <= x
+            out[..., j][np.isnan(xj)] = 0  # NaN compares false with every edge
+        return out
 
     def excess(self, x: np.ndarray) -> np.ndarray:
         """How far each sample lies beyond the reference range (0 inside it), in raw units."""

@@ -3,8 +3,8 @@
 This module is pure logic. It holds every PV's definition (:class:`PVSpec`: record type, units,
 precision, display/control/alarm limits, enum choices) and its current :class:`Reading` (value,
 severity, status, timestamp, message). Alarm severities are computed *here*, once, because the
-Phoebus alarm server trusts the severity the IOC serves and neither caproto (shared alarm groups,
-a 0 default lower limit) nor p4p (ignores ``valueAlarm``) computes it correctly on its own.
+Phoebus alarm server trusts the severity the IOC serves: both protocols serve the same one (p4p ignores
+``valueAlarm``; caproto, which served CA before, shared one alarm per group and set an unset lower limit to 0).
 
 The protocol adapters (:mod:`ioc.protocols.ca_server`, :mod:`ioc.protocols.pva_server`) subscribe to PVs and translate
 readings to wire formats; client writes come back through :meth:`PVDatabase.put`, which checks the
@@ -598,7 +598,7 @@ class PVDatabase:
         except PutRejected as exc:
             _audit(name, old, value, client, str(exc))
             raise
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             return _audited(result, name, old, coerced, client, spec.audit)
         if spec.audit:
             _audit(name, old, coerced, client)

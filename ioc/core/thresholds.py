@@ -22,10 +22,11 @@ autocorrelation). Every chunk is scored with the very arithmetic the live monito
 with ``HYST`` = half a null standard deviation. ``k`` is chosen with ``bench/drift.py`` for the
 false-alarm budget of a day at 10 Hz (docs/how-to/drift.md).
 
-Debouncing. The alarm server trusts the severity the IOC serves, and caproto has no HYST, so both
-are done here, for both protocols: :class:`Debouncer` raises a severity only after the limit check
-has asked for it continuously for ``raise_s`` and lowers it only after ``clear_s`` below it; the
-limit check itself applies ``HYST`` (:class:`ioc.core.pvmodel.AlarmLimits`).
+Debouncing. The alarm server trusts the severity the IOC serves, and neither protocol server computes
+alarms (both serve the PV model's), so both are done here, for both protocols: :class:`Debouncer`
+raises a severity only after the limit check has asked for it continuously for ``raise_s`` and
+lowers it only after ``clear_s`` below it; the limit check itself applies ``HYST``
+(:class:`ioc.core.pvmodel.AlarmLimits`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ import numpy as np
 from ioc.core.drift import Binning, Reference, score_chunks
 
 CALIBRATION_CHUNKS = 400
+# Simulated samples per batch of chunks: bounds calibration's memory (~2 MB per array) whatever the window;
+# one batch of 400 chunks of a 60 s window at 200 Hz would be 150 MB per array, several at once.
+CALIBRATION_BATCH = 250_000
 CALIBRATION_SEED = 20261124
 HYST_IN_NULL_STD = 0.5
 
@@ -97,15 +101,21 @@ def reference_chunks(refs: Sequence[Reference], chunks: int, window: int, phi: f
 
 def calibrate(refs: Sequence[Reference], *, method: str, window: int, bins: int, phi: float,
               k_minor: float, k_major: float, chunks: int = CALIBRATION_CHUNKS,
-              seed: int = CALIBRATION_SEED) -> Calibration:
+              seed: int = CALIBRATION_SEED, batch: int = CALIBRATION_BATCH) -> Calibration:
     """HIGH/HIHI/HYST for the maximum score over ``refs`` from simulated no-drift windows.
 
     Deterministic for a given reference and seed, so a restarted IOC serves the same limits.
     """
     rng = np.random.default_rng(seed)
     binning = Binning.build(refs, bins)
-    x = reference_chunks(refs, chunks, window, phi, rng)
-    overall = score_chunks(binning, x, method).max(axis=1)
+    # In batches of chunks: the generator fills arrays in C order, so drawing (n1, w, d) then (n2, w, d) gives
+    # the same numbers as one (n1 + n2, w, d), and the limits do not depend on the batch size.
+    per_batch = max(1, batch // max(1, window * len(refs)))
+    scores = []
+    for start in range(0, chunks, per_batch):
+        x = reference_chunks(refs, min(per_batch, chunks - start), window, phi, rng)
+        scores.append(score_chunks(binning, x, method).max(axis=1))
+    overall = np.concatenate(scores)
     mean, std = float(overall.mean()), float(overall.std(ddof=1))
     return Calibration(mean=mean, std=std, high=mean + k_minor * std, hihi=mean + k_major * std,
                        hyst=HYST_IN_NULL_STD * std, chunks=chunks, n_eff=effective_samples(window, phi))

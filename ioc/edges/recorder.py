@@ -640,51 +640,62 @@ class Recorder:
         out = []
         for shape, offset, f in zip(layout.shapes, layout.offsets, fields, strict=True):
             if not shape:
-                out.append(pa.array(flat[:, offset], type=f.type))
+                out.append(self._column(flat[:, offset], f.type))
                 continue
             size = size_of(shape)
             item = f.type.value_type
-            values = np.ascontiguousarray(flat[:, offset:offset + size], dtype=item.to_pandas_dtype()).reshape(-1)
-            out.append(pa.FixedSizeListArray.from_arrays(pa.array(values, type=item), size))
+            values = flat[:, offset:offset + size].reshape(-1)
+            out.append(pa.FixedSizeListArray.from_arrays(self._column(values, item), size))
         return out
 
     def _target_column(self, k: int, rows: list[tuple], f):
         pa = self._pa
         shape = self.target_shapes[k]
         if not shape:
-            return pa.array([r[5][k][0] for r in rows], type=f.type)
+            return self._column([r[5][k][0] for r in rows], f.type)
         size = size_of(shape)
         missing = np.full(size, math.nan)
         block = np.stack([missing if r[5][k][0] is None else r[5][k][0] for r in rows])
-        item = f.type.value_type
-        values = block.astype(item.to_pandas_dtype()).reshape(-1)
-        return pa.FixedSizeListArray.from_arrays(pa.array(values, type=item), size)
+        return pa.FixedSizeListArray.from_arrays(self._column(block.reshape(-1), f.type.value_type), size)
 
     def _table(self, rows: list[tuple]):
         pa = self._pa
         schema = self.schema
         n_in, n_out = self.n_in, self.n_out
         fields = list(schema)
-        cols: list = [pa.array([r[0] for r in rows], type=pa.float64())]
+        cols: list = [self._column([r[0] for r in rows], pa.float64())]
         cols += self._signal_columns(self._in_layout, np.stack([r[1] for r in rows]), fields[1:1 + n_in])
-        cols += [pa.array([r[2][i] for r in rows], type=pa.int8()) for i in range(n_in)]
-        cols += [pa.array([r[3][i] for r in rows], type=pa.float64()) for i in range(n_in)]
+        cols += [self._column([r[2][i] for r in rows], pa.int8()) for i in range(n_in)]
+        cols += [self._column([r[3][i] for r in rows], pa.float64()) for i in range(n_in)]
         start = 1 + 3 * n_in
         cols += self._signal_columns(self._out_layout, np.stack([r[4] for r in rows]), fields[start:start + n_out])
         start += n_out
         for k in range(len(self.target_names)):
             cols += [self._target_column(k, rows, fields[start + 3 * k]),
-                     pa.array([r[5][k][1] for r in rows], type=pa.float64()),
-                     pa.array([r[5][k][2] for r in rows], type=pa.int8())]
+                     self._column([r[5][k][1] for r in rows], pa.float64()),
+                     self._column([r[5][k][2] for r in rows], pa.int8())]
         s = pa.string()
-        cols += [pa.array([r[6] for r in rows], type=s), pa.array([r[7] for r in rows], type=s),
-                 pa.array([r[8] for r in rows], type=pa.float64()), pa.array([r[9] for r in rows], type=s)]
+        cols += [self._column([r[6] for r in rows], s), self._column([r[7] for r in rows], s),
+                 self._column([r[8] for r in rows], pa.float64()), self._column([r[9] for r in rows], s)]
         for k in range(len(self.score_names)):
-            cols += [pa.array([r[10][k][0] for r in rows], type=pa.float64()),
-                     pa.array([r[10][k][1] for r in rows], type=pa.int8())]
+            cols += [self._column([r[10][k][0] for r in rows], pa.float64()),
+                     self._column([r[10][k][1] for r in rows], pa.int8())]
         if self._record_worst:
-            cols.append(pa.array([r[11] for r in rows], type=s))
+            cols.append(self._column([r[11] for r in rows], s))
         return pa.Table.from_arrays(cols, schema=schema)
+
+    def _column(self, values: list | np.ndarray, typ):
+        """One column as an Arrow array built from its buffers. Not ``pa.array``: its first call imports pandas
+        when it is installed (~45 MB of the IOC's RSS, for a check the IOC never needs). No value is null."""
+        pa = self._pa
+        n = len(values)
+        if typ == pa.string():
+            raw = [v.encode("utf-8") for v in values]
+            offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum([len(b) for b in raw], out=offsets[1:])
+            return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raw))])
+        dtype = np.int8 if typ == pa.int8() else np.float32 if typ == pa.float32() else np.float64
+        return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(np.ascontiguousarray(values, dtype=dtype))])
 
 
 def _write_all(fd: int, data: bytes) -> None:

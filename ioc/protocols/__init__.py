@@ -1,3 +1,3 @@
-"""The two thin protocol adapters that serve the PV model: Channel Access (caproto) and PV Access (p4p),
-and the isolated fixes of caproto's traps. They translate readings to wire formats; nothing else.
+"""The two thin protocol adapters that serve the PV model: Channel Access (our own server, ioc/protocols/ca/)
+and PV Access (p4p). They translate readings to wire formats; nothing else.
 """

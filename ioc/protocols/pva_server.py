@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from p4p import Type, Value
@@ -216,6 +217,19 @@ def _array_put(raw: Value) -> Any:
     return raw["value"]
 
 
+@dataclass(slots=True)
+class _Target:
+    """Where a PV's posts go, and what its PVA structure holds already (posted only when it changes)."""
+
+    shared: SharedPV
+    type: Type
+    convert: Any
+    tagged: bool
+    array: int  # 0 scalar, 1 array, 2 image
+    alarm: tuple  # (severity, status, message) last posted
+    tag: str  # model version last posted
+
+
 class PvaServer:
     """The p4p server for one PV database; create and start it inside the running event loop.
 
@@ -233,7 +247,7 @@ class PvaServer:
         self.interfaces = interfaces
         self.shared: dict[str, SharedPV] = {}
         self.types: dict[str, Type] = {}
-        self._targets: dict[str, tuple] = {}
+        self._targets: dict[str, _Target] = {}
         self._frames: dict[str, list] = {}  # image PVs: [uniqueId, shape, version] of the last post
         self.server: Server | None = None
         self.provider: StaticProvider | None = None
@@ -280,29 +294,36 @@ class PvaServer:
         return fields
 
     def _post(self, pv: PV, reading: Reading, events: int) -> None:
+        """One update: the value and time stamp, and only what else changed (alarm, version, frame fields).
+        pvxs keeps the PV's whole structure and sends subscribers the fields marked changed."""
         if not events & _POSTED or self.server is None:
             return
-        shared, T, convert, tagged, array = self._targets[pv.name]
-        update = T()
+        t = self._targets[pv.name]
+        update = t.type()
+        array = t.array
         if array:  # an alarm-only post (e.g. outputs invalidated) does not copy the array again
             if array == 2:
                 for key, value in self._frame_fields(pv, reading, bool(events & Event.VALUE)).items():
                     update[key] = value
             if events & Event.VALUE:
-                update["value"] = convert(reading.value)
+                update["value"] = t.convert(reading.value)
         else:
-            update["value"] = convert(reading.value)
-        if tagged:
+            update["value"] = t.convert(reading.value)
+        if t.tagged and reading.tag != t.tag:
+            t.tag = reading.tag
             update["version"] = reading.tag
-        status = reading.status
-        update["alarm.severity"] = reading.severity
-        update["alarm.status"] = _PVA_STATUS_LIST[status]
-        update["alarm.message"] = pva_message(reading) if status else reading.message
+        alarm = (reading.severity, reading.status, reading.message)
+        if alarm != t.alarm:
+            t.alarm = alarm
+            status = reading.status
+            update["alarm.severity"] = reading.severity
+            update["alarm.status"] = _PVA_STATUS_LIST[status]
+            update["alarm.message"] = pva_message(reading) if status else reading.message
         ts = reading.timestamp
         sec = int(ts // 1)
         update["timeStamp.secondsPastEpoch"] = sec
         update["timeStamp.nanoseconds"] = int((ts - sec) * 1e9)
-        _raw_post(shared, update)
+        _raw_post(t.shared, update)
 
     def _on_spec(self, pv: PV, spec: PVSpec) -> None:
         if self.server is None:
@@ -323,8 +344,10 @@ class PvaServer:
         for pv in self.db:
             self.shared[pv.name] = self._open(pv)
             array = 2 if pv.name in self._frames else 1 if pv.spec.kind.is_array else 0  # image, array, scalar
-            self._targets[pv.name] = (self.shared[pv.name], self.types[pv.name], _converter(pv.spec),
-                                      pv.spec.version_field, array)
+            reading = pv.reading
+            self._targets[pv.name] = _Target(self.shared[pv.name], self.types[pv.name], _converter(pv.spec),
+                                             pv.spec.version_field, array,
+                                             (reading.severity, reading.status, reading.message), reading.tag)
             pv.subscribe(self._post, self._on_spec)
         self.provider = StaticProvider("mlioc")
         for name, shared in self.shared.items():

@@ -6,6 +6,10 @@ runs inline when its measured warm-up median is below ``inline_budget_ms``, and 
 otherwise, so a slow model never stalls the CA/PVA servers. The decision uses the warm-up median
 (a p99 of a few hundred runs on a busy 2-core machine is mostly scheduler noise). A model that turns
 out slower live than at warm-up (three inline runs in a row over 4x the budget) is moved to the thread for good.
+A model on one ONNX Runtime thread runs in the caller's thread, so its inline runs are judged by that thread's
+CPU time (``cpu_clock``): a run that waited for the GIL (another thread busy in numpy, e.g. calibrating drift
+limits at start-up) is not a slow model, and used to move fast models off the loop for good, doubling the
+cost of every cycle after.
 
 Bounded: an offloader holds at most one call, queued or running; :meth:`Offloader.submit` refuses
 another while it is busy (the caller decides: the champion's cycle waits, a shadow cycle is skipped
@@ -34,10 +38,12 @@ Done = Callable[[Any, BaseException | None, float], None]
 class Offloader:
     """Runs inference calls for one model, inline or on a dedicated worker thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, mode: str, budget_ms: float, name: str):
+    def __init__(self, loop: asyncio.AbstractEventLoop, mode: str, budget_ms: float, name: str,
+                 cpu_clock: bool = False):
         if mode not in ("auto", "always", "never"):
             raise ValueError(f"offload mode {mode!r}")
         self.loop = loop
+        self.cpu_clock = cpu_clock  # judge inline runs by the calling thread's CPU time, not the wall clock
         self.mode = mode
         self.budget_s = budget_ms / 1e3
         self.name = name

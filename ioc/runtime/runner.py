@@ -40,6 +40,7 @@ from ioc.runtime.feed import Feed
 from ioc.runtime.offload import Offloader
 
 log = logging.getLogger("mlioc.runner")
+_thread_time = time.thread_time
 
 _SEVERITY_OF = {ModelStatus.DISABLED: Status.DISABLE, ModelStatus.NO_MODEL: Status.UDF,
                 ModelStatus.INPUT_INVALID: Status.LINK, ModelStatus.FAULT: Status.CALC}
@@ -139,7 +140,9 @@ class ModelRunner:
         self.names = ModelNames(config.prefix)
         self.clock = clock
         self.loop = loop
-        self.offloader = Offloader(loop, inference.offload, inference.inline_budget_ms, config.name)
+        # One ORT thread: the model runs in the calling thread, whose CPU time is what the model costs.
+        self.offloader = Offloader(loop, inference.offload, inference.inline_budget_ms, config.name,
+                                   cpu_clock=inference.threads == 1)
         now = clock()
         self.inputs = [input_state(i, now) for i in config.inputs]
         for spec in model_pv_specs(config):
@@ -299,7 +302,7 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ inputs
 
-    def update_input(self, index: int, value: Any, severity: Severity, timestamp: float,
+    def update_input(self, index: int, value: Any, severity: int, timestamp: float,
                      connected: bool = True, element: int | None = None) -> None:
         """A new value (or a disconnect) for input ``index`` (``element`` of a gathered vector), then
         whatever the trigger says; on the loop."""
@@ -364,7 +367,7 @@ class ModelRunner:
 
     def _input_put_handler(self, index: int):
         def handler(pv: PV, value: float, client: ClientInfo) -> None:
-            self.update_input(index, value, Severity.NO_ALARM, self.clock())
+            self.update_input(index, value, 0, self.clock())  # NO_ALARM (a plain int on the hot path)
 
         return handler
 
@@ -464,12 +467,13 @@ class ModelRunner:
             self._finish_invalid(ModelStatus.INPUT_INVALID, str(snapshot.problem), now, snapshot)
         elif self.offloader.use_inline(model):
             t0 = time.perf_counter()
+            c0 = _thread_time()
             try:
                 result, error = model.run(snapshot.values), None
             except Exception as exc:
                 result, error = None, exc
             elapsed = time.perf_counter() - t0
-            self.offloader.note_inline_time(model, elapsed)
+            self.offloader.note_inline_time(model, _thread_time() - c0 if self.offloader.cpu_clock else elapsed)
             self._finish(model, snapshot, result, error, elapsed)
         else:
             values = snapshot.values

@@ -132,10 +132,12 @@ def test_clients_coming_and_going_leave_nothing_in_the_ioc_log(tmp_path, launch,
                      ["put", f"pva://{prefix}OUT:y", "1"], ["put", f"{prefix}IN:a", "3"],
                      ["monitor", "-n", "20", f"{prefix}OUT:y", f"pva://{prefix}COUNT"]):
             subprocess.run([sys.executable, "-m", "ioc", *args], cwd=ROOT, env=env, capture_output=True, timeout=60)
-        # caproto's own tools: a refused put that closes at once; a monitor stopped with Ctrl-C
-        subprocess.run([bin_dir / "caproto-put", f"{prefix}OUT:y", "1"], env=env, capture_output=True, timeout=60)
-        mon = subprocess.Popen([bin_dir / "caproto-monitor", f"{prefix}OUT:y", f"{prefix}COUNT"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # caproto's own tools: a refused put that closes at once; a monitor stopped with Ctrl-C. No repeater
+        # daemon: one spawned here would inherit the captured pipe and hold it open.
+        subprocess.run([bin_dir / "caproto-put", "--no-repeater", f"{prefix}OUT:y", "1"], env=env,
+                       capture_output=True, timeout=60)
+        mon = subprocess.Popen([bin_dir / "caproto-monitor", "--no-repeater", f"{prefix}OUT:y", f"{prefix}COUNT"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(5):
             mon.stdout.readline()
         mon.send_signal(signal.SIGINT)

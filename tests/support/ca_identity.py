@@ -31,8 +31,10 @@ pv.wait_for_connection(timeout=5)
 rights = int(pv.access_rights)
 result = {"read": bool(rights & 1), "write": bool(rights & 2)}
 try:
-    pv.write([float(value)], wait=True, timeout=5)
-    result["put"] = "ok"
+    response = pv.write([float(value)], wait=True, timeout=5)
+    # The server's answer to WRITE_NOTIFY carries its verdict (ECA_NOWTACCESS, ECA_PUTFAIL ...), as caput shows it.
+    status = response.status
+    result["put"] = "ok" if status.success else f"refused: {status.name}: {status.description}"
 except Exception as exc:  # the server's refusal, as a client sees it
     result["put"] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(result), flush=True)

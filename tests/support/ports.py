@@ -43,10 +43,20 @@ class PortPool:
                 seen.add(p)
                 self.ca_ports.append(p)
         self._next = 0
+        self._rotation = list(self.ca_ports)  # what take() hands out in turn (hold() takes one out for good)
 
     def take(self) -> PortSet:
-        ca = self.ca_ports[self._next % len(self.ca_ports)]
+        """Ports for a server that stops before its CA port comes round again (``n_ca`` takes later)."""
+        ca = self._rotation[self._next % len(self._rotation)]
         self._next += 1
+        return PortSet(ca=ca, pva=_free_port(), pva_broadcast=_free_port(), metrics=_free_port())
+
+    def hold(self) -> PortSet:
+        """Ports for a server that runs for the whole session: its CA port leaves the rotation, so no later
+        server is given it (two CA servers on one port share its UDP search: a search reaches only one)."""
+        if len(self._rotation) < 2:
+            raise RuntimeError("no CA port left to hold: make the pool larger")
+        ca = self._rotation.pop(0)
         return PortSet(ca=ca, pva=_free_port(), pva_broadcast=_free_port(), metrics=_free_port())
 
     @property

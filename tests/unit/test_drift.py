@@ -152,6 +152,30 @@ def test_normal_cdf_and_ar1_series():
     assert ar1_phi(0.0, 10.0) == 0.0
 
 
+def test_bin_of_counts_the_edges_at_or_below_each_sample():
+    """Bins by search, one signal at a time (issue 15: the all-edges comparison made a 400 x window x d x 101
+    temporary, ~100 MB at 10 Hz and ~2 GB at 200 Hz, the IOC's start-up RSS peak) -- same as the definition."""
+    from ioc.core.drift import Binning
+
+    refs = normal_refs(("a", "b", "c"))
+    binning = Binning.build(refs, 20)
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 2, (7, 50, 3))
+    x[0, :3, 0] = binning.edges[0, :3]  # exactly on an edge: counted (edge <= x)
+    x[1, 0] = [np.nan, np.inf, -np.inf]
+    expected = (x[..., None] >= binning.edges).sum(axis=-1)
+    np.testing.assert_array_equal(binning.bin_of(x), expected)
+    assert binning.bin_of(x)[1, 0].tolist() == [0, binning.bins + 1, 0]
+
+
+def test_calibration_in_batches_gives_the_same_limits():
+    refs = normal_refs(("a", "b"))
+    kw = dict(method="wasserstein", window=120, bins=20, phi=0.5, k_minor=5, k_major=8, chunks=37)
+    whole = calibrate(refs, batch=10**9, **kw)
+    for batch in (1, 240 * 5, 240 * 36):  # one chunk per batch, several, a last short batch
+        assert calibrate(refs, batch=batch, **kw) == whole
+
+
 def test_calibration_matches_live_autocorrelated_data_and_is_deterministic():
     """Limits calibrated on simulated reference windows must describe the score of live machine data --
     drawn here by an independent generator: the simulator's own machine (ioc/sim/physics.Machine: knobs

@@ -174,3 +174,34 @@ def test_roll_on_request_closes_the_file_in_progress_and_recording_goes_on(tmp_p
     rec.close()
     files, tables = _read(tmp_path / "rec")
     assert sorted(len(t["time"]) for t in tables) == [1, 50]
+
+
+def test_recording_does_not_import_pandas(tmp_path):
+    """Issue 15: pyarrow's ``pa.array`` imports pandas on its first call when pandas is installed (the training
+    extra brings it): ~45 MB of the demo IOC's RSS at its first flush. The recorder builds its columns from
+    buffers instead; checked in a fresh interpreter (this one may have pandas from other tests)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from tests.unit.test_recorder import _config, _record, _read
+        tmp = Path({str(tmp_path)!r})
+        cfg = _config(tmp, "      {{dir: rec}}").model("m")
+        from ioc.edges.recorder import Recorder
+        rec = Recorder(cfg, cfg.record)
+        rec.start()
+        for i in range(100):
+            rec.listener(_record(1_800_000_000.0 + i, float(i), 0.5 * i))
+        rec.close()
+        assert "pandas" not in sys.modules, "the recorder imported pandas"
+        files, tables = _read(tmp / "rec")
+        assert tables[0]["out.y"][3] == 1.5 and tables[0]["status"][3] == "OK" and len(tables[0]["time"]) == 100
+        print("ok")
+    """)
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+

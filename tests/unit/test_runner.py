@@ -210,6 +210,35 @@ async def test_model_error_at_run_time_is_a_fault_and_the_ioc_carries_on(tmp_pat
     assert runner.status is ModelStatus.OK
 
 
+async def test_waiting_for_the_gil_does_not_move_a_fast_model_off_the_loop(tmp_path):
+    """A run that waited (for the GIL held by a thread calibrating drift limits, for a core taken by the
+    scheduler) looked slow on the wall clock, and three in a row moved the demo's model off the loop for good
+    (issue 15: twice the CPU per cycle at 100 Hz). On one ORT thread a run is judged by the loop thread's CPU
+    time: waiting is not the model's cost, real work still is."""
+    runner, db = await _serving(tmp_path)
+    model = runner.model
+
+    class Live:  # the served model, live: each run waits (``wait_s``) or computes (``busy_s``) that long too
+        def __init__(self, wait_s=0.0, busy_s=0.0):
+            self.version, self.warm_median_ms = model.version, model.warm_median_ms
+            self.wait_s, self.busy_s = wait_s, busy_s
+
+        def run(self, x):
+            time.sleep(self.wait_s)
+            end = time.thread_time() + self.busy_s
+            while time.thread_time() < end:
+                pass
+            return model.run(x)
+
+    for live, moved in ((Live(wait_s=0.003), False), (Live(busy_s=0.003), True)):
+        runner.model = live
+        for i in range(5):
+            _put(db, "P:IN:a", 1.0 + (i % 2))
+            await _settle()
+        assert runner.offloader.use_inline(live) is not moved
+    runner.close()
+
+
 def _slow_config(tmp_path) -> ModelConfig:
     """The usual two-input config, served by a model that takes milliseconds (a big matrix product)."""
     store = ModelStore(tmp_path / "slow")
