@@ -54,6 +54,14 @@ from tests.support.models import publish_linear  # noqa: E402
 from tests.support.procs import ServerProcess, server_env  # noqa: E402
 
 IOC_ROOT = ROOT  # where `python -m ioc` runs from (--ioc-root)
+RUN = 0  # the run under way: every run's IOCs serve names of their own (see run_prefix)
+
+
+def run_prefix(stem: str) -> str:
+    """``stem`` made unique to this run. libca keeps searching, with a growing back-off, for a channel whose
+    IOC stopped (without a CA repeater no beacon tells it a new server came up), so an IOC of the next run
+    serving the same name would be found only when that back-off comes round: seconds to minutes."""
+    return f"{stem}R{RUN}:"
 GROUPS = ("latency", "cpu", "saturate", "throughput", "memory", "startup")
 
 
@@ -409,7 +417,7 @@ def measure_rate(prefix_names: list[str], counters: Counters, seconds: float) ->
 def throughput(tmp: Path, rate_hz: float, n_models: int, seconds: float, core: int | None = None) -> dict:
     """Scan at rate_hz with MDEL=-1 (every cycle posts); cycles/s and CA/PVA updates delivered per model."""
     store, _, _ = linear_store(tmp, 10)
-    prefix = f"TP{int(rate_hz)}X{n_models}{'P' if core is not None else ''}:"
+    prefix = run_prefix(f"TP{int(rate_hz)}X{n_models}{'P' if core is not None else ''}")
     cfg = linear_config(tmp, prefix, store, f"{{scan_hz: {rate_hz}}}", n_models=n_models, n_inputs=10, mdel=-1)
     ports = POOL.take()
     ioc = start(["serve", str(cfg)], ports, f"ioc-tp{n_models}", core=core)
@@ -458,26 +466,28 @@ def latency(tmp: Path, table: Table, n: int, soft: ServerProcess, bare: ServerPr
     table.add("pva_floor", "PVA put->monitor, bare p4p SharedPV", pf50, p99=pf99, note="PVA floor")
 
     store, _, _ = linear_store(tmp, 2)
-    cfg = linear_config(tmp, "LAT:", store, "{on_change: true}")
+    lat = run_prefix("LAT")
+    cfg = linear_config(tmp, lat, store, "{on_change: true}")
     ioc = start(["serve", str(cfg)], POOL.take(), "ioc-lat")
     try:
-        probe = CaProbe("LAT:IN:x0", "LAT:OUT:y0")
+        probe = CaProbe(f"{lat}IN:x0", f"{lat}OUT:y0")
         probe.run(100, lambda v: 2 * v + 1.0 + 0.5)
         c50, c99 = stats(probe.run(n, lambda v: 2 * v + 1.0 + 0.5))  # y0 = 2 x0 + x1 + 0.5, x1 = 1
         probe.close()
         table.add("ca", "IOC: CA put input -> prediction monitor", c50, p99=c99, floor="ca_floor",
                   target="p50 <= 1.5x, p99 <= 2 ms")
-        pprobe = PvaProbe(ioc.ports.pva_broadcast, "LAT:IN:x0", "LAT:OUT:y0")
+        pprobe = PvaProbe(ioc.ports.pva_broadcast, f"{lat}IN:x0", f"{lat}OUT:y0")
         pprobe.run(100, lambda v: 2 * v + 1.5)
         v50, v99 = stats(pprobe.run(n, lambda v: 2 * v + 1.5))
         pprobe.close()
         table.add("pva", "IOC: PVA put input -> prediction monitor", v50, p99=v99, floor="pva_floor",
                   target="p50 <= 1.3x")
 
-        cfg_m = linear_config(tmp, "MIR:", store, "{on_change: true}", sources={"x0": "ca://FLOOR:X"})
+        mirror = run_prefix("MIR")
+        cfg_m = linear_config(tmp, mirror, store, "{on_change: true}", sources={"x0": "ca://FLOOR:X"})
         mir = start(["serve", str(cfg_m)], POOL.take(), "ioc-mirror", ca_sources=f"127.0.0.1:{soft.ports.ca}")
         try:
-            probe = CaProbe("FLOOR:X", "MIR:OUT:y0")
+            probe = CaProbe("FLOOR:X", f"{mirror}OUT:y0")
             probe.run(100, lambda v: 2 * v + 1.5)
             m50, m99 = stats(probe.run(n, lambda v: 2 * v + 1.5))
             probe.close()
@@ -532,7 +542,7 @@ def startup(tmp: Path) -> tuple[float, float]:
     import epics
 
     store, _, _ = linear_store(tmp, 2)
-    prefix = "SU:"
+    prefix = run_prefix("SU")
     cfg = linear_config(tmp, prefix, store, "{scan_hz: 10}")
     ports = POOL.take()
     first = threading.Event()
@@ -602,7 +612,7 @@ def one_run(args, table: Table, tmp: Path, soft: ServerProcess, bare: ServerProc
 
 
 def main() -> int:
-    global IOC_ROOT
+    global IOC_ROOT, RUN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=2000, help="round trips per latency row")
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput window")
@@ -622,6 +632,7 @@ def main() -> int:
         bare = start(["p4p", "FLOOR:P"], POOL.hold(), "p4p", module="bench._floors", ready="ready")
         try:
             for run in range(args.runs):
+                RUN = run
                 print(f"run {run + 1}/{args.runs} ...", file=sys.stderr, flush=True)
                 one_run(args, table, tmp, soft, bare)
         finally:
