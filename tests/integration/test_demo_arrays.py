@@ -37,6 +37,11 @@ def test_the_array_models_serve_predictions_that_match_the_simulators_truth(demo
     ca.put(s.line_wander, 0)
     # Orbit: a 32-element waveform in, the corrector changes that flatten it out.
     ca.put(s.line_corrector_setpoint(2), 1.5)  # an orbit the correctors must undo
+    # Compare once the correctors have settled (0.2 s power-supply lag, and the wander decaying): while
+    # they move, a prediction and a truth read a moment later belong to different orbits.
+    for j in range(1, 5):
+        want = 1.5 if j == 2 else 0.0
+        ca.monitor(s.line_corrector(j)).wait_for(lambda u, want=want: abs(u.value - want) < 0.01, timeout=15)
     for j in range(1, 5):
         _close(ca, f"{p}ORBIT:OUT:dcor{j}", s.best_correction(j), 0.1)
     assert ca.get(f"{p}ORBIT:IN:orbit_x.NELM") == 32
