@@ -55,27 +55,27 @@ class _SilentThenLiveCa:
         self.cleared += 1
 
 
-def _source_with(monkeypatch, ca, delivered):
+def _first_value_after(monkeypatch, caplog, silent: int) -> tuple[_SilentThenLiveCa, list]:
+    """Connect a CA source whose first ``silent`` subscriptions never deliver; return once a value arrived."""
     from ioc.core.config import PVRef
     from ioc.edges import sources
+    from tests.support.wait import wait_until
 
+    ca = _SilentThenLiveCa(silent=silent)
+    delivered: list = []
     monkeypatch.setattr(sources, "ca_module", lambda: ca)
     monkeypatch.setattr(sources, "ca_client", lambda: ca)
     source = sources.CaSource(PVRef("ca", "SIM:SILENT"), lambda *a: delivered.append(a))
     source.FIRST_VALUE_S = 0.05
-    return source
-
-
-def test_a_silent_first_subscription_is_made_again_and_its_recovery_is_not_a_warning(monkeypatch, caplog):
-    from tests.support.wait import wait_until
-
-    ca = _SilentThenLiveCa(silent=1)
-    delivered: list = []
-    source = _source_with(monkeypatch, ca, delivered)
     caplog.set_level("INFO", logger="mlioc.sources")
     source.on_connected(chid=7)
     wait_until(lambda: delivered, timeout=5)
     source.stop()
+    return ca, delivered
+
+
+def test_a_silent_first_subscription_is_made_again_and_its_recovery_is_not_a_warning(monkeypatch, caplog):
+    ca, delivered = _first_value_after(monkeypatch, caplog, silent=1)
     assert ca.made == 2 and ca.cleared >= 1
     assert delivered[0][0] == 1.0 and delivered[0][3] is True
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
@@ -83,15 +83,7 @@ def test_a_silent_first_subscription_is_made_again_and_its_recovery_is_not_a_war
 
 
 def test_a_subscription_that_stays_silent_is_a_warning(monkeypatch, caplog):
-    from tests.support.wait import wait_until
-
-    ca = _SilentThenLiveCa(silent=3)
-    delivered: list = []
-    source = _source_with(monkeypatch, ca, delivered)
-    caplog.set_level("INFO", logger="mlioc.sources")
-    source.on_connected(chid=7)
-    wait_until(lambda: delivered, timeout=5)
-    source.stop()
+    ca, _ = _first_value_after(monkeypatch, caplog, silent=3)
     assert ca.made == 4
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings and "no value" in warnings[0]
